@@ -1,0 +1,38 @@
+"""resnets: the ResNets chapter of the fastai book (Deep Learning for Coders, ch. 14) as a library."""
+
+import warnings
+
+__version__ = "0.1.0"
+
+# fastai's import calls torch.jit.script, which torch 2.10+ flags as deprecated: noise for our users.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
+
+from .data import IMAGENETTE_NAMES, SOURCES, DataError, find_items, get_data, resolve_source
+from .layers import CONV_PATHS, ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, stem
+from .experiments import EXPERIMENTS, Experiment, build, get_experiment, list_experiments, lr_find, run
+from .learner import PRECISIONS, choose_precision, get_learner
+from .models import (
+    MODELS,
+    ChapterCNN,
+    ResNet,
+    cnn_block,
+    create_model,
+    list_models,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+)
+from .results import Results, compare, load_results
+
+__all__ = [
+    "__version__",
+    "IMAGENETTE_NAMES", "SOURCES", "DataError", "find_items", "get_data", "resolve_source",
+    "CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "basic_convs", "bottleneck_convs", "stem",
+    "PRECISIONS", "choose_precision", "get_learner",
+    "MODELS", "ChapterCNN", "ResNet", "cnn_block", "create_model", "list_models",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "EXPERIMENTS", "Experiment", "build", "get_experiment", "list_experiments", "lr_find", "run",
+    "Results", "compare", "load_results",
+]  # fmt: skip

@@ -1,0 +1,90 @@
+"""The `resnets` command: list, run, lr-find and compare the chapter's experiments.
+
+  resnets list
+  resnets run resnet18 [--data PATH|name] [--epochs N] [--size PX] [--subset N] [--out DIR] ...
+  resnets lr-find cnn --out DIR
+  resnets compare runs/cnn-* runs/res_cnn-*
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import DataError
+from .experiments import EXPERIMENTS, lr_find, run
+from .learner import PRECISIONS
+from .results import compare
+
+__all__ = ["main", "parser"]
+
+
+def _classes(s: str) -> int | list[str]:
+    return int(s) if s.isdigit() else [c for c in s.split(",") if c]
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--data", help="a local folder with train/ and val/, a name (imagenette-160, ...) or a URL")
+    p.add_argument("--size", type=int, help="training image size in pixels (the chapter's `resize`)")
+    p.add_argument("--presize", type=int, help="size images are first resized to, before augmentation")
+    p.add_argument("--bs", type=int, help="batch size")
+    p.add_argument("--subset", type=int, help="at most N images per class in each split (a fixed sample)")
+    p.add_argument("--classes", type=_classes, help="the first N classes, or a comma-separated list of class folders")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,lr-find,compare}")
+    sub.add_parser("list", help="the chapter's experiments and the book's results")
+    p = sub.add_parser("run", help="train an experiment, then compare with the book")
+    _add_data_options(p)
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--lr", type=float, help="maximum learning rate of the one-cycle schedule")
+    p.add_argument("--out", help="folder for results.json and results.png (default: runs/NAME-TIME)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: only when writing to a terminal)")
+    p = sub.add_parser("lr-find", help="run fastai's learning-rate finder and save its plot")
+    _add_data_options(p)
+    p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
+    p = sub.add_parser("compare", help="a table of several runs against the book")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
+    return top
+
+
+def _list() -> None:
+    print(f"{'name':<16}{'model':<16}{'data':<16}{'size':>5}{'epochs':>7}{'book acc':>9}{'s/epoch':>8}  title")
+    for e in EXPERIMENTS.values():
+        print(f"{e.name:<16}{e.model:<16}{e.source:<16}{e.resize:>5}{e.epochs:>7}"
+              f"{e.book_accuracy[-1]:>9.4f}{e.book_epoch_time:>8}  {e.title}")  # fmt: skip
+    print("(book: final validation accuracy and seconds per epoch on the authors' 2020 GPU)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    kw = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        if args.command == "list":
+            _list()
+        elif args.command == "run":
+            if kw["progress"] is None:
+                kw["progress"] = sys.stdout.isatty()
+            results = run(kw.pop("name"), **kw)
+            print(results.summary())
+            print(f"saved {results.folder}/results.json and results.png")
+        elif args.command == "lr-find":
+            s = lr_find(kw.pop("name"), **kw)
+            print(f"suggested learning rate: {s.valley:.2e} (valley); plot saved to {args.out}/lr_find.png")
+        elif args.command == "compare":
+            print(compare(args.runs))
+    except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"resnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

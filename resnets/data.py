@@ -1,0 +1,218 @@
+"""The chapter's data: Imagenette (or any `train/<class>/*`, `val/<class>/*` folder) as fastai DataLoaders.
+
+  source   a fastai URL (`URLs.IMAGENETTE_160`), a short name (`imagenette-160`) or a local folder
+  presize  item transform: every image is first resized (and centre-cropped) to presize x presize
+  resize   batch transform: random-resized crop (at least half the image) to resize x resize, + flips etc.
+  bs       batch size
+
+URLs go through fastai's `untar_data`, so an already-extracted copy in fastai's data folder
+(`~/.fastai/data`, or `$FASTAI_HOME/data`) is used without network.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from fastai.data.all import (
+    CategoryBlock,
+    DataBlock,
+    DataLoaders,
+    GrandparentSplitter,
+    Normalize,
+    URLs,
+    get_image_files,
+    parallel,
+    parent_label,
+    untar_data,
+)
+from fastai.data.external import fastai_path
+from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
+
+__all__ = ["SOURCES", "DataError", "resolve_source", "find_items", "get_data"]
+
+SOURCES: dict[str, str] = {
+    "imagenette-160": URLs.IMAGENETTE_160,
+    "imagenette-320": URLs.IMAGENETTE_320,
+    "imagenette":     URLs.IMAGENETTE,
+    "imagewoof-160":  URLs.IMAGEWOOF_160,
+    "imagewoof-320":  URLs.IMAGEWOOF_320,
+    "imagewoof":      URLs.IMAGEWOOF,
+    "mnist-tiny":     URLs.MNIST_TINY,
+}  # fmt: skip
+
+# Human-readable names of Imagenette's WordNet ids, for plots and predictions.
+IMAGENETTE_NAMES: dict[str, str] = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+    "n03888257": "parachute",
+}  # fmt: skip
+
+
+class DataError(ValueError):
+    "The data source is missing, unreachable or not laid out as `train/<class>/*` and `val/<class>/*`."
+
+
+def _download(url: str) -> Path:
+    dest = fastai_path("data") / url.rsplit("/", 1)[-1].split(".")[0]
+    try:
+        return untar_data(url)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # urllib, socket and HTTP errors all mean "could not fetch it"
+        raise DataError(
+            f"could not download {url} ({type(e).__name__}: {e}). Without network, point at a local copy "
+            f"instead: get_data('/path/to/{dest.name}') or `resnets run ... --data /path/to/{dest.name}`, "
+            f"or put the extracted folder at {dest} where fastai looks first."
+        ) from e
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    "A local folder, a short name from `SOURCES` or a fastai URL -> the extracted folder on disk."
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and Path(source).expanduser().is_dir()):
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise DataError(f"no folder at {path}: pass an existing folder, a URL, or one of {', '.join(SOURCES)}")
+        return path
+    if not isinstance(source, str):
+        raise DataError(f"source must be a folder, a URL or a name, got {type(source).__name__}")
+    if source in SOURCES:
+        return _download(SOURCES[source])
+    if source.startswith(("http://", "https://")):
+        return _download(source)
+    raise DataError(
+        f"no folder at {Path(source).expanduser()} and {source!r} is not a known data set: "
+        f"pass an existing folder, a URL, or one of {', '.join(SOURCES)}"
+    )
+
+
+def _pick_valid_name(path: Path, valid_name: str | None) -> str:
+    if valid_name is not None:
+        names = [valid_name]
+    else:
+        names = ["val", "valid"]  # Imagenette uses val/, fastai's MNIST samples valid/
+    for name in names:
+        if (path / name).is_dir():
+            return name
+    raise DataError(
+        f"no `{names[0]}/` folder under {path}: expected train/ and {names[0]}/ sub-folders, "
+        "each with one sub-folder of images per class"
+    )
+
+
+# Verification results, keyed by (file, size, mtime) so a changed file is checked again.
+_VERIFIED: dict[tuple[str, int, int], bool] = {}
+
+
+def _bad_images(files: list[Path]) -> list[Path]:
+    keys = []
+    for f in files:
+        st = f.stat()
+        keys.append((str(f), st.st_size, st.st_mtime_ns))
+    todo = [f for f, k in zip(files, keys) if k not in _VERIFIED]
+    if todo:
+        oks = parallel(verify_image, todo, chunksize=256, progress=len(todo) > 2000)
+        for f, ok in zip(todo, oks):
+            st = f.stat()
+            _VERIFIED[(str(f), st.st_size, st.st_mtime_ns)] = bool(ok)
+    return [f for f, k in zip(files, keys) if not _VERIFIED[k]]
+
+
+def find_items(
+    path: str | os.PathLike,
+    valid_name: str | None = None,
+    classes: list[str] | int | None = None,
+    subset: int | tuple[int, int] | None = None,
+    check_images: bool = True,
+    bad_images: str = "skip",
+) -> tuple[list[Path], str]:
+    "Validated image files of `path/train` and `path/<valid_name>`, optionally limited; returns (files, valid_name)."
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"no folder at {path}")
+    if not (path / "train").is_dir():
+        raise DataError(f"no `train/` folder under {path}: expected train/ and val/ sub-folders, one folder per class")
+    valid_name = _pick_valid_name(path, valid_name)
+    split = {}
+    for name in ("train", valid_name):
+        files = sorted(get_image_files(path / name))
+        if not files:
+            raise DataError(f"no image files under {path / name}: expected {name}/<class>/<image>.jpg (or .png, ...)")
+        split[name] = files
+    train_classes = {parent_label(f) for f in split["train"]}
+    unseen = sorted({parent_label(f) for f in split[valid_name]} - train_classes)
+    if unseen:
+        raise DataError(
+            f"classes in {valid_name}/ with no training images: {', '.join(unseen[:5])}"
+            f"{' ...' if len(unseen) > 5 else ''}. Add images under train/<class>/ or remove them from {valid_name}/."
+        )
+    if classes is not None:
+        keep = sorted(train_classes)[:classes] if isinstance(classes, int) else list(classes)
+        missing = sorted(set(keep) - train_classes)
+        if missing:
+            raise DataError(f"unknown classes {missing}: {path} has {', '.join(sorted(train_classes))}")
+        split = {k: [f for f in v if parent_label(f) in keep] for k, v in split.items()}
+    if subset is not None:
+        n_train, n_valid = (subset, subset) if isinstance(subset, int) else subset
+        split = {"train": _per_class(split["train"], n_train), valid_name: _per_class(split[valid_name], n_valid)}
+    items = split["train"] + split[valid_name]
+    if check_images:
+        bad = _bad_images(items)
+        if bad:
+            shown = "\n  ".join(str(f) for f in bad[:5])
+            msg = f"{len(bad)} of {len(items)} image files cannot be read (corrupt, truncated or not images):\n  {shown}"
+            if bad_images == "raise":
+                raise DataError(msg + "\nRemove or replace them, or pass bad_images='skip' to train without them.")
+            print(f"resnets: skipping {msg}")
+            bad = set(bad)
+            items = [f for f in items if f not in bad]
+    return items, valid_name
+
+
+def _per_class(files: list[Path], n: int) -> list[Path]:
+    "At most `n` files of each class, the same ones every time (a fixed-seed sample of the sorted list)."
+    if n < 1:
+        raise ValueError(f"subset must be at least 1 image per class, got {n}")
+    by_class: dict[str, list[Path]] = {}
+    for f in files:
+        by_class.setdefault(parent_label(f), []).append(f)
+    rng = random.Random(0)
+    return sorted(f for fs in by_class.values() for f in (fs if len(fs) <= n else rng.sample(fs, n)))
+
+
+def get_data(
+    source: str | os.PathLike = "imagenette-160",
+    presize: int = 160,
+    resize: int = 128,
+    bs: int = 128,
+    classes: list[str] | int | None = None,
+    subset: int | tuple[int, int] | None = None,
+    valid_name: str | None = None,
+    num_workers: int | None = None,
+    device=None,
+    check_images: bool = True,
+    bad_images: str = "skip",
+) -> DataLoaders:
+    "The chapter's DataLoaders: Resize(presize) per item, then min_scale=0.5 augmentation to `resize` and ImageNet stats."
+    for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    if resize > presize:
+        raise ValueError(f"resize ({resize}) is larger than presize ({presize}): crops would be upsampled; use presize >= resize")
+    if bad_images not in ("skip", "raise"):
+        raise ValueError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
+    path = resolve_source(source)
+    items, valid_name = find_items(path, valid_name, classes, subset, check_images, bad_images)
+    dblock = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        splitter=GrandparentSplitter(valid_name=valid_name),
+        get_y=parent_label,
+        item_tfms=Resize(presize),
+        batch_tfms=[*aug_transforms(min_scale=0.5, size=resize), Normalize.from_stats(*imagenet_stats)],
+    )
+    kw = {} if num_workers is None else {"num_workers": num_workers}
+    dls = dblock.dataloaders(items, bs=bs, device=device, **kw)
+    dls.path = path
+    return dls

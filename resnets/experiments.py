@@ -1,0 +1,241 @@
+"""The chapter's five experiments as data, and `run()`, the one code path behind Python, CLI and notebooks.
+
+Each `Experiment` is a frozen record: model name, data settings, epochs, lr, batch size, and the
+book's per-epoch reference (validation accuracy and loss, seconds per epoch on the authors' 2020 GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import fastai
+import torch
+import torchvision
+from fastai.callback.core import Callback
+from fastai.learner import Recorder
+from fastai.torch_core import set_seed
+
+from . import __version__
+from .data import get_data
+from .learner import get_learner
+from .models import create_model
+from .results import Results
+
+__all__ = ["Experiment", "EXPERIMENTS", "get_experiment", "list_experiments", "build", "run", "lr_find"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    "One of the chapter's experiments: what to train, on what, for how long, and what the book got."
+
+    name: str
+    title: str
+    model: str  # a key of resnets.models.MODELS
+    source: str = "imagenette-160"
+    presize: int = 160
+    resize: int = 128
+    bs: int = 128
+    epochs: int = 5
+    lr: float = 3e-3  # the chapter's lr_find suggestion, used for every experiment
+    book_accuracy: tuple[float, ...] = ()
+    book_valid_loss: tuple[float, ...] = ()
+    book_epoch_time: float | None = None  # seconds per epoch on the authors' 2020 GPU
+
+    @property
+    def book(self) -> dict:
+        return {"accuracy": list(self.book_accuracy), "valid_loss": list(self.book_valid_loss),
+                "epoch_time": self.book_epoch_time}  # fmt: skip
+
+
+# The book's numbers, from its 14_resnet notebook (see SPEC.md).
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("cnn", "fully convolutional CNN (5 stride-2 ConvLayers)", "cnn",
+               book_accuracy=(0.3254, 0.5078, 0.5717, 0.6392, 0.6591),
+               book_valid_loss=(2.1551, 1.5868, 1.2955, 1.1393, 1.0926), book_epoch_time=7),
+    Experiment("res_cnn", "ResBlock CNN (one stride-2 ResBlock per step)", "res_cnn",
+               book_accuracy=(0.3732, 0.4392, 0.5073, 0.6448, 0.6678),
+               book_valid_loss=(1.8455, 1.7787, 1.5965, 1.1030, 1.0380), book_epoch_time=8.5),
+    Experiment("double_res_cnn", "double ResBlock CNN (stride-2 then stride-1 ResBlock)", "double_res_cnn",
+               book_accuracy=(0.3552, 0.5027, 0.5885, 0.6632, 0.6927),
+               book_valid_loss=(1.8646, 1.5968, 1.3045, 1.0651, 0.9636), book_epoch_time=12),
+    Experiment("resnet18", "ResNet-18 with the bag-of-tricks stem", "resnet18",
+               book_accuracy=(0.4138, 0.5182, 0.6507, 0.6843, 0.7572),
+               book_valid_loss=(1.8284, 1.5727, 1.0861, 0.9682, 0.7826), book_epoch_time=13),
+    # Bottlenecks only pay off on bigger images and longer training: the chapter moves to 224 px, 20 epochs.
+    Experiment("resnet50", "bottleneck ResNet-50 at 224 px, 20 epochs", "resnet50",
+               source="imagenette-320", presize=320, resize=224, epochs=20,
+               book_accuracy=(0.5141, 0.3975, 0.3870, 0.3962, 0.6138, 0.4227, 0.5287, 0.6665, 0.6504, 0.6749,
+                              0.6764, 0.7139, 0.7417, 0.8069, 0.8586, 0.8464, 0.8619, 0.8535, 0.8759, 0.8726),
+               book_valid_loss=(), book_epoch_time=32),
+]}  # fmt: skip
+
+
+def list_experiments() -> list[str]:
+    return list(EXPERIMENTS)
+
+
+def get_experiment(name: str | Experiment) -> Experiment:
+    "The registered experiment called `name` (an `Experiment` passes through)."
+    if isinstance(name, Experiment):
+        return name
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def _check(name: str, value, kind=int, low=1, strict=False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, kind) or (value <= low if strict else value < low):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} {op} {low}, got {value!r}")
+
+
+def _versions() -> dict:
+    return {"resnets": __version__, "fastai": fastai.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def describe_device(device: torch.device) -> str:
+    "A short human description of the device a run trained on."
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+
+
+class RunHistory(Callback):
+    "Copies each finished epoch's losses, metrics and seconds into a `Results`, and saves it there and then."
+
+    order = Recorder.order + 1  # after the Recorder has written the epoch's values
+
+    def __init__(self, results: Results, folder: Path | None):
+        self.results, self.folder = results, folder
+
+    def before_epoch(self):
+        self.start = time.perf_counter()
+
+    def after_epoch(self):
+        names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
+        row = {"epoch": self.epoch, **{n: float(v) for n, v in zip(names, self.learn.final_record)}}
+        row["time"] = time.perf_counter() - self.start
+        self.results.history.append(row)
+        if self.folder is not None:
+            self.results.save(self.folder, plot=False)
+
+
+def _resolve_settings(exp: Experiment, size, presize, bs, epochs, lr) -> Experiment:
+    for n, v in {"size": size, "presize": presize}.items():
+        _check(n, v, low=32)
+    _check("bs", bs)
+    _check("epochs", epochs)
+    _check("lr", lr, kind=(int, float), low=0, strict=True)
+    resize = size or exp.resize
+    # Keep the chapter's presize/size ratio (160/128) when a larger size is asked for.
+    presize = presize or (exp.presize if resize <= exp.presize else round(resize * 1.25))
+    return replace(exp, resize=resize, presize=presize, bs=bs or exp.bs, epochs=epochs or exp.epochs, lr=lr or exp.lr)
+
+
+def build(
+    name: str | Experiment,
+    data=None,
+    size: int | None = None,
+    presize: int | None = None,
+    bs: int | None = None,
+    subset: int | None = None,
+    classes: list[str] | int | None = None,
+    precision: str = "auto",
+    seed: int | None = 42,
+    num_workers: int | None = None,
+    cbs=None,
+):
+    "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None)
+    _check("subset", subset)
+    if seed is not None:
+        set_seed(seed, reproducible=True)
+    dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
+                   classes=classes, subset=subset, num_workers=num_workers)  # fmt: skip
+    learn = get_learner(dls, create_model(exp.model, n_out=dls.c), precision=precision, cbs=cbs)
+    return learn, exp
+
+
+def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{name}-{stamp}"
+        i = 2
+        while out.exists():
+            out, i = Path("runs") / f"{name}-{stamp}-{i}", i + 1
+    out = Path(out)
+    if (out / "results.json").exists():
+        raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(
+    name: str | Experiment,
+    data=None,
+    epochs: int | None = None,
+    size: int | None = None,
+    presize: int | None = None,
+    bs: int | None = None,
+    lr: float | None = None,
+    seed: int | None = 42,
+    subset: int | None = None,
+    classes: list[str] | int | None = None,
+    out: str | os.PathLike | None = None,
+    precision: str = "auto",
+    num_workers: int | None = None,
+    progress: bool = True,
+    save: bool = True,
+) -> Results:
+    "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
+    start = time.perf_counter()
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr)
+    folder = _new_run_folder(out, exp.name) if save else None
+    learn, exp = build(exp, data, subset=subset, classes=classes, precision=precision, seed=seed,
+                       num_workers=num_workers)  # fmt: skip
+    dls = learn.dls
+    settings = {k: v for k, v in asdict(exp).items() if not k.startswith(("book_", "title"))}
+    settings.update(data=str(dls.path), subset=subset, classes=classes, precision=learn.precision,
+                    n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_classes=dls.c, argv=sys.argv)  # fmt: skip
+    results = Results(exp.name, settings, seed, versions=_versions(), device=describe_device(dls.device), book=exp.book)
+    learn.add_cb(RunHistory(results, folder))
+    if progress:
+        learn.fit_one_cycle(exp.epochs, exp.lr)
+    else:  # still prints one line per epoch
+        with learn.no_bar():
+            learn.fit_one_cycle(exp.epochs, exp.lr)
+    results.finished = True
+    results.wall_time = time.perf_counter() - start
+    if folder is not None:
+        results.folder = str(folder)
+        results.save(folder)
+    return results
+
+
+def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, **kw):
+    "Run fastai's `lr_find` for an experiment; saves the plot as lr_find.png in `out` when given."
+    learn, _ = build(name, **kw)
+    suggestion = learn.lr_find(show_plot=out is not None)
+    if out is not None:
+        import matplotlib.pyplot as plt
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        plt.gcf().savefig(Path(out) / "lr_find.png", dpi=100, bbox_inches="tight")
+        plt.close("all")
+    return suggestion

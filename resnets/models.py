@@ -1,0 +1,140 @@
+"""The chapter's models: the fully convolutional CNN with a pluggable block, and ResNet-18 ... 152.
+
+  layers     blocks per stage, e.g. [2,2,2,2] for ResNet-18
+  n_out      number of classes; c_in: number of input channels (3 for RGB)
+
+All models are fully convolutional up to an adaptive average pool, so one trained at one image size
+runs at any other (>= 32 px keeps every stage's grid at least 1x1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from fastai.layers import ConvLayer, Flatten
+from torch import nn
+
+from .layers import ResBlock, stem
+
+__all__ = [
+    "cnn_block",
+    "ChapterCNN",
+    "ResNet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "MODELS",
+    "create_model",
+    "list_models",
+]
+
+
+def _check_positive(**kw: int) -> None:
+    for k, v in kw.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+
+
+# What replaces each stride-2 step of the chapter's first CNN (experiments 1, 2 and 3).
+CNN_BLOCKS: dict[str, Callable[[int, int], nn.Module]] = {
+    "conv": lambda ni, nf: ConvLayer(ni, nf, stride=2),
+    "res": lambda ni, nf: ResBlock(ni, nf, stride=2),
+    "double_res": lambda ni, nf: nn.Sequential(ResBlock(ni, nf, stride=2), ResBlock(nf, nf)),
+}
+
+
+def cnn_block(kind: str, ni: int, nf: int) -> nn.Module:
+    "One stride-2 step of the chapter's CNN: a ConvLayer, a ResBlock, or a ResBlock then a stride-1 one."
+    if kind not in CNN_BLOCKS:
+        raise ValueError(f"unknown block {kind!r}: choose one of {sorted(CNN_BLOCKS)}")
+    return CNN_BLOCKS[kind](ni, nf)
+
+
+class ChapterCNN(nn.Sequential):
+    "Stride-2 blocks 3->16->32->64->128->256, then AdaptiveAvgPool2d(1), Flatten, Linear(256, n_out)."
+
+    def __init__(
+        self, n_out: int = 10, block: str = "conv", c_in: int = 3, widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    ):
+        _check_positive(n_out=n_out, c_in=c_in)
+        szs = [c_in, *widths]
+        super().__init__(
+            *[cnn_block(block, ni, nf) for ni, nf in zip(szs, szs[1:])],
+            nn.AdaptiveAvgPool2d(1),
+            Flatten(),
+            nn.Linear(szs[-1], n_out),
+        )
+
+
+class ResNet(nn.Sequential):
+    "Stem, four stages of residual blocks (widths 64, 64e, 128e, 256e, 512e), pool, flatten, linear."
+
+    def __init__(
+        self,
+        n_out: int,
+        layers: list[int],
+        expansion: int = 1,
+        c_in: int = 3,
+        conv_path: str | None = None,
+        zero_gamma: bool = True,
+    ):
+        _check_positive(n_out=n_out, expansion=expansion, c_in=c_in)
+        if not isinstance(layers, list | tuple) or not 1 <= len(layers) <= 4:
+            raise ValueError(f"layers must be a list of 1 to 4 positive ints (blocks per stage), got {layers!r}")
+        for n in layers:
+            _check_positive(**{"each entry of layers": n})
+        conv_path = conv_path or ("basic" if expansion == 1 else "bottleneck")
+        self.block_szs = [64] + [w * expansion for w in (64, 128, 256, 512)][: len(layers)]
+        stages = [
+            self._make_stage(ni, nf, n_blocks, stride=1 if i == 0 else 2, conv_path=conv_path, zero_gamma=zero_gamma)
+            for i, (ni, nf, n_blocks) in enumerate(zip(self.block_szs, self.block_szs[1:], layers))
+        ]
+        super().__init__(
+            *stem(c_in, 32, 32, 64),
+            *stages,
+            nn.AdaptiveAvgPool2d(1),
+            Flatten(),
+            nn.Linear(self.block_szs[-1], n_out),
+        )
+
+    @staticmethod
+    def _make_stage(ni: int, nf: int, n_blocks: int, stride: int, **kw) -> nn.Sequential:
+        # Only the first block of a stage changes width and grid size; the rest keep nf channels.
+        return nn.Sequential(*[ResBlock(ni if i == 0 else nf, nf, stride if i == 0 else 1, **kw) for i in range(n_blocks)])
+
+
+def _resnet(layers, expansion, n_out=10, **kw): return ResNet(n_out, layers, expansion, **kw)  # noqa: E704
+
+
+def resnet18(n_out: int = 10, **kw) -> ResNet:  return _resnet([2, 2, 2, 2], 1, n_out, **kw)   # noqa: E704
+def resnet34(n_out: int = 10, **kw) -> ResNet:  return _resnet([3, 4, 6, 3], 1, n_out, **kw)   # noqa: E704
+def resnet50(n_out: int = 10, **kw) -> ResNet:  return _resnet([3, 4, 6, 3], 4, n_out, **kw)   # noqa: E704
+def resnet101(n_out: int = 10, **kw) -> ResNet: return _resnet([3, 4, 23, 3], 4, n_out, **kw)  # noqa: E704
+def resnet152(n_out: int = 10, **kw) -> ResNet: return _resnet([3, 8, 36, 3], 4, n_out, **kw)  # noqa: E704
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn":            partial(ChapterCNN, block="conv"),
+    "res_cnn":        partial(ChapterCNN, block="res"),
+    "double_res_cnn": partial(ChapterCNN, block="double_res"),
+    "resnet18":       resnet18,
+    "resnet34":       resnet34,
+    "resnet50":       resnet50,
+    "resnet101":      resnet101,
+    "resnet152":      resnet152,
+}  # fmt: skip
+
+
+def list_models() -> list[str]:
+    "Names accepted by `create_model`."
+    return list(MODELS)
+
+
+def create_model(name: str, n_out: int = 10, c_in: int = 3, **kw) -> nn.Module:
+    "Build a registered model by name, e.g. `create_model('resnet18', n_out=10)`."
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name](n_out=n_out, c_in=c_in, **kw)

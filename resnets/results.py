@@ -1,0 +1,152 @@
+"""The results of a run: per-epoch history, what produced it, and how it compares with the book.
+
+A run folder holds `results.json` (rewritten atomically after every epoch, so an interrupted run
+keeps what it finished) and `results.png` (accuracy and losses per epoch beside the book's curve).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+__all__ = ["Results", "atomic_write", "load_results", "compare"]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    "Write `data` to `path` through a temporary file and a rename, so readers never see half a file."
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Results:
+    "One run: settings, seed, per-epoch history (train/valid loss, metrics, seconds), versions, device."
+
+    experiment: str
+    settings: dict
+    seed: int | None
+    history: list[dict] = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    device: str = ""
+    wall_time: float = 0.0
+    book: dict = field(default_factory=dict)  # the chapter's per-epoch accuracy / valid_loss, epoch_time
+    finished: bool = False
+    folder: str | None = None  # where it was saved
+
+    @property
+    def accuracy(self) -> float | None:
+        "Final-epoch validation accuracy (the leaderboard's convention: last epoch, not best)."
+        return self.history[-1].get("accuracy") if self.history else None
+
+    @property
+    def epoch_time(self) -> float | None:
+        "Median seconds per epoch (train + validate)."
+        times = sorted(h["time"] for h in self.history)
+        return times[len(times) // 2] if times else None
+
+    @property
+    def book_accuracy(self) -> float | None:
+        "The book's accuracy at this run's last epoch (its final one if this run is longer)."
+        book, n = self.book.get("accuracy") or [], len(self.history)
+        return book[min(n, len(book)) - 1] if book and n else None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self, folder: str | os.PathLike, plot: bool = True) -> Path:
+        "Write results.json (and results.png) into `folder`, atomically; returns the JSON's path."
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "results.json"
+        atomic_write(path, self.to_json().encode())
+        if plot and self.history:
+            fig = self.plot()
+            tmp = folder / ".results.png.tmp"
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            os.replace(tmp, folder / "results.png")
+        return path
+
+    def plot(self) -> Figure:
+        "Accuracy and losses per epoch, with the book's curve where it has one."
+        fig = Figure(figsize=(10, 3.8))
+        ax_acc, ax_loss = fig.subplots(1, 2)
+        epochs = [h["epoch"] + 1 for h in self.history]
+        ax_acc.plot(epochs, [h.get("accuracy") for h in self.history], "o-", label="this run")
+        ax_loss.plot(epochs, [h["train_loss"] for h in self.history], "o-", label="train (this run)")
+        ax_loss.plot(epochs, [h["valid_loss"] for h in self.history], "o-", label="valid (this run)")
+        if self.book.get("accuracy"):
+            book_epochs = range(1, len(self.book["accuracy"]) + 1)
+            ax_acc.plot(book_epochs, self.book["accuracy"], "s--", color="grey", label="book")
+            ax_loss.plot(book_epochs, self.book["valid_loss"], "s--", color="grey", label="valid (book)")
+        ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title=f"{self.experiment}: accuracy")
+        ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{self.experiment}: losses")
+        for ax in (ax_acc, ax_loss):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def summary(self) -> str:
+        "One line: final accuracy and time per epoch against the book's."
+        if not self.history:
+            return f"{self.experiment}: no epoch finished"
+        s = self.settings
+        line = (
+            f"{self.experiment}: accuracy {self.accuracy:.4f} after {len(self.history)} epoch(s) "
+            f"at {s.get('resize')} px, {self.epoch_time:.1f} s/epoch on {self.device}"
+        )
+        ref = self.book_accuracy
+        if ref is not None:
+            n, n_book = len(self.history), len(self.book["accuracy"])
+            at = f"epoch {n}" if n <= n_book else f"{n_book} epochs"
+            line += f" | book: {ref:.4f} at {at} ({100 * (self.accuracy - ref):+.1f} points)"
+            if self.book.get("epoch_time"):
+                line += f", {self.book['epoch_time']} s/epoch on a 2020 GPU"
+        if not self.finished:
+            line += " [unfinished]"
+        return line
+
+
+def load_results(path: str | os.PathLike) -> Results:
+    "Read a results.json, or the one inside a run folder."
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}: pass a run folder (with results.json) or the file itself")
+    try:
+        return Results(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{path} is not a resnets results file ({e})") from e
+
+
+def compare(runs: list[Results | str | os.PathLike]) -> str:
+    "A text table of several runs against the book: final accuracy, difference, seconds per epoch."
+    rows = [r if isinstance(r, Results) else load_results(r) for r in runs]
+    head = f"{'experiment':<16}{'epochs':>7}{'size':>6}{'accuracy':>10}{'book':>8}{'diff':>8}{'s/epoch':>9}  device"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc, ref, nan = r.accuracy, r.book_accuracy, float("nan")
+        lines.append(
+            f"{r.experiment:<16}{len(r.history):>7}{r.settings.get('resize', ''):>6}"
+            f"{acc if acc is not None else nan:>10.4f}{ref if ref is not None else nan:>8.4f}"
+            f"{100 * (acc - ref) if acc is not None and ref is not None else nan:>+8.1f}"
+            f"{r.epoch_time if r.epoch_time is not None else nan:>9.1f}  {r.device}"
+        )
+    return "\n".join(lines)
