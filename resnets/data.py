@@ -155,7 +155,7 @@ def find_items(
             raise DataError(f"unknown classes {missing}: {path} has {', '.join(sorted(train_classes))}")
         split = {k: [f for f in v if parent_label(f) in keep] for k, v in split.items()}
     if subset is not None:
-        n_train, n_valid = (subset, subset) if isinstance(subset, int) else subset
+        n_train, n_valid = _check_subset(subset)
         split = {"train": _per_class(split["train"], n_train), valid_name: _per_class(split[valid_name], n_valid)}
     items = split["train"] + split[valid_name]
     if check_images:
@@ -171,10 +171,15 @@ def find_items(
     return items, valid_name
 
 
+def _check_subset(subset) -> tuple[int, int]:
+    pair = (subset, subset) if isinstance(subset, int) else tuple(subset) if isinstance(subset, list | tuple) else ()
+    if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair):
+        raise ValueError(f"subset must be N or (N_train, N_valid) images per class, each >= 1; got {subset!r}")
+    return pair
+
+
 def _per_class(files: list[Path], n: int) -> list[Path]:
     "At most `n` files of each class, the same ones every time (a fixed-seed sample of the sorted list)."
-    if n < 1:
-        raise ValueError(f"subset must be at least 1 image per class, got {n}")
     by_class: dict[str, list[Path]] = {}
     for f in files:
         by_class.setdefault(parent_label(f), []).append(f)

@@ -154,7 +154,7 @@ def build(
     size: int | None = None,
     presize: int | None = None,
     bs: int | None = None,
-    subset: int | None = None,
+    subset: int | tuple[int, int] | None = None,
     classes: list[str] | int | None = None,
     precision: str = "auto",
     seed: int | None = 42,
@@ -163,7 +163,6 @@ def build(
 ):
     "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
     exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None)
-    _check("subset", subset)
     if seed is not None:
         set_seed(seed, reproducible=True)
     dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
@@ -195,7 +194,7 @@ def run(
     bs: int | None = None,
     lr: float | None = None,
     seed: int | None = 42,
-    subset: int | None = None,
+    subset: int | tuple[int, int] | None = None,
     classes: list[str] | int | None = None,
     out: str | os.PathLike | None = None,
     precision: str = "auto",

@@ -1,0 +1,156 @@
+import os
+
+import pytest
+import torch
+from fastai.data.all import URLs
+from fastai.data.external import fastai_cfg
+
+from conftest import make_tree, save_image
+from resnets import DataError, find_items, get_data, resolve_source
+
+
+def tiny(path, **kw):
+    return get_data(path, presize=40, resize=32, bs=4, num_workers=0, **kw)
+
+
+def test_generated_tree_with_odd_image_modes(tree):
+    # grey-scale, CMYK and RGBA images (and PNGs) must simply work: all become 3-channel tensors
+    save_image(tree / "train" / "cat" / "grey.jpg", mode="L")
+    save_image(tree / "train" / "dog" / "cmyk.jpg", mode="CMYK")
+    save_image(tree / "train" / "dog" / "rgba.png", mode="RGBA")
+    save_image(tree / "val" / "cat" / "grey.png", mode="L")
+    dls = tiny(tree)
+    assert dls.vocab == ["cat", "dog"]
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (15, 7)
+    xs = torch.cat([x for x, _ in dls.train] + [x for x, _ in dls.valid])
+    assert xs.shape[1:] == (3, 32, 32) and xs.shape[0] == 15 - 15 % 4 + 7  # train drops its last partial batch
+    assert torch.isfinite(xs).all()
+    assert abs(xs.mean().item()) < 1.5, "ImageNet-normalised"
+
+
+def test_split_is_by_grandparent_folder(tree):
+    items, valid_name = find_items(tree)
+    assert valid_name == "val"
+    dls = tiny(tree)
+    assert all(p.parent.parent.name == "train" for p in dls.train_ds.items)
+    assert all(p.parent.parent.name == "val" for p in dls.valid_ds.items)
+
+
+def test_valid_folder_named_valid(tmp_path):
+    dls = tiny(make_tree(tmp_path / "d", valid_name="valid"))
+    assert len(dls.valid_ds) == 6
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="no folder at"):
+        tiny(tmp_path / "nope")
+
+
+def test_no_train_folder(tree):
+    os.rename(tree / "train", tree / "training")
+    with pytest.raises(DataError, match=r"no `train/` folder.*expected train/ and val/"):
+        tiny(tree)
+
+
+def test_no_val_folder(tree):
+    os.rename(tree / "val", tree / "test")
+    with pytest.raises(DataError, match=r"no `val/` folder"):
+        tiny(tree)
+
+
+def test_class_only_in_val(tree):
+    save_image(tree / "val" / "zebra" / "z.jpg")
+    with pytest.raises(DataError, match=r"classes in val/ with no training images: zebra"):
+        tiny(tree)
+
+
+def test_folder_without_images(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        (tmp_path / split / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"no image files under .*train"):
+        tiny(tmp_path)
+
+
+@pytest.fixture
+def tree_with_bad_images(tree):
+    good = (tree / "train" / "cat" / "cat0.jpg").read_bytes()
+    (tree / "train" / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (tree / "train" / "dog" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg at all" * 10)
+    (tree / "val" / "dog" / "empty.jpg").write_bytes(b"")
+    return tree
+
+
+def test_bad_images_are_skipped_and_reported(tree_with_bad_images, capsys):
+    dls = tiny(tree_with_bad_images)
+    out = capsys.readouterr().out
+    assert "skipping 3 of 21 image files cannot be read" in out
+    for name in ("truncated.jpg", "corrupt.jpg", "empty.jpg"):
+        assert name in out
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (12, 6)
+    for _ in dls.train:  # and it really trains on the good ones
+        pass
+
+
+def test_bad_images_raise_on_request(tree_with_bad_images):
+    with pytest.raises(DataError, match=r"(?s)3 of 21 image files cannot be read.*bad_images='skip'"):
+        tiny(tree_with_bad_images, bad_images="raise")
+
+
+def test_subset_and_classes_are_deterministic(tmp_path):
+    tree = make_tree(tmp_path / "d", classes=("a", "b", "c"), n_train=10, n_valid=5)
+    a, _ = find_items(tree, classes=2, subset=(4, 2))
+    b, _ = find_items(tree, classes=["a", "b"], subset=(4, 2))
+    assert a == b and len(a) == 2 * 4 + 2 * 2
+    assert {p.parent.name for p in a} == {"a", "b"}
+    with pytest.raises(DataError, match="unknown classes"):
+        find_items(tree, classes=["a", "zebra"])
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(resize=0), "resize must be a positive integer"), (dict(bs=-1), "bs must"),
+    (dict(resize=64), "larger than presize"), (dict(bad_images="ignore"), "bad_images"),
+])  # fmt: skip
+def test_bad_arguments(tree, kw, match):
+    args = dict(presize=40, resize=32, bs=4) | kw
+    with pytest.raises(ValueError, match=match):
+        get_data(tree, **args)
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(DataError, match=r"not a known data set.*imagenette-160"):
+        resolve_source("imagenet-160")
+
+
+@pytest.fixture
+def fastai_home(tmp_path, monkeypatch):
+    "A fresh fastai config folder (fastai caches its config, so the cache is cleared around the test)."
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "fastai"))
+    fastai_cfg.cache_clear()
+    yield tmp_path / "fastai"
+    fastai_cfg.cache_clear()
+
+
+def test_failed_download_says_how_to_use_a_local_copy(fastai_home):
+    # port 9 (discard) on localhost refuses at once: the same path as having no network
+    with pytest.raises(DataError, match=r"could not download .*--data /path/to/imagenette2-160") as e:
+        resolve_source("http://127.0.0.1:9/imagenette2-160.tgz")
+    assert f"put the extracted folder at {fastai_home / 'data' / 'imagenette2-160'}" in str(e.value)
+
+
+def test_names_and_urls_use_fastais_data_folder_without_network(fastai_home, imagenette):
+    expect = fastai_home / "data" / "imagenette2-160"
+    expect.parent.mkdir(parents=True)
+    expect.symlink_to(imagenette)
+    assert resolve_source("imagenette-160") == expect
+    assert resolve_source(URLs.IMAGENETTE_160) == expect
+
+
+def test_real_imagenette(imagenette):
+    dls = get_data(imagenette, presize=160, resize=128, bs=64)
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (9469, 3925)
+    assert dls.c == 10 and dls.vocab[0] == "n01440764" and dls.vocab[-1] == "n03888257"
+    x, y = dls.one_batch()
+    assert x.shape == (64, 3, 128, 128) and y.shape == (64,)
+    dls.show_batch(max_n=4)  # the chapter shows a batch of 4
+
