@@ -92,6 +92,8 @@ class Results:
         if self.book.get("accuracy"):
             book_epochs = range(1, len(self.book["accuracy"]) + 1)
             ax_acc.plot(book_epochs, self.book["accuracy"], "s--", color="grey", label="book")
+        if self.book.get("valid_loss"):  # the book's ResNet-50 table is not in SPEC.md
+            book_epochs = range(1, len(self.book["valid_loss"]) + 1)
             ax_loss.plot(book_epochs, self.book["valid_loss"], "s--", color="grey", label="valid (book)")
         ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title=f"{self.experiment}: accuracy")
         ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{self.experiment}: losses")

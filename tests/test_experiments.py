@@ -1,0 +1,170 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY
+from resnets import EXPERIMENTS, Results, compare, get_experiment, list_experiments, load_results, run
+from resnets.models import MODELS
+
+BOOK_FINAL = {"cnn": 0.6591, "res_cnn": 0.6678, "double_res_cnn": 0.6927, "resnet18": 0.7572, "resnet50": 0.8726}
+
+
+def test_registry_is_the_chapters_five_experiments():
+    assert list_experiments() == list(BOOK_FINAL)
+    for name, acc in BOOK_FINAL.items():
+        e = get_experiment(name)
+        assert e.model in MODELS
+        assert e.book_accuracy[-1] == acc and len(e.book_accuracy) == e.epochs
+        assert e.lr == 3e-3 and e.bs == 128
+    r50 = EXPERIMENTS["resnet50"]
+    assert (r50.epochs, r50.presize, r50.resize, r50.source) == (20, 320, 224, "imagenette-320")
+    assert max(r50.book_accuracy) == 0.8759
+    assert all((e.epochs, e.presize, e.resize, e.source) == (5, 160, 128, "imagenette-160")
+               for n, e in EXPERIMENTS.items() if n != "resnet50")  # fmt: skip
+
+
+def test_experiments_are_frozen():
+    with pytest.raises(AttributeError):
+        EXPERIMENTS["cnn"].epochs = 1
+
+
+@pytest.mark.parametrize("name", list(BOOK_FINAL))
+def test_each_experiment_runs_from_python(name, imagenette, tmp_path):
+    r = run(name, data=imagenette, out=tmp_path / name, seed=0, progress=False, num_workers=0, **TINY)
+    assert r.finished and len(r.history) == 1
+    h = r.history[0]
+    assert set(h) >= {"epoch", "train_loss", "valid_loss", "accuracy", "time"}
+    assert 0 <= h["accuracy"] <= 1 and h["time"] > 0
+    saved = load_results(tmp_path / name)
+    assert saved.history == r.history and saved.seed == 0
+    assert saved.settings["resize"] == 32 and saved.settings["n_train"] == 16 and saved.settings["epochs"] == 1
+    assert set(saved.versions) >= {"resnets", "fastai", "torch"} and saved.device.startswith("cpu")
+    assert saved.book["accuracy"][-1] == BOOK_FINAL[name]
+    png = (tmp_path / name / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_results_written_after_each_epoch(imagenette, tmp_path, monkeypatch):
+    # An interrupted run keeps its finished epochs: stop training inside epoch 2 and look at the file.
+    from resnets import experiments
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+    real_after_epoch = experiments.RunHistory.after_epoch
+
+    def after_epoch(self):
+        real_after_epoch(self)
+        seen.append(json.loads((tmp_path / "r" / "results.json").read_text()))
+        if self.epoch == 1:
+            raise Stop("interrupted in epoch 2")
+
+    monkeypatch.setattr(experiments.RunHistory, "after_epoch", after_epoch)
+    with pytest.raises(Stop):
+        run("cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, **{**TINY, "epochs": 3})
+    assert [len(s["history"]) for s in seen] == [1, 2]
+    assert not seen[-1]["finished"]
+    assert "[unfinished]" in load_results(tmp_path / "r").summary()
+
+
+def test_a_second_run_does_not_overwrite_the_first(imagenette, tmp_path):
+    run("cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, **TINY)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run("cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, **TINY)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(epochs=0), "epochs must be an integer >= 1"), (dict(size=16), "size must be an integer >= 32"),
+    (dict(bs=0), "bs must"), (dict(lr=0.0), "lr must be a number > 0"), (dict(lr=-1e-3), "lr must"),
+    (dict(subset=0), "subset must"),
+])  # fmt: skip
+def test_bad_options(kw, match, tree):
+    with pytest.raises(ValueError, match=match):
+        run("cnn", data=tree, save=False, progress=False, **kw)
+
+
+def test_unknown_experiment_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="cnn, res_cnn, double_res_cnn, resnet18, resnet50"):
+        run("resnet19")
+
+
+def _results(acc, n=5):
+    return Results("cnn", {"resize": 128}, 0, history=[{"epoch": i, "train_loss": 1.0, "valid_loss": 1.0,
+                   "accuracy": acc, "time": 10.0} for i in range(n)], device="cpu", book=EXPERIMENTS["cnn"].book)  # fmt: skip
+
+
+def test_summary_and_compare_against_the_book(tmp_path):
+    r = _results(0.7000)
+    assert r.book_accuracy == 0.6591
+    assert "accuracy 0.7000 after 5 epoch(s)" in r.summary() and "(+4.1 points)" in r.summary()
+    assert _results(0.5, n=2).book_accuracy == 0.5078  # compared at the same epoch
+    assert _results(0.5, n=8).book_accuracy == 0.6591  # longer than the book: its final epoch
+    r.save(tmp_path / "a")
+    table = compare([tmp_path / "a", _results(0.6)])
+    lines = table.splitlines()
+    assert len(lines) == 4 and "+4.1" in lines[2] and "-5.9" in lines[3]
+
+
+def test_load_results_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results at"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a resnets results file"):
+        load_results(tmp_path)
+
+
+def resnets_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)  # fmt: skip
+
+
+def test_cli_list():
+    p = resnets_cli("list")
+    assert p.returncode == 0
+    for name, acc in BOOK_FINAL.items():
+        assert name in p.stdout and f"{acc:.4f}" in p.stdout
+
+
+@pytest.mark.parametrize("name", list(BOOK_FINAL))
+def test_each_experiment_runs_from_the_cli(name, imagenette, tmp_path):
+    p = resnets_cli("run", name, "--data", imagenette, "--classes", 2, "--subset", 8, "--size", 32, "--presize", 40,
+                    "--bs", 8, "--epochs", 1, "--workers", 0, "--out", tmp_path / "run")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "resnets: training in fp32 on cpu" in p.stdout
+    assert f"{name}: accuracy" in p.stdout and "book:" in p.stdout
+    r = load_results(tmp_path / "run")
+    assert r.finished and r.settings["argv"][-2:] == ["--out", str(tmp_path / "run")]
+    assert (tmp_path / "run" / "results.png").stat().st_size > 5000
+    if name == "cnn":  # compare reads what run wrote
+        c = resnets_cli("compare", tmp_path / "run")
+        assert c.returncode == 0 and "0.3254" in c.stdout  # the book at the same epoch (1)
+
+
+def test_cli_lr_find(imagenette, tmp_path):
+    p = resnets_cli("lr-find", "cnn", "--data", imagenette, "--classes", 2, "--subset", 16, "--size", 32,
+                    "--presize", 40, "--bs", 8, "--workers", 0, "--out", tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "suggested learning rate" in p.stdout
+    assert (tmp_path / "lr_find.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("args,match", [
+    (["run", "resnet19"], "invalid choice: 'resnet19'.*'cnn', 'res_cnn'"),
+    (["run", "cnn", "--epochs", "zero"], "invalid int value"),
+    (["frobnicate"], "invalid choice"),
+])  # fmt: skip
+def test_cli_usage_errors(args, match):
+    p = resnets_cli(*args)
+    assert p.returncode == 2
+    assert re.search(match, p.stderr, re.S), p.stderr
+
+
+def test_cli_bad_values_are_one_clear_line(tmp_path):
+    p = resnets_cli("run", "cnn", "--epochs", 0, "--data", tmp_path)
+    assert p.returncode == 2 and p.stderr.strip() == "resnets run: error: epochs must be an integer >= 1, got 0"
+    p = resnets_cli("run", "cnn", "--data", tmp_path / "missing")
+    assert p.returncode == 2 and "no folder at" in p.stderr and "Traceback" not in p.stderr
