@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
 
 from .data import IMAGENETTE_NAMES, SOURCES, DataError, find_items, get_data, resolve_source
-from .layers import CONV_PATHS, ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, stem
 from .experiments import EXPERIMENTS, Experiment, build, get_experiment, list_experiments, lr_find, run
+from .layers import CONV_PATHS, ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, stem
 from .learner import PRECISIONS, choose_precision, get_learner
 from .models import (
     MODELS,

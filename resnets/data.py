@@ -162,7 +162,8 @@ def find_items(
         bad = _bad_images(items)
         if bad:
             shown = "\n  ".join(str(f) for f in bad[:5])
-            msg = f"{len(bad)} of {len(items)} image files cannot be read (corrupt, truncated or not images):\n  {shown}"
+            msg = f"{len(bad)} of {len(items)} image files cannot be read (corrupt, truncated or not images)"
+            msg += f":\n  {shown}"
             if bad_images == "raise":
                 raise DataError(msg + "\nRemove or replace them, or pass bad_images='skip' to train without them.")
             print(f"resnets: skipping {msg}")
@@ -200,12 +201,12 @@ def get_data(
     check_images: bool = True,
     bad_images: str = "skip",
 ) -> DataLoaders:
-    "The chapter's DataLoaders: Resize(presize) per item, then min_scale=0.5 augmentation to `resize` and ImageNet stats."
+    "The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats."
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     if resize > presize:
-        raise ValueError(f"resize ({resize}) is larger than presize ({presize}): crops would be upsampled; use presize >= resize")
+        raise ValueError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
     if bad_images not in ("skip", "raise"):
         raise ValueError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
     path = resolve_source(source)

@@ -9,6 +9,7 @@ runs at any other (>= 32 px keeps every stage's grid at least 1x1).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
@@ -53,7 +54,16 @@ def cnn_block(kind: str, ni: int, nf: int) -> nn.Module:
     return CNN_BLOCKS[kind](ni, nf)
 
 
-class ChapterCNN(nn.Sequential):
+class _Sequential(nn.Sequential):
+    "An nn.Sequential whose slices are plain nn.Sequentials (torch rebuilds slices with the subclass's __init__)."
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+
+class ChapterCNN(_Sequential):
     "Stride-2 blocks 3->16->32->64->128->256, then AdaptiveAvgPool2d(1), Flatten, Linear(256, n_out)."
 
     def __init__(
@@ -69,7 +79,7 @@ class ChapterCNN(nn.Sequential):
         )
 
 
-class ResNet(nn.Sequential):
+class ResNet(_Sequential):
     "Stem, four stages of residual blocks (widths 64, 64e, 128e, 256e, 512e), pool, flatten, linear."
 
     def __init__(
@@ -103,7 +113,8 @@ class ResNet(nn.Sequential):
     @staticmethod
     def _make_stage(ni: int, nf: int, n_blocks: int, stride: int, **kw) -> nn.Sequential:
         # Only the first block of a stage changes width and grid size; the rest keep nf channels.
-        return nn.Sequential(*[ResBlock(ni if i == 0 else nf, nf, stride if i == 0 else 1, **kw) for i in range(n_blocks)])
+        blocks = [ResBlock(ni if i == 0 else nf, nf, stride if i == 0 else 1, **kw) for i in range(n_blocks)]
+        return nn.Sequential(*blocks)
 
 
 def _resnet(layers, expansion, n_out=10, **kw): return ResNet(n_out, layers, expansion, **kw)  # noqa: E704

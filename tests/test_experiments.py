@@ -93,8 +93,8 @@ def test_unknown_experiment_lists_the_valid_ones():
 
 
 def _results(acc, n=5):
-    return Results("cnn", {"resize": 128}, 0, history=[{"epoch": i, "train_loss": 1.0, "valid_loss": 1.0,
-                   "accuracy": acc, "time": 10.0} for i in range(n)], device="cpu", book=EXPERIMENTS["cnn"].book)  # fmt: skip
+    history = [{"epoch": i, "train_loss": 1.0, "valid_loss": 1.0, "accuracy": acc, "time": 10.0} for i in range(n)]
+    return Results("cnn", {"resize": 128}, 0, history=history, device="cpu", book=EXPERIMENTS["cnn"].book)
 
 
 def test_summary_and_compare_against_the_book(tmp_path):

@@ -103,6 +103,16 @@ def test_resnet_structure():
     assert r18[7][0].convs[0][0].weight.numel() == 1_179_648
 
 
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_slices_are_plain_sequentials(name):
+    m = create_model(name)
+    body, head = m[:-3], m[-3:]
+    assert type(body) is nn.Sequential and len(body) + len(head) == len(m)
+    x = torch.randn(2, 3, 64, 64)
+    m.eval()
+    torch.testing.assert_close(head(body(x)), m(x))
+
+
 def test_c_in_and_n_out():
     m = create_model("resnet18", n_out=3, c_in=1)
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 3)

@@ -1,0 +1,29 @@
+# The two commands a newcomer needs:  `make run` (set up + train)  and  `make test` (set up + tests).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.resnets-installed
+SHARED := $(wildcard ../shared/data/imagenette2-160)
+EXP    ?= cnn
+DATA   ?= $(SHARED)
+ARGS   ?=
+
+.PHONY: setup run test lint
+setup: $(STAMP)
+
+# torch is pinned here, not in pyproject: 2.14.1/0.29.1 are the builds this project is tested with
+# (and the ones pip finds on the development machines' disk).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/resnets run $(EXP) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check resnets tests

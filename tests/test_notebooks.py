@@ -1,0 +1,28 @@
+"""Every notebook in nbs/ executes end to end on a tiny real subset (papermill injects the parameters)."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
+
+
+def test_one_notebook_per_chapter_section():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(nb: Path, imagenette, tmp_path):
+    papermill = pytest.importorskip("papermill", reason="papermill is a dev dependency: pip install -e .[dev]")
+    params = dict(data=str(imagenette), size=32, presize=40, epochs=1, bs=8, subset=8, classes=2, seed=0)
+    out = papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, cwd=str(tmp_path),
+                                     kernel_name="python3", progress_bar=False)  # fmt: skip
+    errors = [o for c in out.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    if "run(" in nb.read_text():
+        assert "accuracy" in text and "book:" in text, "the run printed its summary against the book"
+        assert list(tmp_path.glob("runs/*/results.json")), "the run saved its results"
