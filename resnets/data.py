@@ -1,7 +1,8 @@
 """The chapter's data: Imagenette (or any `train/<class>/*`, `val/<class>/*` folder) as fastai DataLoaders.
 
   source   a fastai URL (`URLs.IMAGENETTE_160`), a short name (`imagenette-160`) or a local folder
-  presize  item transform: every image is first resized (and centre-cropped) to presize x presize
+  presize  item transform: every image is first resized and cropped to a presize x presize square
+           (a random crop on the training set, the centre on the validation set)
   resize   batch transform: random-resized crop (at least half the image) to resize x resize, + flips etc.
   bs       batch size
 
@@ -111,12 +112,10 @@ def _bad_images(files: list[Path]) -> list[Path]:
     for f in files:
         st = f.stat()
         keys.append((str(f), st.st_size, st.st_mtime_ns))
-    todo = [f for f, k in zip(files, keys) if k not in _VERIFIED]
+    todo = [k for k in keys if k not in _VERIFIED]
     if todo:
-        oks = parallel(verify_image, todo, chunksize=256, progress=len(todo) > 2000)
-        for f, ok in zip(todo, oks):
-            st = f.stat()
-            _VERIFIED[(str(f), st.st_size, st.st_mtime_ns)] = bool(ok)
+        oks = parallel(verify_image, [k[0] for k in todo], chunksize=256, progress=len(todo) > 2000)
+        _VERIFIED.update(zip(todo, map(bool, oks)))
     return [f for f, k in zip(files, keys) if not _VERIFIED[k]]
 
 
@@ -149,6 +148,8 @@ def find_items(
             f"{' ...' if len(unseen) > 5 else ''}. Add images under train/<class>/ or remove them from {valid_name}/."
         )
     if classes is not None:
+        if isinstance(classes, int) and not 1 <= classes <= len(train_classes):
+            raise DataError(f"classes must be between 1 and {len(train_classes)} (classes in {path}), got {classes}")
         keep = sorted(train_classes)[:classes] if isinstance(classes, int) else list(classes)
         missing = sorted(set(keep) - train_classes)
         if missing:

@@ -164,7 +164,7 @@ def build(
     "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
     exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None)
     if seed is not None:
-        set_seed(seed, reproducible=True)
+        set_seed(seed)  # CPU runs repeat exactly; on a GPU cuDNN's choice of kernels may still vary
     dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
                    classes=classes, subset=subset, num_workers=num_workers)  # fmt: skip
     learn = get_learner(dls, create_model(exp.model, n_out=dls.c), precision=precision, cbs=cbs)
@@ -205,9 +205,11 @@ def run(
     "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
     start = time.perf_counter()
     exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr)
-    folder = _new_run_folder(out, exp.name) if save else None
+    if save and out is not None and (Path(out) / "results.json").exists():  # fail before any work
+        raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
     learn, exp = build(exp, data, subset=subset, classes=classes, precision=precision, seed=seed,
                        num_workers=num_workers)  # fmt: skip
+    folder = _new_run_folder(out, exp.name) if save else None
     dls = learn.dls
     settings = {k: v for k, v in asdict(exp).items() if not k.startswith(("book_", "title"))}
     settings.update(data=str(dls.path), subset=subset, classes=classes, precision=learn.precision,

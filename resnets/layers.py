@@ -3,7 +3,7 @@
 Vocabulary (used across the package):
   ni, nf     channels into and out of a layer or block ("number of inputs / filters")
   stride     2 halves the grid size, 1 keeps it
-  expansion  ratio between a bottleneck block's output width and its inner width (4 in ResNet-50+)
+A bottleneck branch works at a quarter of its output width (nf//4).
 
 Every convolution is fastai's `ConvLayer` (conv -> BatchNorm -> ReLU, padding ks//2, no conv bias
 before a BatchNorm); `NormType.BatchZero` starts a BatchNorm's weight (gamma) at zero.

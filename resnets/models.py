@@ -1,6 +1,8 @@
 """The chapter's models: the fully convolutional CNN with a pluggable block, and ResNet-18 ... 152.
 
   layers     blocks per stage, e.g. [2,2,2,2] for ResNet-18
+  expansion  multiplier of the stage widths 64, 128, 256, 512 (4 in ResNet-50+, whose bottleneck
+             blocks work inside at a quarter of that width, so at the plain widths again)
   n_out      number of classes; c_in: number of input channels (3 for RGB)
 
 All models are fully convolutional up to an adaptive average pool, so one trained at one image size

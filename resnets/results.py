@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,8 +57,7 @@ class Results:
     @property
     def epoch_time(self) -> float | None:
         "Median seconds per epoch (train + validate)."
-        times = sorted(h["time"] for h in self.history)
-        return times[len(times) // 2] if times else None
+        return statistics.median(h["time"] for h in self.history) if self.history else None
 
     @property
     def book_accuracy(self) -> float | None:

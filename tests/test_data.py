@@ -4,6 +4,7 @@ import pytest
 import torch
 from fastai.data.all import URLs
 from fastai.data.external import fastai_cfg
+from fastai.vision.all import Resize, imagenet_stats
 
 from conftest import make_tree, save_image
 from resnets import DataError, find_items, get_data, resolve_source
@@ -25,12 +26,24 @@ def test_generated_tree_with_odd_image_modes(tree):
     xs = torch.cat([x for x, _ in dls.train] + [x for x, _ in dls.valid])
     assert xs.shape[1:] == (3, 32, 32) and xs.shape[0] == 15 - 15 % 4 + 7  # train drops its last partial batch
     assert torch.isfinite(xs).all()
-    assert abs(xs.mean().item()) < 1.5, "ImageNet-normalised"
+
+
+def test_the_chapters_transforms(tree):
+    dls = tiny(tree)
+    (resize,) = [t for t in dls.train.after_item.fs if isinstance(t, Resize)]
+    assert resize.size == (40, 40)  # presize
+    tfms = {type(t).__name__: t for t in dls.train.after_batch.fs}
+    crop = tfms["RandomResizedCropGPU"]
+    assert (crop.size, crop.min_scale) == ((32, 32), 0.5)  # resize, at least half the image
+    assert "Flip" in tfms
+    norm = tfms["Normalize"]
+    torch.testing.assert_close(norm.mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
+    torch.testing.assert_close(norm.std.flatten().cpu(), torch.tensor(imagenet_stats[1]))
 
 
 def test_split_is_by_grandparent_folder(tree):
     items, valid_name = find_items(tree)
-    assert valid_name == "val"
+    assert valid_name == "val" and len(items) == 2 * 6 + 2 * 3
     dls = tiny(tree)
     assert all(p.parent.parent.name == "train" for p in dls.train_ds.items)
     assert all(p.parent.parent.name == "val" for p in dls.valid_ds.items)
@@ -105,6 +118,9 @@ def test_subset_and_classes_are_deterministic(tmp_path):
     assert {p.parent.name for p in a} == {"a", "b"}
     with pytest.raises(DataError, match="unknown classes"):
         find_items(tree, classes=["a", "zebra"])
+    for n in (0, -1, 4):
+        with pytest.raises(DataError, match=r"classes must be between 1 and 3"):
+            find_items(tree, classes=n)
 
 
 @pytest.mark.parametrize("kw,match", [

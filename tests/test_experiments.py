@@ -164,7 +164,8 @@ def test_cli_usage_errors(args, match):
 
 
 def test_cli_bad_values_are_one_clear_line(tmp_path):
-    p = resnets_cli("run", "cnn", "--epochs", 0, "--data", tmp_path)
+    p = resnets_cli("run", "cnn", "--epochs", 0, "--data", tmp_path, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip() == "resnets run: error: epochs must be an integer >= 1, got 0"
-    p = resnets_cli("run", "cnn", "--data", tmp_path / "missing")
+    p = resnets_cli("run", "cnn", "--data", tmp_path / "missing", cwd=tmp_path)
     assert p.returncode == 2 and "no folder at" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists(), "a run that failed at the start leaves no empty folder"

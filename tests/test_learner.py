@@ -43,3 +43,29 @@ def test_short_real_training_beats_chance(imagenette):
     assert r.settings["n_train"] == 450 and r.settings["n_valid"] == 150
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert r.accuracy >= 0.55, f"3-class accuracy {r.accuracy:.3f} is too close to chance (0.333)"
+
+
+def test_cuda_precision_choices(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert choose_precision("auto", "cuda")[0] == "fp16"
+    assert choose_precision("fp32", "cuda")[0] == "fp32"
+    assert choose_precision("bf16", "cuda") == ("fp16", "this GPU has no bfloat16 support: "
+                                                "training in fp16 mixed precision instead")  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert choose_precision("bf16", "cuda")[0] == "bf16"
+
+
+@pytest.mark.gpu
+def test_learner_on_cuda_uses_mixed_precision(tree):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0, device="cuda")
+    learn = get_learner(dls, create_model("cnn", n_out=dls.c))
+    assert learn.precision == "fp16" and any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)

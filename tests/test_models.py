@@ -78,6 +78,13 @@ def test_forward_backward(name):
     params = list(model.parameters())
     assert sum(p.grad is not None for p in params) == len(params), "every parameter gets a gradient"
     assert all(torch.isfinite(p.grad).all() for p in params)
+    # with every gamma at 1 (none blocking the signal) every gradient is also non-zero
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+    model.zero_grad()
+    model(torch.randn(2, 3, 48, 40)).logsumexp(1).mean().backward()
+    assert [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0] == []
 
 
 @pytest.mark.parametrize("name", list_models())

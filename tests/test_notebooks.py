@@ -20,8 +20,7 @@ def test_notebook_runs(nb: Path, imagenette, tmp_path):
     params = dict(data=str(imagenette), size=32, presize=40, epochs=1, bs=8, subset=8, classes=2, seed=0)
     out = papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, cwd=str(tmp_path),
                                      kernel_name="python3", progress_bar=False)  # fmt: skip
-    errors = [o for c in out.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    # a failing cell raises PapermillExecutionError above
     text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
     if "run(" in nb.read_text():
         assert "accuracy" in text and "book:" in text, "the run printed its summary against the book"
