@@ -8,9 +8,9 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
 
 from .data import IMAGENETTE_NAMES, SOURCES, DataError, find_items, get_data, resolve_source
-from .experiments import EXPERIMENTS, Experiment, build, get_experiment, list_experiments, lr_find, run
-from .layers import CONV_PATHS, ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, stem
-from .learner import PRECISIONS, choose_precision, get_learner
+from .experiments import CHAPTER, EXPERIMENTS, Experiment, build, get_experiment, list_experiments, lr_find, run
+from .layers import CONV_PATHS, ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, conv1x1_einsum, stem
+from .learner import PRECISIONS, choose_precision, get_learner, top_5_accuracy, top_k_accuracy
 from .models import (
     MODELS,
     ChapterCNN,
@@ -29,10 +29,10 @@ from .results import Results, compare, load_results
 __all__ = [
     "__version__",
     "IMAGENETTE_NAMES", "SOURCES", "DataError", "find_items", "get_data", "resolve_source",
-    "CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "basic_convs", "bottleneck_convs", "stem",
-    "PRECISIONS", "choose_precision", "get_learner",
+    "CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "conv1x1_einsum", "basic_convs", "bottleneck_convs", "stem",
+    "PRECISIONS", "choose_precision", "get_learner", "top_5_accuracy", "top_k_accuracy",
     "MODELS", "ChapterCNN", "ResNet", "cnn_block", "create_model", "list_models",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "EXPERIMENTS", "Experiment", "build", "get_experiment", "list_experiments", "lr_find", "run",
+    "CHAPTER", "EXPERIMENTS", "Experiment", "build", "get_experiment", "list_experiments", "lr_find", "run",
     "Results", "compare", "load_results",
 ]  # fmt: skip

@@ -34,6 +34,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
+    p.add_argument("--label-smoothing", type=float, metavar="EPS", help="label smoothing eps, e.g. 0.1 (default 0)")
+    p.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp with this Beta alpha, e.g. 0.4 (default off)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,8 +60,8 @@ def parser() -> argparse.ArgumentParser:
 def _list() -> None:
     print(f"{'name':<16}{'model':<16}{'data':<16}{'size':>5}{'epochs':>7}{'book acc':>9}{'s/epoch':>8}  title")
     for e in EXPERIMENTS.values():
-        print(f"{e.name:<16}{e.model:<16}{e.source:<16}{e.resize:>5}{e.epochs:>7}"
-              f"{e.book_accuracy[-1]:>9.4f}{e.book_epoch_time:>8}  {e.title}")  # fmt: skip
+        book = f"{e.book_accuracy[-1]:>9.4f}{e.book_epoch_time:>8}" if e.book_accuracy else f"{'-':>9}{'-':>8}"
+        print(f"{e.name:<16}{e.model:<16}{e.source:<16}{e.resize:>5}{e.epochs:>7}{book}  {e.title}")
     print("(book: final validation accuracy and seconds per epoch on the authors' 2020 GPU)")
 
 

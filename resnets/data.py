@@ -5,6 +5,7 @@
            (a random crop on the training set, the centre on the validation set)
   resize   batch transform: random-resized crop (at least half the image) to resize x resize, + flips etc.
   bs       batch size
+  flip     random horizontal flips (right for photos, not for digits)
 
 URLs go through fastai's `untar_data`, so an already-extracted copy in fastai's data folder
 (`~/.fastai/data`, or `$FASTAI_HOME/data`) is used without network.
@@ -201,6 +202,7 @@ def get_data(
     device=None,
     check_images: bool = True,
     bad_images: str = "skip",
+    flip: bool = True,
 ) -> DataLoaders:
     "The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats."
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
@@ -217,7 +219,7 @@ def get_data(
         splitter=GrandparentSplitter(valid_name=valid_name),
         get_y=parent_label,
         item_tfms=Resize(presize),
-        batch_tfms=[*aug_transforms(min_scale=0.5, size=resize), Normalize.from_stats(*imagenet_stats)],
+        batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip), Normalize.from_stats(*imagenet_stats)],
     )
     kw = {} if num_workers is None else {"num_workers": num_workers}
     dls = dblock.dataloaders(items, bs=bs, device=device, **kw)

@@ -18,15 +18,16 @@ import torch
 import torchvision
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
+from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 
 from . import __version__
 from .data import get_data
-from .learner import get_learner
+from .learner import get_learner, top_5_accuracy
 from .models import create_model
 from .results import Results
 
-__all__ = ["Experiment", "EXPERIMENTS", "get_experiment", "list_experiments", "build", "run", "lr_find"]
+__all__ = ["Experiment", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments", "build", "run", "lr_find"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Experiment:
     bs: int = 128
     epochs: int = 5
     lr: float = 3e-3  # the chapter's lr_find suggestion, used for every experiment
+    flip: bool = True  # random horizontal flips in the augmentation
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # alpha of MixUp's Beta distribution; 0: off
     book_accuracy: tuple[float, ...] = ()
     book_valid_loss: tuple[float, ...] = ()
     book_epoch_time: float | None = None  # seconds per epoch on the authors' 2020 GPU
@@ -72,7 +76,14 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                book_accuracy=(0.5141, 0.3975, 0.3870, 0.3962, 0.6138, 0.4227, 0.5287, 0.6665, 0.6504, 0.6749,
                               0.6764, 0.7139, 0.7417, 0.8069, 0.8586, 0.8464, 0.8619, 0.8535, 0.8759, 0.8726),
                book_valid_loss=(), book_epoch_time=32),
+    # Exercise 1: fully convolutional MNIST nets on fastai's MNIST_TINY (3s and 7s), with and without the pool.
+    # Digits are not mirror-symmetric, so no flips; the net is tiny and the data set 709 images, so bs 64.
+    Experiment("mnist_pool", "MNIST: 3 stride-2 convs + adaptive average pool", "mnist_pool",
+               source="mnist-tiny", presize=28, resize=28, bs=64, epochs=5, flip=False),
+    Experiment("mnist_flat", "MNIST: 5 stride-2 convs to 1x1, flattened, no pool", "mnist_flat",
+               source="mnist-tiny", presize=28, resize=28, bs=64, epochs=5, flip=False),
 ]}  # fmt: skip
+CHAPTER = ("cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet50")  # the five with the book's numbers
 
 
 def list_experiments() -> list[str]:
@@ -136,16 +147,21 @@ class RunHistory(Callback):
             self.results.save(self.folder, plot=False)
 
 
-def _resolve_settings(exp: Experiment, size, presize, bs, epochs, lr) -> Experiment:
+def _resolve_settings(exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None) -> Experiment:
     for n, v in {"size": size, "presize": presize}.items():
         _check(n, v, low=32)
     _check("bs", bs)
     _check("epochs", epochs)
     _check("lr", lr, kind=(int, float), low=0, strict=True)
+    _check("mixup", mixup, kind=(int, float), low=0)
+    if label_smoothing is not None and not (isinstance(label_smoothing, int | float) and 0 <= label_smoothing < 1):
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     resize = size or exp.resize
     # Keep the chapter's presize/size ratio (160/128) when a larger size is asked for.
     presize = presize or (exp.presize if resize <= exp.presize else round(resize * 1.25))
-    return replace(exp, resize=resize, presize=presize, bs=bs or exp.bs, epochs=epochs or exp.epochs, lr=lr or exp.lr)
+    return replace(exp, resize=resize, presize=presize, bs=bs or exp.bs, epochs=epochs or exp.epochs, lr=lr or exp.lr,
+                   label_smoothing=exp.label_smoothing if label_smoothing is None else label_smoothing,
+                   mixup=exp.mixup if mixup is None else mixup)  # fmt: skip
 
 
 def build(
@@ -160,15 +176,33 @@ def build(
     seed: int | None = 42,
     num_workers: int | None = None,
     cbs=None,
+    label_smoothing: float | None = None,
+    mixup: float | None = None,
 ):
     "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None)
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup)
     if seed is not None:
         set_seed(seed)  # CPU runs repeat exactly; on a GPU cuDNN's choice of kernels may still vary
     dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
-                   classes=classes, subset=subset, num_workers=num_workers)  # fmt: skip
-    learn = get_learner(dls, create_model(exp.model, n_out=dls.c), precision=precision, cbs=cbs)
+                   classes=classes, subset=subset, num_workers=num_workers, flip=exp.flip)  # fmt: skip
+    model = create_model(exp.model, n_out=dls.c)
+    _check_input_size(model, exp)
+    learn = get_learner(dls, model, precision=precision, cbs=cbs, metrics=[accuracy, top_5_accuracy],
+                        label_smoothing=exp.label_smoothing, mixup=exp.mixup)  # fmt: skip
     return learn, exp
+
+
+def _check_input_size(model, exp: Experiment) -> None:
+    "A model that is not fully convolutional accepts one size only: say so before training, not deep in torch."
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, exp.resize, exp.resize))
+    except RuntimeError as e:
+        raise ValueError(f"model {exp.model!r} cannot take {exp.resize} px images (it is not fully convolutional): "
+                         f"use its experiment's size, {get_experiment(exp.name).resize} px") from e  # fmt: skip
+    finally:
+        model.train(was_training)
 
 
 def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
@@ -199,12 +233,14 @@ def run(
     out: str | os.PathLike | None = None,
     precision: str = "auto",
     num_workers: int | None = None,
+    label_smoothing: float | None = None,
+    mixup: float | None = None,
     progress: bool = True,
     save: bool = True,
 ) -> Results:
     "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
     start = time.perf_counter()
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr)
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup)
     if save and out is not None and (Path(out) / "results.json").exists():  # fail before any work
         raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
     learn, exp = build(exp, data, subset=subset, classes=classes, precision=precision, seed=seed,

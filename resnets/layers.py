@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from fastai.layers import ConvLayer, NormType
 from torch import Tensor, nn
 
 __all__ = [
     "avg_pool",
+    "conv1x1_einsum",
     "SimpleResBlock",
     "ResBlock",
     "basic_convs",
@@ -31,6 +33,16 @@ __all__ = [
 def avg_pool(x: Tensor) -> Tensor:
     "Mean over the two spatial axes: (bs, c, h, w) -> (bs, c); `nn.AdaptiveAvgPool2d(1)` + flatten."
     return x.mean((2, 3))
+
+
+def conv1x1_einsum(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    "A 1x1 convolution as a matrix product over channels: (bs, ni, h, w) x (nf, ni, 1, 1) -> (bs, nf, h, w)."
+    if weight.dim() != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(f"weight must have shape (nf, ni, 1, 1), got {tuple(weight.shape)}")
+    if x.dim() != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x must have shape (bs, {weight.shape[1]}, h, w) to match the weight, got {tuple(x.shape)}")
+    out = torch.einsum("bihw,oi->bohw", x, weight[:, :, 0, 0])
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 def _last_norm(zero_gamma: bool) -> NormType:

@@ -1,20 +1,38 @@
 """The chapter's Learner: cross-entropy, accuracy, and mixed precision chosen for the device.
 
-  precision  'auto' (fp16 AMP on a CUDA GPU, fp32 elsewhere), 'fp16', 'bf16' or 'fp32'
+  precision        'auto' (fp16 AMP on a CUDA GPU, fp32 elsewhere), 'fp16', 'bf16' or 'fp32'
+  label_smoothing  eps: the target puts 1-eps on the true class and eps spread over all classes
+  mixup            alpha of the Beta distribution MixUp draws its mixing weights from (0: off)
 """
 
 from __future__ import annotations
 
 import torch
 from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.mixup import MixUp
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastcore.foundation import L
 from torch import nn
 
-__all__ = ["PRECISIONS", "choose_precision", "get_learner"]
+__all__ = ["PRECISIONS", "choose_precision", "top_k_accuracy", "top_5_accuracy", "get_learner"]
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+
+
+def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
+    "Fraction of rows whose target is among the `k` highest scores (k is capped at the number of classes)."
+    if preds.dim() != 2 or targs.shape != preds.shape[:1]:
+        raise ValueError(f"expected preds (n, classes), targets (n,); got {tuple(preds.shape)}, {tuple(targs.shape)}")
+    top = preds.topk(min(k, preds.shape[1]), dim=1).indices
+    return (top == targs[:, None]).any(dim=1).float().mean()
+
+
+def top_5_accuracy(preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
+    "Top-5 accuracy, as a fastai metric (the Imagenette leaderboard reports top-1: `accuracy`)."
+    return top_k_accuracy(preds, targs, k=5)
 
 
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
@@ -42,19 +60,24 @@ def get_learner(
     loss_func=None,
     metrics=None,
     cbs=None,
+    label_smoothing: float = 0.0,
+    mixup: float = 0.0,
     verbose: bool = True,
     **kwargs,
 ) -> Learner:
-    "A fastai Learner with `nn.CrossEntropyLoss` and `accuracy`, in the precision chosen for `dls.device`."
+    "A fastai Learner with cross-entropy and `accuracy`, in the precision chosen for `dls.device`."
     chosen, why = choose_precision(precision, dls.device)
-    learn = Learner(
-        dls,
-        model,
-        loss_func=loss_func if loss_func is not None else nn.CrossEntropyLoss(),
-        metrics=metrics if metrics is not None else accuracy,
-        cbs=cbs,
-        **kwargs,
-    )
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if mixup < 0:
+        raise ValueError(f"mixup is the alpha of its Beta distribution and must be >= 0 (0: off), got {mixup!r}")
+    if loss_func is None:
+        # fastai's flat cross-entropy is torch's with `y_int`, which MixUp needs to mix losses, not labels.
+        loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing) if label_smoothing or mixup \
+            else nn.CrossEntropyLoss()
+    cbs = [*L(cbs), *([MixUp(mixup)] if mixup else [])]
+    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics if metrics is not None else accuracy,
+                    cbs=cbs, **kwargs)  # fmt: skip
     if chosen != "fp32":
         learn.add_cb(MixedPrecision(amp_mode=chosen))
     learn.precision = chosen

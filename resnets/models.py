@@ -69,16 +69,26 @@ class ChapterCNN(_Sequential):
     "Stride-2 blocks 3->16->32->64->128->256, then AdaptiveAvgPool2d(1), Flatten, Linear(256, n_out)."
 
     def __init__(
-        self, n_out: int = 10, block: str = "conv", c_in: int = 3, widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+        self,
+        n_out: int = 10,
+        block: str = "conv",
+        c_in: int = 3,
+        widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+        pool: bool = True,
+        input_size: int | None = None,
     ):
+        "`pool=False` flattens the last grid instead of averaging it: then only `input_size` images fit."
         _check_positive(n_out=n_out, c_in=c_in)
         szs = [c_in, *widths]
-        super().__init__(
-            *[cnn_block(block, ni, nf) for ni, nf in zip(szs, szs[1:])],
-            nn.AdaptiveAvgPool2d(1),
-            Flatten(),
-            nn.Linear(szs[-1], n_out),
-        )
+        if pool:
+            head = [nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(szs[-1], n_out)]
+        else:
+            _check_positive(input_size=input_size)
+            grid = input_size
+            for _ in widths:
+                grid = (grid + 1) // 2  # a stride-2, padding-1 3x3 conv
+            head = [Flatten(), nn.Linear(szs[-1] * grid * grid, n_out)]
+        super().__init__(*[cnn_block(block, ni, nf) for ni, nf in zip(szs, szs[1:])], *head)
 
 
 class ResNet(_Sequential):
@@ -138,6 +148,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50":       resnet50,
     "resnet101":      resnet101,
     "resnet152":      resnet152,
+    # Exercise 1, MNIST (28 px): averaging lets 3 stride-2 convs (28->14->7->4) suffice; without the
+    # pool, the last grid is flattened, so the net needs 5 to reach 1x1 (and accepts only 28 px).
+    "mnist_pool":     partial(ChapterCNN, widths=(8, 16, 32)),
+    "mnist_flat":     partial(ChapterCNN, widths=(8, 16, 32, 64, 64), pool=False, input_size=28),
 }  # fmt: skip
 
 

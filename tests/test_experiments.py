@@ -6,14 +6,16 @@ import sys
 import pytest
 
 from conftest import TINY
-from resnets import EXPERIMENTS, Results, compare, get_experiment, list_experiments, load_results, run
+from resnets import CHAPTER, EXPERIMENTS, Results, compare, get_experiment, list_experiments, load_results, run
 from resnets.models import MODELS
 
 BOOK_FINAL = {"cnn": 0.6591, "res_cnn": 0.6678, "double_res_cnn": 0.6927, "resnet18": 0.7572, "resnet50": 0.8726}
 
 
-def test_registry_is_the_chapters_five_experiments():
-    assert list_experiments() == list(BOOK_FINAL)
+def test_registry_is_the_chapters_five_experiments_then_the_exercises():
+    assert list(CHAPTER) == list(BOOK_FINAL) == list_experiments()[:5]
+    assert list_experiments()[5:] == ["mnist_pool", "mnist_flat"]
+    assert all(not EXPERIMENTS[n].book_accuracy for n in list_experiments()[5:])
     for name, acc in BOOK_FINAL.items():
         e = get_experiment(name)
         assert e.model in MODELS
@@ -36,7 +38,8 @@ def test_each_experiment_runs_from_python(name, imagenette, tmp_path):
     r = run(name, data=imagenette, out=tmp_path / name, seed=0, progress=False, num_workers=0, **TINY)
     assert r.finished and len(r.history) == 1
     h = r.history[0]
-    assert set(h) >= {"epoch", "train_loss", "valid_loss", "accuracy", "time"}
+    assert set(h) >= {"epoch", "train_loss", "valid_loss", "accuracy", "top_5_accuracy", "time"}
+    assert h["top_5_accuracy"] == 1.0, "2 classes: the target is always in the top 5"
     assert 0 <= h["accuracy"] <= 1 and h["time"] > 0
     saved = load_results(tmp_path / name)
     assert saved.history == r.history and saved.seed == 0
@@ -80,7 +83,8 @@ def test_a_second_run_does_not_overwrite_the_first(imagenette, tmp_path):
 @pytest.mark.parametrize("kw,match", [
     (dict(epochs=0), "epochs must be an integer >= 1"), (dict(size=16), "size must be an integer >= 32"),
     (dict(bs=0), "bs must"), (dict(lr=0.0), "lr must be a number > 0"), (dict(lr=-1e-3), "lr must"),
-    (dict(subset=0), "subset must"),
+    (dict(subset=0), "subset must"), (dict(label_smoothing=1.0), "label_smoothing must"),
+    (dict(mixup=-0.1), "mixup must"),
 ])  # fmt: skip
 def test_bad_options(kw, match, tree):
     with pytest.raises(ValueError, match=match):
@@ -88,7 +92,7 @@ def test_bad_options(kw, match, tree):
 
 
 def test_unknown_experiment_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="cnn, res_cnn, double_res_cnn, resnet18, resnet50"):
+    with pytest.raises(ValueError, match="cnn, res_cnn, double_res_cnn, resnet18, resnet50, mnist_pool"):
         run("resnet19")
 
 
