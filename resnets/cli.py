@@ -36,11 +36,13 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
     p.add_argument("--label-smoothing", type=float, metavar="EPS", help="label smoothing eps, e.g. 0.1 (default 0)")
     p.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp with this Beta alpha, e.g. 0.4 (default off)")
+    p.add_argument("--zero-gamma", action=argparse.BooleanOptionalAction, default=None,
+                   help="start each residual branch's last BatchNorm at 0 (default; --no-zero-gamma: at 1)")
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,lr-find,compare}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,lr-find,compare,bench}")
     sub.add_parser("list", help="the chapter's experiments and the book's results")
     p = sub.add_parser("run", help="train an experiment, then compare with the book")
     _add_data_options(p)
@@ -54,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
     p = sub.add_parser("compare", help="a table of several runs against the book")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
+    p = sub.add_parser("bench", help="benchmarks: conv1x1 (einsum against conv2d)")
+    p.add_argument("what", choices=["conv1x1"])
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (median reported)")
     return top
 
 
@@ -63,6 +68,18 @@ def _list() -> None:
         book = f"{e.book_accuracy[-1]:>9.4f}{e.book_epoch_time:>8}" if e.book_accuracy else f"{'-':>9}{'-':>8}"
         print(f"{e.name:<16}{e.model:<16}{e.source:<16}{e.resize:>5}{e.epochs:>7}{book}  {e.title}")
     print("(book: final validation accuracy and seconds per epoch on the authors' 2020 GPU)")
+
+
+def _bench_conv1x1(repeats: int) -> None:
+    import torch
+
+    from .bench import bench_conv1x1
+
+    print(f"1x1 convolution forward, median of {repeats}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'input -> nf':<26}{'conv2d ms':>10}{'einsum ms':>10}{'ratio':>7}{'max diff':>10}")
+    for r in bench_conv1x1(repeats=repeats):
+        print(f"{r['shape']:<26}{r['conv2d_ms']:>10.2f}{r['einsum_ms']:>10.2f}{r['einsum_over_conv2d']:>7.2f}"
+              f"{r['max_abs_diff']:>10.1e}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"suggested learning rate: {s.valley:.2e} (valley); plot saved to {args.out}/lr_find.png")
         elif args.command == "compare":
             print(compare(args.runs))
+        elif args.command == "bench":
+            _bench_conv1x1(args.repeats)
     except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2

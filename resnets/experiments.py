@@ -46,6 +46,7 @@ class Experiment:
     flip: bool = True  # random horizontal flips in the augmentation
     label_smoothing: float = 0.0
     mixup: float = 0.0  # alpha of MixUp's Beta distribution; 0: off
+    zero_gamma: bool = True  # residual branches end in a BatchNorm with gamma 0 (False: the ablation)
     book_accuracy: tuple[float, ...] = ()
     book_valid_loss: tuple[float, ...] = ()
     book_epoch_time: float | None = None  # seconds per epoch on the authors' 2020 GPU
@@ -147,7 +148,9 @@ class RunHistory(Callback):
             self.results.save(self.folder, plot=False)
 
 
-def _resolve_settings(exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None) -> Experiment:
+def _resolve_settings(
+    exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None, zero_gamma=None
+) -> Experiment:
     for n, v in {"size": size, "presize": presize}.items():
         _check(n, v, low=32)
     _check("bs", bs)
@@ -161,7 +164,8 @@ def _resolve_settings(exp: Experiment, size, presize, bs, epochs, lr, label_smoo
     presize = presize or (exp.presize if resize <= exp.presize else round(resize * 1.25))
     return replace(exp, resize=resize, presize=presize, bs=bs or exp.bs, epochs=epochs or exp.epochs, lr=lr or exp.lr,
                    label_smoothing=exp.label_smoothing if label_smoothing is None else label_smoothing,
-                   mixup=exp.mixup if mixup is None else mixup)  # fmt: skip
+                   mixup=exp.mixup if mixup is None else mixup,
+                   zero_gamma=exp.zero_gamma if zero_gamma is None else bool(zero_gamma))  # fmt: skip
 
 
 def build(
@@ -178,14 +182,15 @@ def build(
     cbs=None,
     label_smoothing: float | None = None,
     mixup: float | None = None,
+    zero_gamma: bool | None = None,
 ):
     "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup)
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup, zero_gamma)
     if seed is not None:
         set_seed(seed)  # CPU runs repeat exactly; on a GPU cuDNN's choice of kernels may still vary
     dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
                    classes=classes, subset=subset, num_workers=num_workers, flip=exp.flip)  # fmt: skip
-    model = create_model(exp.model, n_out=dls.c)
+    model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma)
     _check_input_size(model, exp)
     learn = get_learner(dls, model, precision=precision, cbs=cbs, metrics=[accuracy, top_5_accuracy],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup)  # fmt: skip
@@ -235,12 +240,13 @@ def run(
     num_workers: int | None = None,
     label_smoothing: float | None = None,
     mixup: float | None = None,
+    zero_gamma: bool | None = None,
     progress: bool = True,
     save: bool = True,
 ) -> Results:
     "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
     start = time.perf_counter()
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup)
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma)
     if save and out is not None and (Path(out) / "results.json").exists():  # fail before any work
         raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
     learn, exp = build(exp, data, subset=subset, classes=classes, precision=precision, seed=seed,

@@ -42,18 +42,19 @@ def _check_positive(**kw: int) -> None:
 
 
 # What replaces each stride-2 step of the chapter's first CNN (experiments 1, 2 and 3).
-CNN_BLOCKS: dict[str, Callable[[int, int], nn.Module]] = {
-    "conv": lambda ni, nf: ConvLayer(ni, nf, stride=2),
-    "res": lambda ni, nf: ResBlock(ni, nf, stride=2),
-    "double_res": lambda ni, nf: nn.Sequential(ResBlock(ni, nf, stride=2), ResBlock(nf, nf)),
+CNN_BLOCKS: dict[str, Callable[..., nn.Module]] = {
+    "conv": lambda ni, nf, zero_gamma: ConvLayer(ni, nf, stride=2),
+    "res": lambda ni, nf, zero_gamma: ResBlock(ni, nf, stride=2, zero_gamma=zero_gamma),
+    "double_res": lambda ni, nf, zero_gamma: nn.Sequential(
+        ResBlock(ni, nf, stride=2, zero_gamma=zero_gamma), ResBlock(nf, nf, zero_gamma=zero_gamma)),
 }
 
 
-def cnn_block(kind: str, ni: int, nf: int) -> nn.Module:
+def cnn_block(kind: str, ni: int, nf: int, zero_gamma: bool = True) -> nn.Module:
     "One stride-2 step of the chapter's CNN: a ConvLayer, a ResBlock, or a ResBlock then a stride-1 one."
     if kind not in CNN_BLOCKS:
         raise ValueError(f"unknown block {kind!r}: choose one of {sorted(CNN_BLOCKS)}")
-    return CNN_BLOCKS[kind](ni, nf)
+    return CNN_BLOCKS[kind](ni, nf, zero_gamma)
 
 
 class _Sequential(nn.Sequential):
@@ -76,6 +77,7 @@ class ChapterCNN(_Sequential):
         widths: tuple[int, ...] = (16, 32, 64, 128, 256),
         pool: bool = True,
         input_size: int | None = None,
+        zero_gamma: bool = True,
     ):
         "`pool=False` flattens the last grid instead of averaging it: then only `input_size` images fit."
         _check_positive(n_out=n_out, c_in=c_in)
@@ -88,7 +90,7 @@ class ChapterCNN(_Sequential):
             for _ in widths:
                 grid = (grid + 1) // 2  # a stride-2, padding-1 3x3 conv
             head = [Flatten(), nn.Linear(szs[-1] * grid * grid, n_out)]
-        super().__init__(*[cnn_block(block, ni, nf) for ni, nf in zip(szs, szs[1:])], *head)
+        super().__init__(*[cnn_block(block, ni, nf, zero_gamma) for ni, nf in zip(szs, szs[1:])], *head)
 
 
 class ResNet(_Sequential):

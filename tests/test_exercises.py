@@ -123,3 +123,20 @@ def test_mnist_tiny_trains_to_high_accuracy(mnist_tiny):
     # 3s vs 7s, 709 training images, 5 epochs: about 20 s here; 0.976 with seed 42 when written
     r = run("mnist_pool", data=mnist_tiny, seed=42, save=False, progress=False)
     assert r.accuracy >= 0.93
+
+
+def test_bench_conv1x1_times_both_and_checks_values():
+    from resnets.bench import bench_conv1x1
+
+    (row,) = bench_conv1x1(shapes=((2, 16, 8, 5),), repeats=2)
+    assert row["conv2d_ms"] > 0 and row["einsum_ms"] > 0 and row["max_abs_diff"] < 1e-4
+    assert row["einsum_over_conv2d"] == pytest.approx(row["einsum_ms"] / row["conv2d_ms"])
+
+
+@pytest.mark.parametrize("zero_gamma", [True, False])
+def test_zero_gamma_ablation_flag_reaches_every_residual_branch(zero_gamma):
+    for name in ("res_cnn", "double_res_cnn", "resnet18", "resnet50"):
+        m = create_model(name, zero_gamma=zero_gamma)
+        lasts = [[b for b in blk.convs.modules() if isinstance(b, torch.nn.BatchNorm2d)][-1]
+                 for blk in m.modules() if hasattr(blk, "convs")]  # fmt: skip
+        assert lasts and all(torch.all(bn.weight == (0.0 if zero_gamma else 1.0)) for bn in lasts)
