@@ -173,3 +173,14 @@ def test_cli_bad_values_are_one_clear_line(tmp_path):
     p = resnets_cli("run", "cnn", "--data", tmp_path / "missing", cwd=tmp_path)
     assert p.returncode == 2 and "no folder at" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "runs").exists(), "a run that failed at the start leaves no empty folder"
+
+
+def test_cli_training_options_reach_the_run(imagenette, tmp_path, capsys):
+    from resnets.cli import main
+
+    rc = main(["run", "res_cnn", "--data", str(imagenette), "--classes", "2", "--subset", "8", "--size", "32",
+               "--presize", "40", "--bs", "8", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "r"),
+               "--label-smoothing", "0.1", "--mixup", "0.4", "--no-zero-gamma", "--no-progress"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    s = load_results(tmp_path / "r").settings
+    assert (s["label_smoothing"], s["mixup"], s["zero_gamma"], s["flip"]) == (0.1, 0.4, False, True)

@@ -9,15 +9,17 @@ from conftest import ROOT
 NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
 
 
-def test_one_notebook_per_chapter_section():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04"]
+def test_one_notebook_per_chapter_section_then_the_exercises():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(nb: Path, imagenette, tmp_path):
+def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     papermill = pytest.importorskip("papermill", reason="papermill is a dev dependency: pip install -e .[dev]")
     params = dict(data=str(imagenette), size=32, presize=40, epochs=1, bs=8, subset=8, classes=2, seed=0)
+    if "mnist_data" in nb.read_text():
+        params["mnist_data"] = str(mnist_tiny)
     out = papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, cwd=str(tmp_path),
                                      kernel_name="python3", progress_bar=False)  # fmt: skip
     # a failing cell raises PapermillExecutionError above
