@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+from pathlib import Path
 
 from .data import DataError
 from .experiments import EXPERIMENTS, lr_find, run
@@ -97,6 +99,12 @@ def _bench_models(names: list[str], size: int, bs: int, repeats: int) -> None:
         print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}{r['train_images_per_s']:>9.1f}")
 
 
+def _raised_here(e: BaseException) -> bool:
+    "Whether `e` was raised by this package's own checks (bad input), rather than inside another library."
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().parent == Path(__file__).resolve().parent
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k != "command"}
@@ -119,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             _bench_models(args.models.split(","), args.size, args.bs, args.repeats)
     except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
+        if not _raised_here(e):  # a bug deep in a library is not bad input: keep its traceback
+            raise
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -184,3 +184,18 @@ def test_cli_training_options_reach_the_run(imagenette, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     s = load_results(tmp_path / "r").settings
     assert (s["label_smoothing"], s["mixup"], s["zero_gamma"], s["flip"]) == (0.1, 0.4, False, True)
+
+
+def test_cli_keeps_the_traceback_of_a_bug_inside_another_library(monkeypatch, tree):
+    from resnets import cli
+
+    def broken(*args, **kwargs):
+        import matplotlib.pyplot as plt
+
+        plt.plot([1, 2], [1])  # matplotlib raises ValueError: not the user's fault, so not a one-liner
+
+    monkeypatch.setattr(cli, "run", broken)
+    with pytest.raises(ValueError, match="same first dimension"):
+        cli.main(["run", "cnn", "--data", str(tree)])
+    monkeypatch.undo()
+    assert cli.main(["run", "cnn", "--epochs", "0", "--data", str(tree)]) == 2  # our own check: one line
