@@ -39,11 +39,20 @@ def expected_cnn(block, n_out=10):
     return total + 256 * n_out + n_out
 
 
+def expected_plain(widths, grid=1, n_out=10):  # stride-2 ConvLayers, then a linear layer on grid x grid cells
+    szs = [3, *widths]
+    return sum(conv_bn(ni, nf) for ni, nf in zip(szs, szs[1:])) + widths[-1] * grid * grid * n_out + n_out
+
+
+PLAIN = {"cnn", "mnist_pool", "mnist_flat"}  # no residual blocks
+ONE_SIZE = {"mnist_flat": 28}  # flattens its last grid, so it takes one input size only
+
 EXPECTED = {
     "cnn": expected_cnn("conv"), "res_cnn": expected_cnn("res"), "double_res_cnn": expected_cnn("double_res"),
     "resnet18": expected_resnet([2, 2, 2, 2], 1), "resnet34": expected_resnet([3, 4, 6, 3], 1),
     "resnet50": expected_resnet([3, 4, 6, 3], 4), "resnet101": expected_resnet([3, 4, 23, 3], 4),
     "resnet152": expected_resnet([3, 8, 36, 3], 4),
+    "mnist_pool": expected_plain([16, 32, 64]), "mnist_flat": expected_plain([8, 16, 32, 64, 64]),
 }  # fmt: skip
 
 
@@ -69,12 +78,14 @@ def test_same_size_as_fastais_xresnet(ours, fastais):
 def test_forward_backward(name):
     torch.manual_seed(0)
     model = create_model(name, n_out=7)
-    for size in (32, 64, 97):  # fully convolutional: any size >= 32, odd ones included
-        out = model(torch.randn(2, 3, size, size))
+    sizes = [(ONE_SIZE[name],) * 2] if name in ONE_SIZE else [(32, 32), (64, 64), (97, 97), (48, 40)]
+    for h, w in sizes:  # fully convolutional: any size >= 32, odd and non-square ones included
+        out = model(torch.randn(2, 3, h, w))
         assert out.shape == (2, 7)
         assert torch.isfinite(out).all()
+    h, w = sizes[-1]
     model.zero_grad()
-    model(torch.randn(2, 3, 48, 40)).logsumexp(1).mean().backward()
+    model(torch.randn(2, 3, h, w)).logsumexp(1).mean().backward()
     params = list(model.parameters())
     assert sum(p.grad is not None for p in params) == len(params), "every parameter gets a gradient"
     assert all(torch.isfinite(p.grad).all() for p in params)
@@ -83,14 +94,14 @@ def test_forward_backward(name):
         if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
     model.zero_grad()
-    model(torch.randn(2, 3, 48, 40)).logsumexp(1).mean().backward()
+    model(torch.randn(2, 3, h, w)).logsumexp(1).mean().backward()
     assert [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0] == []
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_last_batchnorm_of_every_residual_branch_is_zero(name):
     blocks = [m for m in create_model(name).modules() if isinstance(m, ResBlock)]
-    assert (len(blocks) > 0) == (name != "cnn")
+    assert (len(blocks) > 0) == (name not in PLAIN)
     for b in blocks:
         last = [m for m in b.convs.modules() if isinstance(m, nn.BatchNorm2d)][-1]
         assert torch.all(last.weight == 0)
