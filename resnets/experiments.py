@@ -210,6 +210,11 @@ def _check_input_size(model, exp: Experiment) -> None:
         model.train(was_training)
 
 
+def _check_free(out: str | os.PathLike) -> None:
+    if (Path(out) / "results.json").exists():
+        raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
+
+
 def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -218,8 +223,7 @@ def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
         while out.exists():
             out, i = Path("runs") / f"{name}-{stamp}-{i}", i + 1
     out = Path(out)
-    if (out / "results.json").exists():
-        raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
+    _check_free(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -247,8 +251,8 @@ def run(
     "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
     start = time.perf_counter()
     exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma)
-    if save and out is not None and (Path(out) / "results.json").exists():  # fail before any work
-        raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
+    if save and out is not None:
+        _check_free(out)  # before any work
     learn, exp = build(exp, data, subset=subset, classes=classes, precision=precision, seed=seed,
                        num_workers=num_workers)  # fmt: skip
     folder = _new_run_folder(out, exp.name) if save else None
