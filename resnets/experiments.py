@@ -23,7 +23,7 @@ from fastai.torch_core import set_seed
 
 from . import __version__
 from .data import get_data
-from .learner import get_learner, top_5_accuracy
+from .learner import check_regularisation, get_learner, top_5_accuracy
 from .models import create_model
 from .results import Results
 
@@ -156,9 +156,7 @@ def _resolve_settings(
     _check("bs", bs)
     _check("epochs", epochs)
     _check("lr", lr, kind=(int, float), low=0, strict=True)
-    _check("mixup", mixup, kind=(int, float), low=0)
-    if label_smoothing is not None and not (isinstance(label_smoothing, int | float) and 0 <= label_smoothing < 1):
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    check_regularisation(label_smoothing or 0.0, mixup or 0.0)  # before any data is read
     resize = size or exp.resize
     # Keep the chapter's presize/size ratio (160/128) when a larger size is asked for.
     presize = presize or (exp.presize if resize <= exp.presize else round(resize * 1.25))

@@ -17,7 +17,7 @@ from fastai.metrics import accuracy
 from fastcore.foundation import L
 from torch import nn
 
-__all__ = ["PRECISIONS", "choose_precision", "top_k_accuracy", "top_5_accuracy", "get_learner"]
+__all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy", "get_learner"]
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
@@ -53,6 +53,17 @@ def choose_precision(precision: str, device: torch.device | str) -> tuple[str, s
     return precision, f"training in {precision}{' mixed precision' if precision != 'fp32' else ''} on cuda"
 
 
+def check_regularisation(label_smoothing: float = 0.0, mixup: float = 0.0) -> None:
+    "Raise a ValueError naming the problem if label smoothing or MixUp's alpha is out of range."
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if not number(label_smoothing) or not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    if not number(mixup) or mixup < 0:
+        raise ValueError(f"mixup must be a number >= 0 (the alpha of MixUp's Beta distribution; 0: off), got {mixup!r}")
+
+
 def get_learner(
     dls: DataLoaders,
     model: nn.Module,
@@ -67,10 +78,7 @@ def get_learner(
 ) -> Learner:
     "A fastai Learner with cross-entropy and `accuracy`, in the precision chosen for `dls.device`."
     chosen, why = choose_precision(precision, dls.device)
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-    if mixup < 0:
-        raise ValueError(f"mixup is the alpha of its Beta distribution and must be >= 0 (0: off), got {mixup!r}")
+    check_regularisation(label_smoothing, mixup)
     if loss_func is None:
         # fastai's flat cross-entropy is torch's with `y_int`, which MixUp needs to mix losses, not labels.
         loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing) if label_smoothing or mixup \
