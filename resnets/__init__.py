@@ -14,6 +14,7 @@ from .learner import PRECISIONS, choose_precision, get_learner, top_5_accuracy, 
 from .models import (
     MODELS,
     ChapterCNN,
+    DepthNet,
     ResNet,
     cnn_block,
     create_model,
@@ -25,14 +26,16 @@ from .models import (
     resnet152,
 )
 from .results import Results, compare, load_results
+from .studies import STUDIES, Arm, Study, StudyResults, get_study, list_studies, run_study
 
 __all__ = [
     "__version__",
     "IMAGENETTE_NAMES", "SOURCES", "DataError", "find_items", "get_data", "resolve_source",
     "CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "conv1x1_einsum", "basic_convs", "bottleneck_convs", "stem",
     "PRECISIONS", "choose_precision", "get_learner", "top_5_accuracy", "top_k_accuracy",
-    "MODELS", "ChapterCNN", "ResNet", "cnn_block", "create_model", "list_models",
+    "MODELS", "ChapterCNN", "DepthNet", "ResNet", "cnn_block", "create_model", "list_models",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "CHAPTER", "EXPERIMENTS", "Experiment", "build", "get_experiment", "list_experiments", "lr_find", "run",
     "Results", "compare", "load_results",
+    "STUDIES", "Arm", "Study", "StudyResults", "get_study", "list_studies", "run_study",
 ]  # fmt: skip

@@ -4,6 +4,7 @@
   resnets run resnet18 [--data PATH|name] [--epochs N] [--size PX] [--subset N] [--out DIR] ...
   resnets lr-find cnn --out DIR
   resnets compare runs/cnn-* runs/res_cnn-*
+  resnets study degradation [--data PATH] [--out DIR] [--seeds 1,2] [--epochs N] ...
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .data import DataError
 from .experiments import EXPERIMENTS, lr_find, run
 from .learner import PRECISIONS
 from .results import compare
+from .studies import STUDIES, run_study
 
 __all__ = ["main", "parser"]
 
@@ -44,8 +46,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,lr-find,compare,bench}")
-    sub.add_parser("list", help="the chapter's experiments and the book's results")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,lr-find,compare,study,bench}")
+    sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
     p = sub.add_parser("run", help="train an experiment, then compare with the book")
     _add_data_options(p)
     p.add_argument("--epochs", type=int, help="number of epochs")
@@ -58,6 +60,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
     p = sub.add_parser("compare", help="a table of several runs against the book")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
+    p = sub.add_parser("study", help="run a study (several experiments compared): " + ", ".join(STUDIES))
+    p.add_argument("name", choices=list(STUDIES), metavar="NAME", help=f"one of: {', '.join(STUDIES)}")
+    p.add_argument("--out", help="folder for the runs, study.json and study.png (default: runs/study-NAME); "
+                   "running again with the same folder reuses its finished runs")  # fmt: skip
+    p.add_argument("--data", help="a local folder with train/ and val/, a name or a URL (for every arm)")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds")
+    for opt in ("epochs", "size", "presize", "bs", "subset"):
+        p.add_argument(f"--{opt}", type=int, help=f"override every arm's {opt}")
+    p.add_argument("--classes", type=_classes, help="the first N classes, or a comma-separated list of class folders")
+    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: only when writing to a terminal)")  # fmt: skip
     p = sub.add_parser("bench", help="benchmarks: conv1x1 (einsum against conv2d), models (params, FLOPs, speed)")
     p.add_argument("what", choices=["conv1x1", "models"])
     p.add_argument("--models", default="resnet18,resnet34,resnet50", help="comma-separated model names")
@@ -73,6 +87,9 @@ def _list() -> None:
         book = f"{e.book_accuracy[-1]:>9.4f}{e.book_epoch_time:>8}" if e.book_accuracy else f"{'-':>9}{'-':>8}"
         print(f"{e.name:<16}{e.model:<16}{e.source:<16}{e.resize:>5}{e.epochs:>7}{book}  {e.title}")
     print("(book: final validation accuracy and seconds per epoch on the authors' 2020 GPU)")
+    print("\nstudies (`resnets study NAME`):")
+    for st in STUDIES.values():
+        print(f"  {st.name:<16}{len(st.arms)} arms x {len(st.seeds)} seed(s): {st.claim}")
 
 
 def _bench_conv1x1(repeats: int) -> None:
@@ -120,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "lr-find":
             s = lr_find(kw.pop("name"), **kw)
             print(f"suggested learning rate: {s.valley:.2e} (valley); plot saved to {args.out}/lr_find.png")
+        elif args.command == "study":
+            kw = {k: v for k, v in kw.items() if v is not None}
+            kw["progress"] = kw.get("progress", sys.stdout.isatty())
+            name = kw.pop("name")
+            found = run_study(name, kw.pop("out", f"runs/study-{name}"), **kw)
+            print(found.table())
+            print(f"saved {found.folder}/study.json and study.png")
         elif args.command == "compare":
             print(compare(args.runs))
         elif args.command == "bench" and args.what == "conv1x1":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 from fastai.data.all import (
@@ -115,7 +116,8 @@ def _bad_images(files: list[Path]) -> list[Path]:
         keys.append((str(f), st.st_size, st.st_mtime_ns))
     todo = [k for k in keys if k not in _VERIFIED]
     if todo:
-        oks = parallel(verify_image, [k[0] for k in todo], chunksize=256, progress=len(todo) > 2000)
+        bar = len(todo) > 2000 and sys.stdout.isatty()  # a bar in a log file is noise
+        oks = parallel(verify_image, [k[0] for k in todo], chunksize=256, progress=bar)
         _VERIFIED.update(zip(todo, map(bool, oks)))
     return [f for f, k in zip(files, keys) if not _VERIFIED[k]]
 

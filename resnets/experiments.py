@@ -22,7 +22,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 
 from . import __version__
-from .data import get_data
+from .data import _check_subset, get_data
 from .learner import check_regularisation, get_learner, top_5_accuracy
 from .models import create_model
 from .results import Results
@@ -41,6 +41,7 @@ class Experiment:
     presize: int = 160
     resize: int = 128
     bs: int = 128
+    subset: int | tuple[int, int] | None = None  # at most this many images per class in each split (None: all)
     epochs: int = 5
     lr: float = 3e-3  # the chapter's lr_find suggestion, used for every experiment
     flip: bool = True  # random horizontal flips in the augmentation
@@ -77,12 +78,19 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                book_accuracy=(0.5141, 0.3975, 0.3870, 0.3962, 0.6138, 0.4227, 0.5287, 0.6665, 0.6504, 0.6749,
                               0.6764, 0.7139, 0.7417, 0.8069, 0.8586, 0.8464, 0.8619, 0.8535, 0.8759, 0.8726),
                book_valid_loss=(), book_epoch_time=32),
+    # Not in the chapter: ResNet-34 (basic blocks, [3,4,6,3]) matches ResNet-50's FLOPs, for the bottleneck claim.
+    Experiment("resnet34", "ResNet-34 (basic blocks, ResNet-50's layout and compute)", "resnet34"),
     # Exercise 1: fully convolutional MNIST nets on fastai's MNIST_TINY (3s and 7s), with and without the pool.
     # Digits are not mirror-symmetric, so no flips; the net is tiny and the data set 709 images, so bs 64.
     Experiment("mnist_pool", "MNIST: 3 stride-2 convs + adaptive average pool", "mnist_pool",
                source="mnist-tiny", presize=28, resize=28, bs=64, epochs=5, flip=False),
     Experiment("mnist_flat", "MNIST: 5 stride-2 convs to 1x1, flattened, no pool", "mnist_flat",
                source="mnist-tiny", presize=28, resize=28, bs=64, epochs=5, flip=False),
+    # Claim 5, degradation: He et al.'s CIFAR-sized nets (6n+2 layers, 16-32-64 wide) on Imagenette
+    # at 32 px, on 200 images per class so that each trains in minutes on a CPU.
+    *[Experiment(f"{kind}{depth}", f"{depth}-layer {'residual' if kind == 'res' else 'plain'} net at 32 px",
+                 f"{kind}{depth}", presize=40, resize=32, subset=200, epochs=5, lr=3e-3)
+      for kind in ("plain", "res") for depth in (20, 56)],
 ]}  # fmt: skip
 CHAPTER = ("cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet50")  # the five with the book's numbers
 
@@ -149,7 +157,7 @@ class RunHistory(Callback):
 
 
 def _resolve_settings(
-    exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None, zero_gamma=None
+    exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None, zero_gamma=None, subset=None
 ) -> Experiment:
     for n, v in {"size": size, "presize": presize}.items():
         _check(n, v, low=32)
@@ -157,13 +165,16 @@ def _resolve_settings(
     _check("epochs", epochs)
     _check("lr", lr, kind=(int, float), low=0, strict=True)
     check_regularisation(label_smoothing or 0.0, mixup or 0.0)  # before any data is read
+    if subset is not None:
+        _check_subset(subset)
     resize = size or exp.resize
     # Keep the chapter's presize/size ratio (160/128) when a larger size is asked for.
     presize = presize or (exp.presize if resize <= exp.presize else round(resize * 1.25))
     return replace(exp, resize=resize, presize=presize, bs=bs or exp.bs, epochs=epochs or exp.epochs, lr=lr or exp.lr,
                    label_smoothing=exp.label_smoothing if label_smoothing is None else label_smoothing,
                    mixup=exp.mixup if mixup is None else mixup,
-                   zero_gamma=exp.zero_gamma if zero_gamma is None else bool(zero_gamma))  # fmt: skip
+                   zero_gamma=exp.zero_gamma if zero_gamma is None else bool(zero_gamma),
+                   subset=exp.subset if subset is None else subset)  # fmt: skip
 
 
 def build(
@@ -183,11 +194,15 @@ def build(
     zero_gamma: bool | None = None,
 ):
     "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup, zero_gamma)
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup, zero_gamma,
+                            subset)
     if seed is not None:
         set_seed(seed)  # CPU runs repeat exactly; on a GPU cuDNN's choice of kernels may still vary
     dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
-                   classes=classes, subset=subset, num_workers=num_workers, flip=exp.flip)  # fmt: skip
+                   classes=classes, subset=exp.subset, num_workers=num_workers, flip=exp.flip)  # fmt: skip
+    if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
+        raise ValueError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
+                         f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma)
     _check_input_size(model, exp)
     learn = get_learner(dls, model, precision=precision, cbs=cbs, metrics=[accuracy, top_5_accuracy],
@@ -248,15 +263,16 @@ def run(
 ) -> Results:
     "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
     start = time.perf_counter()
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma)
+    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma,
+                            subset)
     if save and out is not None:
         _check_free(out)  # before any work
-    learn, exp = build(exp, data, subset=subset, classes=classes, precision=precision, seed=seed,
+    learn, exp = build(exp, data, classes=classes, precision=precision, seed=seed,
                        num_workers=num_workers)  # fmt: skip
     folder = _new_run_folder(out, exp.name) if save else None
     dls = learn.dls
     settings = {k: v for k, v in asdict(exp).items() if not k.startswith(("book_", "title"))}
-    settings.update(data=str(dls.path), subset=subset, classes=classes, precision=learn.precision,
+    settings.update(data=str(dls.path), classes=classes, precision=learn.precision,
                     n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_classes=dls.c, argv=sys.argv)  # fmt: skip
     results = Results(exp.name, settings, seed, versions=_versions(), device=describe_device(dls.device), book=exp.book)
     learn.add_cb(RunHistory(results, folder))

@@ -24,6 +24,7 @@ __all__ = [
     "cnn_block",
     "ChapterCNN",
     "ResNet",
+    "DepthNet",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -131,6 +132,27 @@ class ResNet(_Sequential):
         return nn.Sequential(*blocks)
 
 
+class DepthNet(_Sequential):
+    "He et al.'s CIFAR nets (2015, section 4.2): a 3x3 ConvLayer, 3 stages of n two-conv blocks, pool, linear."
+
+    def __init__(self, n_out=10, n: int = 3, residual: bool = True, width: int = 16, c_in=3, zero_gamma: bool = True):
+        "6n+2 weight layers; stages of width w, 2w, 4w, the 2nd and 3rd starting with a stride-2 block."
+        _check_positive(n_out=n_out, n=n, width=width, c_in=c_in)
+        widths = [width] * (n + 1) + [2 * width] * n + [4 * width] * n  # into and out of each block
+        strides = [1] * n + [2] + [1] * (n - 1) + [2] + [1] * (n - 1)
+        if residual:
+            blocks = [ResBlock(ni, nf, s, zero_gamma=zero_gamma) for ni, nf, s in zip(widths, widths[1:], strides)]
+        else:  # the same convolutions with no shortcut: a "plain" net
+            blocks = [nn.Sequential(ConvLayer(ni, nf, stride=s), ConvLayer(nf, nf))
+                      for ni, nf, s in zip(widths, widths[1:], strides)]  # fmt: skip
+        head = [nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(4 * width, n_out)]
+        super().__init__(ConvLayer(c_in, width), *blocks, *head)
+
+
+def _depth_net(n: int, residual: bool, n_out: int = 10, c_in: int = 3, zero_gamma: bool = True) -> DepthNet:
+    return DepthNet(n_out, n, residual, c_in=c_in, zero_gamma=zero_gamma)
+
+
 def _resnet(layers, expansion, n_out=10, **kw): return ResNet(n_out, layers, expansion, **kw)  # noqa: E704
 
 
@@ -154,6 +176,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     # pool, the last grid is flattened, so the net needs 5 to reach 1x1 (and accepts only 28 px).
     "mnist_pool":     partial(ChapterCNN, widths=(16, 32, 64)),
     "mnist_flat":     partial(ChapterCNN, widths=(8, 16, 32, 64, 64), pool=False, input_size=28),
+    # The degradation claim (He et al. 2015, figure 1 / 6): 6n+2 layers, with and without shortcuts.
+    "plain20":        partial(_depth_net, 3, False),
+    "plain56":        partial(_depth_net, 9, False),
+    "res20":          partial(_depth_net, 3, True),
+    "res56":          partial(_depth_net, 9, True),
 }  # fmt: skip
 
 

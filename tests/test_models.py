@@ -3,7 +3,7 @@ import torch
 from fastai.vision.models.xresnet import xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
 from torch import nn
 
-from resnets import MODELS, ChapterCNN, ResBlock, ResNet, create_model, list_models
+from resnets import MODELS, ChapterCNN, DepthNet, ResBlock, ResNet, create_model, list_models
 
 
 def n_params(m: nn.Module) -> int:
@@ -44,7 +44,14 @@ def expected_plain(widths, grid=1, n_out=10):  # stride-2 ConvLayers, then a lin
     return sum(conv_bn(ni, nf) for ni, nf in zip(szs, szs[1:])) + widths[-1] * grid * grid * n_out + n_out
 
 
-PLAIN = {"cnn", "mnist_pool", "mnist_flat"}  # no residual blocks
+def expected_depth_net(n, residual, width=16, n_out=10):  # He et al.'s 6n+2-layer CIFAR nets
+    total, szs = conv_bn(3, width), [width] * (n + 1) + [2 * width] * n + [4 * width] * n
+    for ni, nf in zip(szs, szs[1:]):
+        total += conv_bn(ni, nf) + conv_bn(nf, nf) + (conv_bn(ni, nf, 1) if residual and ni != nf else 0)
+    return total + 4 * width * n_out + n_out
+
+
+PLAIN = {"cnn", "mnist_pool", "mnist_flat", "plain20", "plain56"}  # no residual blocks
 ONE_SIZE = {"mnist_flat": 28}  # flattens its last grid, so it takes one input size only
 
 EXPECTED = {
@@ -53,6 +60,8 @@ EXPECTED = {
     "resnet50": expected_resnet([3, 4, 6, 3], 4), "resnet101": expected_resnet([3, 4, 23, 3], 4),
     "resnet152": expected_resnet([3, 8, 36, 3], 4),
     "mnist_pool": expected_plain([16, 32, 64]), "mnist_flat": expected_plain([8, 16, 32, 64, 64]),
+    "plain20": expected_depth_net(3, False), "plain56": expected_depth_net(9, False),
+    "res20": expected_depth_net(3, True), "res56": expected_depth_net(9, True),
 }  # fmt: skip
 
 
@@ -153,3 +162,24 @@ def test_unknown_model_lists_the_valid_ones():
         create_model("resnet19")
     with pytest.raises(ValueError, match="double_res"):
         ChapterCNN(block="triple")
+
+
+@pytest.mark.parametrize("n", [1, 3, 9])
+def test_depth_net_has_6n_plus_2_weight_layers_with_or_without_shortcuts(n):
+    for residual in (False, True):
+        m = DepthNet(n_out=10, n=n, residual=residual)
+        convs3 = [c for c in m.modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3)]
+        assert len(convs3) + 1 == 6 * n + 2  # + the linear layer
+        assert [c.out_channels for c in convs3][-1] == 64 and sum(c.stride == (2, 2) for c in convs3) == 2
+        assert any(isinstance(b, ResBlock) for b in m.modules()) == residual
+        assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # He et al. report 0.27M and 0.85M parameters for their 20- and 56-layer CIFAR ResNets
+    assert round(n_params(create_model("res20")) / 1e6, 2) == 0.27
+    assert round(n_params(create_model("res56")) / 1e6, 2) == 0.86
+
+
+def test_bad_depth_net_arguments():
+    with pytest.raises(ValueError, match="n must be"):
+        DepthNet(n=0)
+    with pytest.raises(ValueError, match="width"):
+        DepthNet(width=-16)

@@ -1,0 +1,220 @@
+"""The chapter's claims as studies: several registered experiments, run side by side and compared.
+
+A `Study` is a list of arms, each a registered experiment with a few options changed (a learning
+rate, `zero_gamma=False`, label smoothing ...), run for one or more seeds. `run_study` trains every
+arm with `run()`, keeps each run's folder (`out/<arm>-seed<N>/results.json`), and writes
+`study.json` (a row per arm: final losses and accuracy, mean and per seed, and the model's size
+and counted FLOPs) and `study.png` (the per-epoch curves the claim is about, one line per arm).
+An interrupted study picks up where it stopped: finished runs are read back, not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .bench import bench_models, count_flops
+from .experiments import _resolve_settings, get_experiment, run
+from .models import create_model
+from .results import Results, atomic_write, load_results
+
+__all__ = ["Arm", "Study", "STUDIES", "get_study", "list_studies", "run_study", "StudyResults"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    "One side of a comparison: a registered experiment and the `run()` options that differ from it."
+
+    label: str
+    experiment: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    claim: str  # what the study is meant to show, in one sentence
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...] = (42,)
+    curve: str = "train_loss"  # the per-epoch value the claim is about (plotted beside accuracy)
+    throughput: bool = False  # also time a training step of each arm's model on synthetic images
+
+
+_SMALL_RESNET = dict(size=64, presize=80)  # ResNets at 64 px: 4x cheaper than the chapter's 128 px
+STUDIES: dict[str, Study] = {s.name: s for s in [
+    Study("degradation",
+          "a deeper plain net reaches a higher training loss than a shallower one; with shortcuts it does not "
+          "(He et al. 2015, figure 1)",
+          (Arm("plain-20", "plain20"), Arm("plain-56", "plain56"), Arm("res-20", "res20"), Arm("res-56", "res56"))),
+    Study("zero_gamma",
+          "residual branches whose last BatchNorm starts at gamma 0 train better at high learning rates than "
+          "with gamma 1",
+          tuple(Arm(f"gamma {0 if zg else 1}, lr {lr:g}", "resnet18",
+                    dict(**_SMALL_RESNET, subset=(100, 50), lr=lr, zero_gamma=zg))
+                for lr in (3e-3, 3e-2, 1e-1) for zg in (True, False)),
+          seeds=(1, 2)),
+    Study("bottleneck",
+          "at matched compute, bottleneck blocks (ResNet-50) against basic blocks (ResNet-34): parameters, "
+          "counted FLOPs, throughput and accuracy",
+          (Arm("basic (resnet34)", "resnet34", dict(**_SMALL_RESNET, subset=200)),
+           Arm("bottleneck (resnet50)", "resnet50",
+               dict(**_SMALL_RESNET, subset=200, epochs=5, data="imagenette-160"))),
+          curve="valid_loss", throughput=True),
+    Study("regularisation",
+          "label smoothing and MixUp against plain cross-entropy for ResNet-18 over 10 epochs",
+          (Arm("baseline", "resnet18", dict(**_SMALL_RESNET, epochs=10)),
+           Arm("label smoothing 0.1", "resnet18", dict(**_SMALL_RESNET, epochs=10, label_smoothing=0.1)),
+           Arm("mixup 0.4", "resnet18", dict(**_SMALL_RESNET, epochs=10, mixup=0.4))),
+          curve="valid_loss"),
+]}  # fmt: skip
+
+
+def list_studies() -> list[str]:
+    return list(STUDIES)
+
+
+def get_study(name: str | Study) -> Study:
+    if isinstance(name, Study):
+        return name
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}: choose one of {', '.join(STUDIES)}")
+    return STUDIES[name]
+
+
+@dataclass
+class StudyResults:
+    "What a study found: one row per arm (means over seeds, and each seed's values), and the runs themselves."
+
+    study: str
+    claim: str
+    rows: list[dict]
+    runs: dict[str, list[Results]] = field(default_factory=dict, repr=False)  # arm label -> one Results per seed
+    curve: str = "train_loss"
+    folder: str | None = None
+
+    def table(self) -> str:
+        "A Markdown table: final training and validation loss, accuracy (mean over seeds), size and compute."
+        extra = "throughput_images_per_s" in (self.rows[0] if self.rows else {})
+        head = ["arm", "seeds", "train loss", "valid loss", "accuracy", "params", "GFLOPs/img", "s/epoch"]
+        head += ["img/s (synthetic step)"] if extra else []
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [r["arm"], str(len(r["seeds"])), f"{r['train_loss']:.3f}", f"{r['valid_loss']:.3f}",
+                     f"{r['accuracy']:.4f}", f"{r['params']:,}", f"{r['gflops_per_image']:.3f}",
+                     f"{r['epoch_time']:.0f}"]  # fmt: skip
+            cells += [f"{r['throughput_images_per_s']:.1f}"] if extra else []
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def plot(self) -> Figure:
+        "Per epoch, mean over seeds: the claim's curve (e.g. training loss) and validation accuracy, one line per arm."
+        fig = Figure(figsize=(11, 4))
+        ax_curve, ax_acc = fig.subplots(1, 2)
+        for label, runs in self.runs.items():
+            n = min(len(r.history) for r in runs)
+            epochs = range(1, n + 1)
+            style = "--" if label.startswith(("plain", "gamma 1")) else "-"
+            for ax, key in ((ax_curve, self.curve), (ax_acc, "accuracy")):
+                ax.plot(epochs, [_mean(r.history[i].get(key) for r in runs) for i in range(n)], style, marker="o",
+                        ms=3, label=label)  # fmt: skip
+        name = self.curve.replace("_", " ")
+        ax_curve.set(xlabel="epoch", ylabel=name, title=f"{self.study}: {name}")
+        ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title=f"{self.study}: accuracy")
+        for ax in (ax_curve, ax_acc):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        folder = Path(folder)
+        data = {k: v for k, v in asdict(self).items() if k != "runs"}
+        data["runs"] = {label: [r.folder for r in runs] for label, runs in self.runs.items()}
+        path = folder / "study.json"
+        atomic_write(path, json.dumps(data, indent=2).encode())
+        if self.runs:
+            tmp = folder / ".study.png.tmp"
+            self.plot().savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            os.replace(tmp, folder / "study.png")
+        return path
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _run_arm(arm: Arm, seed: int, folder: Path, overrides: dict, progress: bool) -> Results:
+    "Train one arm for one seed into `folder`, or read it back if an earlier call finished it."
+    if (folder / "results.json").exists():
+        done = load_results(folder)
+        if done.finished:
+            print(f"resnets: {folder} is finished: reusing it")
+            return done
+        shutil.rmtree(folder)  # an interrupted run of this study: train it again from the start
+    return run(arm.experiment, **{**arm.options, **overrides}, seed=seed, out=folder, progress=progress)
+
+
+def _compute(arm: Arm, overrides: dict, throughput: bool) -> dict:
+    "Parameters and counted forward FLOPs per image of an arm's model at its size (and step throughput)."
+    opts = {**arm.options, **overrides}
+    exp = _resolve_settings(get_experiment(arm.experiment), opts.get("size"), opts.get("presize"), None, None, None)
+    model = create_model(exp.model, n_out=10)
+    row = {"model": exp.model, "size": exp.resize, "params": sum(p.numel() for p in model.parameters()),
+           "gflops_per_image": count_flops(model, exp.resize) / 1e9}  # fmt: skip
+    if throughput:
+        bench = bench_models([exp.model], size=exp.resize, bs=32, repeats=5)[0]
+        row["throughput_images_per_s"] = bench["train_images_per_s"]
+    return row
+
+
+def run_study(
+    name: str | Study,
+    out: str | os.PathLike,
+    seeds: tuple[int, ...] | list[int] | None = None,
+    progress: bool = False,
+    **overrides,
+) -> StudyResults:
+    """Run every arm of a study for each seed into `out/<arm>-seed<N>/`, then write study.json and study.png.
+
+    `overrides` (data, epochs, size, presize, bs, subset, classes, num_workers, precision) apply to every
+    arm, e.g. a tiny subset for a quick look. Finished runs already in `out` are reused, not trained again.
+    """
+    study = get_study(name)
+    seeds = tuple(study.seeds if seeds is None else seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    for arm in study.arms:  # every arm's settings checked before the first one trains
+        opts = {**arm.options, **overrides}
+        _resolve_settings(get_experiment(arm.experiment), opts.get("size"), opts.get("presize"), opts.get("bs"),
+                          opts.get("epochs"), opts.get("lr"), opts.get("label_smoothing"), opts.get("mixup"),
+                          opts.get("zero_gamma"), opts.get("subset"))  # fmt: skip
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    found = StudyResults(study.name, study.claim, [], {}, study.curve, str(out))
+    for i, arm in enumerate(study.arms, 1):
+        runs = []
+        for seed in seeds:
+            print(f"resnets: study {study.name}, arm {i}/{len(study.arms)} ({arm.label}), seed {seed}", flush=True)
+            slug = "".join(c if c.isalnum() or c in "-." else "_" for c in arm.label)
+            runs.append(_run_arm(arm, seed, out / f"{slug}-seed{seed}", overrides, progress))
+        found.runs[arm.label] = runs
+        last = [r.history[-1] for r in runs]
+        means = {k: _mean(h.get(k) for h in last) for k in ("train_loss", "valid_loss", "accuracy", "top_5_accuracy")}
+        options = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in {**arm.options, **overrides}.items()}
+        row = {"arm": arm.label, "experiment": arm.experiment, "options": options,
+               "seeds": list(seeds), **means, "per_seed": [{"seed": s, **h} for s, h in zip(seeds, last)],
+               "epoch_time": _mean(r.epoch_time for r in runs)}  # fmt: skip
+        row.update(_compute(arm, overrides, study.throughput))
+        found.rows.append(row)
+        found.save(out)  # after every arm, so an interrupted study keeps a table of what it finished
+    return found

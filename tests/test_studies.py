@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from resnets import EXPERIMENTS, STUDIES, create_model, get_study, load_results, run_study
+from resnets.bench import count_flops
+from resnets.studies import Arm, Study
+
+TINY_STUDY = dict(classes=2, subset=8, size=32, presize=40, bs=8, epochs=1, num_workers=0)
+
+
+def test_every_arm_is_a_registered_experiment_with_a_unique_label():
+    for study in STUDIES.values():
+        assert study.arms and study.seeds and study.claim
+        assert len({a.label for a in study.arms}) == len(study.arms)
+        assert all(a.experiment in EXPERIMENTS for a in study.arms)
+
+
+def test_the_bottleneck_arms_are_matched_in_compute_not_in_parameters():
+    arms = get_study("bottleneck").arms
+    models = {a.label: create_model(EXPERIMENTS[a.experiment].model) for a in arms}
+    flops = [count_flops(m, 64) for m in models.values()]
+    params = [sum(p.numel() for p in m.parameters()) for m in models.values()]
+    assert max(flops) / min(flops) < 1.15  # within 15%: ResNet-34 against ResNet-50
+    assert params[1] > 1.1 * params[0]  # yet the bottleneck net holds more parameters
+    assert {a.options["size"] for a in arms} == {64} and {a.options["subset"] for a in arms} == {200}
+
+
+def test_the_degradation_arms_differ_only_in_depth_and_shortcuts():
+    arms = [EXPERIMENTS[a.experiment] for a in get_study("degradation").arms]
+    assert [e.model for e in arms] == ["plain20", "plain56", "res20", "res56"]
+    assert len({(e.resize, e.presize, e.subset, e.epochs, e.lr, e.bs) for e in arms}) == 1
+
+
+def test_a_study_runs_writes_its_table_and_plot_and_resumes(imagenette, tmp_path, monkeypatch):
+    out = tmp_path / "deg"
+    found = run_study("degradation", out, data=imagenette, **TINY_STUDY)
+    assert [r["arm"] for r in found.rows] == ["plain-20", "plain-56", "res-20", "res-56"]
+    for row in found.rows:
+        assert row["params"] == sum(p.numel() for p in create_model(row["model"]).parameters())
+        assert row["gflops_per_image"] > 0 and row["epoch_time"] > 0 and 0 <= row["accuracy"] <= 1
+        assert row["train_loss"] == found.runs[row["arm"]][0].history[-1]["train_loss"]
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(found.rows)) and len(saved["runs"]) == 4
+    assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| plain-56 | 1 |" in found.table()
+
+    # Run again: the finished runs are read back, nothing trains. Mark one unfinished: only it trains.
+    from resnets import studies
+
+    calls = []
+    real_run = studies.run
+    monkeypatch.setattr(studies, "run", lambda name, **kw: calls.append(name) or real_run(name, **kw))
+    again = run_study("degradation", out, data=imagenette, **TINY_STUDY)
+    assert calls == [] and again.rows == found.rows
+    res = load_results(out / "res-56-seed42")
+    res.finished = False
+    res.save(out / "res-56-seed42", plot=False)
+    run_study("degradation", out, data=imagenette, **TINY_STUDY)
+    assert calls == ["res56"]
+    assert load_results(out / "res-56-seed42").finished
+
+
+def test_bad_study_inputs_fail_before_anything_trains(tmp_path):
+    with pytest.raises(ValueError, match="degradation"):
+        run_study("degradations", tmp_path / "a")
+    with pytest.raises(ValueError, match="seeds"):
+        run_study("degradation", tmp_path / "b", seeds=[])
+    with pytest.raises(ValueError, match="epochs"):
+        run_study("degradation", tmp_path / "c", epochs=0)
+    with pytest.raises(ValueError, match="unknown experiment"):
+        run_study(Study("x", "a claim", (Arm("a", "resnet19"),)), tmp_path / "d")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_study_from_the_cli(imagenette, tmp_path):
+    args = ["--data", str(imagenette), "--classes", "2", "--subset", "8", "--size", "32", "--presize", "40",
+            "--bs", "8", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "b"), "--seeds", "3"]  # fmt: skip
+    p = subprocess.run([sys.executable, "-m", "resnets", "study", "bottleneck", *args],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "| bottleneck (resnet50) | 1 |" in p.stdout and "img/s" in p.stdout
+    assert (tmp_path / "b" / "bottleneck__resnet50_-seed3" / "results.json").exists()
+    p = subprocess.run([sys.executable, "-m", "resnets", "study", "bottleneck", "--epochs", "0"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 2 and "epochs must be" in p.stderr and "Traceback" not in p.stderr
