@@ -190,6 +190,7 @@ def run_study(
     arm, e.g. a tiny subset for a quick look. Finished runs already in `out` are reused, not trained again.
     """
     study = get_study(name)
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # None: keep each arm's own setting
     seeds = tuple(study.seeds if seeds is None else seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")

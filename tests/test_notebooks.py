@@ -10,7 +10,7 @@ NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
 
 
 def test_one_notebook_per_chapter_section_then_the_exercises():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.slow
@@ -20,6 +20,8 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     params = dict(data=str(imagenette), size=32, presize=40, epochs=1, bs=8, subset=8, classes=2, seed=0)
     if "mnist_data" in nb.read_text():
         params["mnist_data"] = str(mnist_tiny)
+    if "seeds = None" in nb.read_text():
+        params["seeds"] = [0]
     out = papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, cwd=str(tmp_path),
                                      kernel_name="python3", progress_bar=False)  # fmt: skip
     # a failing cell raises PapermillExecutionError above
@@ -27,3 +29,5 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     if "run(" in nb.read_text():
         assert "accuracy" in text and "book:" in text, "the run printed its summary against the book"
         assert list(tmp_path.glob("runs/*/results.json")), "the run saved its results"
+    if "run_study(" in nb.read_text():
+        assert len(list(tmp_path.glob("runs/study-*/study.json"))) == 4, "every study saved its table"
