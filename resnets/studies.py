@@ -69,10 +69,10 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
                dict(**_SMALL_RESNET, subset=200, epochs=5, data="imagenette-160"))),
           curve="valid_loss", throughput=True),
     Study("regularisation",
-          "label smoothing and MixUp against plain cross-entropy for ResNet-18 over 10 epochs",
+          "label smoothing and MixUp together against plain cross-entropy for ResNet-18 over 10 epochs",
           (Arm("baseline", "resnet18", dict(**_SMALL_RESNET, epochs=10)),
-           Arm("label smoothing 0.1", "resnet18", dict(**_SMALL_RESNET, epochs=10, label_smoothing=0.1)),
-           Arm("mixup 0.4", "resnet18", dict(**_SMALL_RESNET, epochs=10, mixup=0.4))),
+           Arm("label smoothing 0.1 + mixup 0.4", "resnet18",
+               dict(**_SMALL_RESNET, epochs=10, label_smoothing=0.1, mixup=0.4))),
           curve="valid_loss"),
 ]}  # fmt: skip
 
