@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .layers import conv1x1_einsum
 from .models import create_model
 
-__all__ = ["median_seconds", "bench_conv1x1", "count_flops", "bench_models"]
+__all__ = ["median_seconds", "bench_conv1x1", "count_flops", "bench_models", "matmul_peak", "bench_data", "bench_epoch"]
 
 # (batch, ni, nf, grid): a ResNet-50 bottleneck's 1x1 convs at 128 px input, stage 1 and stage 4
 CONV1X1_SHAPES = ((32, 256, 64, 32), (32, 64, 256, 32), (32, 2048, 512, 4), (32, 512, 2048, 4))
@@ -67,16 +67,189 @@ def _train_step(model, opt, x, y) -> None:
         torch.cuda.synchronize()  # time the work, not its launch
 
 
-def bench_models(names, size: int = 128, bs: int = 32, repeats: int = 5, device: str = "cpu") -> list[dict]:
-    "Parameters, counted forward FLOPs per image, and training-step throughput on synthetic tensors."
+def _amp_step(model, opt, x, y, dtype, scaler) -> None:
+    opt.zero_grad()
+    with torch.autocast("cuda", dtype=dtype):
+        loss = F.cross_entropy(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    torch.cuda.synchronize()
+
+
+VARIANTS = ("eager", "channels_last", "compile")
+
+
+def bench_models(
+    names, size: int = 128, bs: int = 32, repeats: int = 5, device: str = "cpu", variants=("eager",), precision="fp32"
+) -> list[dict]:
+    """Parameters, counted forward FLOPs per image, and training-step images/s on synthetic tensors.
+
+    `variants`: any of eager, channels_last (NHWC memory layout) and compile (`torch.compile`, which
+    compiles on first use: its warm-up is not timed). `precision`: fp32, or fp16/bf16 autocast on CUDA."""
+    if unknown := set(variants) - set(VARIANTS):
+        raise ValueError(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        raise ValueError(f"{precision} autocast is measured on CUDA only; on {device} use fp32")
     rows = []
     for name in names:
-        model = create_model(name, n_out=10).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-        x = torch.randn(bs, 3, size, size, device=device)
-        y = torch.randint(0, 10, (bs,), device=device)
-        seconds = median_seconds(partial(_train_step, model, opt, x, y), repeats=repeats, warmup=2)
-        rows.append({"model": name, "size": size, "params": sum(p.numel() for p in model.parameters()),
-                     "gflops_per_image": count_flops(model, size) / 1e9,
-                     "train_images_per_s": bs / seconds})  # fmt: skip
+        base = create_model(name, n_out=10)
+        row = {"model": name, "size": size, "bs": bs, "precision": precision,
+               "params": sum(p.numel() for p in base.parameters()),
+               "gflops_per_image": count_flops(base, size) / 1e9}  # fmt: skip
+        for variant in variants:
+            model = create_model(name, n_out=10).to(device)
+            x = torch.randn(bs, 3, size, size, device=device)
+            y = torch.randint(0, 10, (bs,), device=device)
+            if variant in ("channels_last", "compile"):
+                model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            fwd = torch.compile(model) if variant == "compile" else model
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+            if precision == "fp32":
+                step = partial(_train_step, fwd, opt, x, y)
+            else:
+                dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+                step = partial(_amp_step, fwd, opt, x, y, dtype, torch.amp.GradScaler(enabled=precision == "fp16"))
+            seconds = median_seconds(step, repeats=repeats, warmup=3 if variant == "compile" else 2)
+            row[f"{variant}_images_per_s"] = bs / seconds
+        row["train_images_per_s"] = row[f"{variants[0]}_images_per_s"]
+        rows.append(row)
     return rows
+
+
+def matmul_peak(device: str = "cpu", dtype=torch.float32, n: int = 2048, repeats: int = 10) -> float:
+    "Measured GFLOP/s of a large square matmul: the ceiling a training step's FLOPs are compared against."
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def mm():
+        a @ b
+        if a.is_cuda:
+            torch.cuda.synchronize()
+
+    return 2 * n**3 / median_seconds(mm, repeats=repeats, warmup=2) / 1e9
+
+
+def bench_data(data, presize: int = 160, resize: int = 128, bs: int = 128, batches: int = 20, repeats: int = 3,
+               device=None, **kw) -> dict:  # fmt: skip
+    """Training images/s delivered (decoded, augmented, on `device`) by the chapter's pipeline and the fast path.
+
+    The fast path's one-off cache build is timed separately (it is reused by every later run)."""
+    import time
+
+    from .data import get_data
+
+    out = {"presize": presize, "resize": resize, "bs": bs, "batches": batches}
+    for fast in (False, True):
+        key = "fast" if fast else "stock"
+        start = time.perf_counter()
+        dls = get_data(data, presize, resize, bs, fast=fast, device=device, **kw)
+        out[f"{key}_setup_s"] = time.perf_counter() - start
+        dl, rates = dls.train, []
+        if len(dl) == 0:
+            raise ValueError(f"{len(dl.dataset)} training images make no full batch of {bs}: lower the batch size")
+        for _ in range(repeats):
+            it, n = iter(dl), 0
+            start = time.perf_counter()
+            for _ in range(min(batches, len(dl))):
+                xb, _ = next(it)
+                n += len(xb)
+            if xb.is_cuda:
+                torch.cuda.synchronize()
+            rates.append(n / (time.perf_counter() - start))
+            del it
+        out[f"{key}_images_per_s"] = statistics.median(rates)
+    out["speedup"] = out["fast_images_per_s"] / out["stock_images_per_s"]
+    return out
+
+
+def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
+    "End-to-end seconds per epoch (train + validate) of an experiment with the chapter's pipeline, then the fast one."
+    from .experiments import run
+
+    out = {"experiment": experiment, "epochs": epochs}
+    for fast in (False, True):
+        key = "fast" if fast else "stock"
+        r = run(experiment, data=data, epochs=epochs, fast_data=fast, save=False, progress=False, **kw)
+        out[f"{key}_epoch_s"] = r.epoch_time
+        out[f"{key}_accuracy"] = r.accuracy
+        out["settings"] = {k: r.settings[k] for k in ("resize", "presize", "bs", "n_train", "n_valid")}
+    out["speedup"] = out["stock_epoch_s"] / out["fast_epoch_s"]
+    return out
+
+
+# The chapter's models at the sizes the chapter trains them.
+CHAPTER_MODELS = {"cnn": 128, "res_cnn": 128, "double_res_cnn": 128, "resnet18": 128, "resnet50": 224}
+
+
+def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None, bs: int = 32, repeats: int = 5,
+              variants=("eager", "channels_last"), epochs: int = 1, subset=None, models=None,
+              data_bs: int | None = None) -> dict:  # fmt: skip
+    """The benchmark suite: matmul peak, model steps (per variant and precision), data and epoch throughput.
+
+    Every figure is a median over repeats; each speed-up is measured against a baseline timed in the same
+    call. Writes `out` (JSON) when given, after every section, so an interrupted suite keeps what it has."""
+    from .experiments import _versions, describe_device
+    from .results import atomic_write
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32",)
+    report = {"device": describe_device(device), "versions": _versions(), "threads": torch.get_num_threads()}
+
+    def save():
+        if out is not None:
+            import json
+            from pathlib import Path
+
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(out), json.dumps(report, indent=2).encode())
+
+    report["matmul_gflops"] = {p: matmul_peak(str(device), getattr(torch, {"fp32": "float32", "fp16": "float16",
+                                                                           "bf16": "bfloat16"}[p]))
+                               for p in precisions}  # fmt: skip
+    save()
+    report["models"] = []
+    for name, size in (models or CHAPTER_MODELS).items():
+        for precision in precisions:
+            # the precision training uses (fp16 on CUDA, fp32 on CPU) gets every variant; the others eager only
+            main = precision == ("fp16" if device.type == "cuda" else "fp32")
+            (row,) = bench_models([name], size=size, bs=bs, repeats=repeats, device=str(device),
+                                  variants=variants if main else ("eager",), precision=precision)  # fmt: skip
+            best = max(v for k, v in row.items() if k.endswith("_images_per_s"))
+            # a training step is ~3x the forward FLOPs (forward, and backward for inputs and weights)
+            row["fraction_of_matmul_peak"] = 3 * row["gflops_per_image"] * best / report["matmul_gflops"][precision]
+            report["models"].append(row)
+            save()
+    if data is not None:
+        report["data"] = bench_data(data, bs=data_bs or 128, device=device, subset=subset)
+        save()
+        report["epoch"] = bench_epoch(experiment, data, epochs=epochs, subset=subset, bs=data_bs)
+        save()
+    return report
+
+
+def format_suite(report: dict) -> str:
+    "The suite's report as text tables."
+    lines = [f"device: {report['device']}, torch {report['versions']['torch']}, {report['threads']} threads",
+             "matmul peak: " + ", ".join(f"{p} {g:,.0f} GFLOP/s" for p, g in report["matmul_gflops"].items()), "",
+             "model training step (forward + backward + SGD) on synthetic images, images/s:"]  # fmt: skip
+    variants = [k[: -len("_images_per_s")] for k in report["models"][0] if k.endswith("_images_per_s")
+                and k != "train_images_per_s"] if report.get("models") else []  # fmt: skip
+    head = f"{'model':<16}{'size':>5}{'prec':>6}{'GFLOPs/img':>11}" + "".join(f"{v:>15}" for v in variants)
+    lines += [head + f"{'of peak':>9}"]
+    for r in report.get("models", []):
+        lines.append(f"{r['model']:<16}{r['size']:>5}{r['precision']:>6}{r['gflops_per_image']:>11.3f}"
+                     + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" if f"{v}_images_per_s" in r else f"{'-':>15}"
+                               for v in variants)
+                     + f"{100 * r['fraction_of_matmul_peak']:>8.1f}%")  # fmt: skip
+    if "data" in report:
+        d = report["data"]
+        lines += ["", f"data, training images/s delivered at {d['resize']} px (bs {d['bs']}, augmentation included):",
+                  f"  chapter pipeline {d['stock_images_per_s']:.0f}, fast path {d['fast_images_per_s']:.0f}: "
+                  f"{d['speedup']:.2f}x (fast path set-up, cache build or reuse: "
+                  f"{d['fast_setup_s']:.1f} s)"]  # fmt: skip
+    if "epoch" in report:
+        e = report["epoch"]
+        lines += ["", f"end-to-end epoch of {e['experiment']} (train {e['settings']['n_train']} + valid "
+                  f"{e['settings']['n_valid']} images), seconds: chapter pipeline {e['stock_epoch_s']:.1f}, "
+                  f"fast path {e['fast_epoch_s']:.1f}: {e['speedup']:.2f}x"]  # fmt: skip
+    return "\n".join(lines)

@@ -40,6 +40,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
     p.add_argument("--label-smoothing", type=float, metavar="EPS", help="label smoothing eps, e.g. 0.1 (default 0)")
     p.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp with this Beta alpha, e.g. 0.4 (default off)")
+    p.add_argument("--fast-data", action="store_true", default=None,
+                   help="decode the images once into a uint8 cache and augment whole batches (much faster on CPU)")
     p.add_argument("--zero-gamma", action=argparse.BooleanOptionalAction, default=None,
                    help="start each residual branch's last BatchNorm at 0 (default; --no-zero-gamma: at 1)")
 
@@ -72,12 +74,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")  # fmt: skip
-    p = sub.add_parser("bench", help="benchmarks: conv1x1 (einsum against conv2d), models (params, FLOPs, speed)")
-    p.add_argument("what", choices=["conv1x1", "models"])
-    p.add_argument("--models", default="resnet18,resnet34,resnet50", help="comma-separated model names")
+    p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, conv1x1")
+    p.add_argument("what", choices=["all", "models", "data", "epoch", "conv1x1"],
+                   help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON")  # fmt: skip
+    p.add_argument("--models", help="comma-separated model names (default: resnet18,resnet34,resnet50 for `models`; "
+                   "for `all`, the chapter's five at their chapter sizes)")  # fmt: skip
     p.add_argument("--size", type=int, default=128, help="image size for `models`")
-    p.add_argument("--bs", type=int, default=32, help="batch size for `models`")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (median reported)")
+    p.add_argument("--bs", type=int, default=32, help="batch size for model steps")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
+    p.add_argument("--variants", default="eager,channels_last",
+                   help="model step variants: eager, channels_last, compile (comma-separated)")  # fmt: skip
+    p.add_argument("--data", help="real images for `data`, `epoch` and `all` (a folder, name or URL)")
+    p.add_argument("--data-bs", type=int, default=128, help="batch size for `data`, `epoch` and `all` (default 128)")
+    p.add_argument("--experiment", default="cnn", help="experiment timed end to end by `epoch` and `all`")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per pipeline for `epoch`")
+    p.add_argument("--subset", type=int, help="at most N images per class (data, epoch)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument("--out", help="also write the report as JSON here")
     return top
 
 
@@ -116,6 +129,34 @@ def _bench_models(names: list[str], size: int, bs: int, repeats: int) -> None:
         print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}{r['train_images_per_s']:>9.1f}")
 
 
+def _bench(args) -> None:
+    import json
+
+    from . import bench
+
+    variants = tuple(args.variants.split(","))
+    if args.what == "conv1x1":
+        return _bench_conv1x1(args.repeats)
+    if args.what == "models":
+        return _bench_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size, args.bs, args.repeats)
+    if args.what in ("data", "epoch") and not args.data:
+        raise ValueError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
+    if args.what == "data":
+        report = bench.bench_data(args.data, bs=args.data_bs, repeats=args.repeats, subset=args.subset,
+                                  device=args.device)  # fmt: skip
+    elif args.what == "epoch":
+        report = bench.bench_epoch(args.experiment, args.data, epochs=args.epochs, subset=args.subset, bs=args.data_bs)
+    else:
+        report = bench.run_suite(args.data, args.out, args.experiment, args.device, args.bs, args.repeats, variants,
+                                 args.epochs, args.subset, data_bs=args.data_bs,
+                                 models={m: args.size for m in args.models.split(",")} if args.models else None)
+        print(bench.format_suite(report))
+        return print(f"saved {args.out}" if args.out else "")
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
 def _raised_here(e: BaseException) -> bool:
     "Whether `e` was raised by this package's own checks (bad input), rather than inside another library."
     frames = traceback.extract_tb(e.__traceback__)
@@ -146,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"saved {found.folder}/study.json and study.png")
         elif args.command == "compare":
             print(compare(args.runs))
-        elif args.command == "bench" and args.what == "conv1x1":
-            _bench_conv1x1(args.repeats)
         elif args.command == "bench":
-            _bench_models(args.models.split(","), args.size, args.bs, args.repeats)
+            _bench(args)
     except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
         if not _raised_here(e):  # a bug deep in a library is not bad input: keep its traceback
             raise

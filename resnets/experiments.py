@@ -47,6 +47,7 @@ class Experiment:
     flip: bool = True  # random horizontal flips in the augmentation
     label_smoothing: float = 0.0
     mixup: float = 0.0  # alpha of MixUp's Beta distribution; 0: off
+    fast_data: bool = False  # decode once into a uint8 cache, augment in batches (resnets.fastdata)
     zero_gamma: bool = True  # residual branches end in a BatchNorm with gamma 0 (False: the ablation)
     book_accuracy: tuple[float, ...] = ()
     book_valid_loss: tuple[float, ...] = ()
@@ -157,7 +158,8 @@ class RunHistory(Callback):
 
 
 def _resolve_settings(
-    exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None, zero_gamma=None, subset=None
+    exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None, zero_gamma=None, subset=None,
+    fast_data=None,
 ) -> Experiment:
     for n, v in {"size": size, "presize": presize}.items():
         _check(n, v, low=32)
@@ -174,7 +176,8 @@ def _resolve_settings(
                    label_smoothing=exp.label_smoothing if label_smoothing is None else label_smoothing,
                    mixup=exp.mixup if mixup is None else mixup,
                    zero_gamma=exp.zero_gamma if zero_gamma is None else bool(zero_gamma),
-                   subset=exp.subset if subset is None else subset)  # fmt: skip
+                   subset=exp.subset if subset is None else subset,
+                   fast_data=exp.fast_data if fast_data is None else bool(fast_data))  # fmt: skip
 
 
 def build(
@@ -192,14 +195,16 @@ def build(
     label_smoothing: float | None = None,
     mixup: float | None = None,
     zero_gamma: bool | None = None,
+    fast_data: bool | None = None,
 ):
     "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
     exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup, zero_gamma,
-                            subset)
+                            subset, fast_data)
     if seed is not None:
         set_seed(seed)  # CPU runs repeat exactly; on a GPU cuDNN's choice of kernels may still vary
     dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
-                   classes=classes, subset=exp.subset, num_workers=num_workers, flip=exp.flip)  # fmt: skip
+                   classes=classes, subset=exp.subset, num_workers=num_workers, flip=exp.flip,
+                   fast=exp.fast_data)  # fmt: skip
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise ValueError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
@@ -258,13 +263,14 @@ def run(
     label_smoothing: float | None = None,
     mixup: float | None = None,
     zero_gamma: bool | None = None,
+    fast_data: bool | None = None,
     progress: bool = True,
     save: bool = True,
 ) -> Results:
     "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
     start = time.perf_counter()
     exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma,
-                            subset)
+                            subset, fast_data)
     if save and out is not None:
         _check_free(out)  # before any work
     learn, exp = build(exp, data, classes=classes, precision=precision, seed=seed,

@@ -1,0 +1,48 @@
+"""The benchmark suite's pieces and the prepared GPU script's CPU path (figures are not asserted: benchmarks)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from resnets.bench import bench_data, bench_models, matmul_peak, run_suite
+
+
+def test_model_variants_and_precision_checks():
+    (row,) = bench_models(["cnn"], size=32, bs=2, repeats=1, variants=("eager", "channels_last"))
+    assert row["eager_images_per_s"] > 0 and row["channels_last_images_per_s"] > 0
+    with pytest.raises(ValueError, match="variants"):
+        bench_models(["cnn"], variants=("eager", "jit"))
+    with pytest.raises(ValueError, match="CUDA only"):
+        bench_models(["cnn"], precision="fp16", device="cpu")
+    assert matmul_peak(n=128, repeats=2) > 0
+
+
+def test_suite_writes_every_section(imagenette, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    report = run_suite(imagenette, tmp_path / "b.json", models={"cnn": 32}, repeats=1, subset=4, data_bs=8)
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["models"][0]["model"] == "cnn" and 0 < saved["models"][0]["fraction_of_matmul_peak"]
+    assert saved["data"]["stock_images_per_s"] > 0 and saved["data"]["fast_images_per_s"] > 0
+    assert saved["epoch"]["settings"]["n_train"] == 40 and saved["epoch"]["speedup"] > 0
+    assert saved == json.loads(json.dumps(report))
+    with pytest.raises(ValueError, match="no full batch"):
+        bench_data(imagenette, bs=128, subset=2, repeats=1)
+
+
+@pytest.mark.slow
+def test_gpu_script_cpu_path(tmp_path):
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "RESNETS_CACHE": str(tmp_path / "cache"),
+           "CUDA_VISIBLE_DEVICES": "" if not torch.cuda.is_available() else os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    p = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "out"), str(tmp_path / "synthetic")],
+                       capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = tmp_path / "out"
+    report = json.loads((out / "bench.json").read_text())
+    assert {"matmul_gflops", "models", "data", "epoch"} <= set(report)
+    assert json.loads((out / "cnn-fast" / "results.json").read_text())["finished"]
+    assert "end-to-end epoch of cnn" in (out / "bench.txt").read_text()
