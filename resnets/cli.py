@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for results.json and results.png (default: runs/NAME-TIME)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels too (slower; CPU runs repeat with the same seed anyway)")
     p = sub.add_parser("lr-find", help="run fastai's learning-rate finder and save its plot")
     _add_data_options(p)
     p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print(compare(args.runs))
         elif args.command == "bench":
             _bench(args)
-    except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileExistsError, FileNotFoundError, MemoryError) as e:
         if not _raised_here(e):  # a bug deep in a library is not bad input: keep its traceback
             raise
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ book's per-epoch reference (validation accuracy and loss, seconds per epoch on t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -22,6 +23,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 
 from . import __version__
+from .checkpoint import Checkpoint, StopOnNaN, load_checkpoint, set_deterministic
 from .data import _check_subset, get_data
 from .learner import check_regularisation, get_learner, top_5_accuracy
 from .models import create_model
@@ -142,13 +144,15 @@ class RunHistory(Callback):
 
     order = Recorder.order + 1  # after the Recorder has written the epoch's values
 
-    def __init__(self, results: Results, folder: Path | None):
-        self.results, self.folder = results, folder
+    def __init__(self, results: Results, folder: Path | None, start_epoch: int = 0):
+        self.results, self.folder, self.start_epoch = results, folder, start_epoch
 
     def before_epoch(self):
         self.start = time.perf_counter()
 
     def after_epoch(self):
+        if self.epoch < self.start_epoch:  # skipped when resuming: already in the history
+            return
         names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
         row = {"epoch": self.epoch, **{n: float(v) for n, v in zip(names, self.learn.final_record)}}
         row["time"] = time.perf_counter() - self.start
@@ -266,33 +270,65 @@ def run(
     fast_data: bool | None = None,
     progress: bool = True,
     save: bool = True,
+    resume: bool = False,
+    deterministic: bool = False,
 ) -> Results:
-    "Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting."
+    """Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting.
+
+    Every epoch is saved (results.json, and checkpoint.pth for `resume`). `resume=True` continues the run in
+    `out` from its last checkpoint with the same settings (a fresh start if it has none). `deterministic`
+    makes GPU kernels repeatable too (CPU runs repeat with the same seed either way)."""
     start = time.perf_counter()
     exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma,
                             subset, fast_data)
-    if save and out is not None:
-        _check_free(out)  # before any work
+    if resume and (out is None or not save):
+        raise ValueError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
+    state = load_checkpoint(out) if resume else None
+    if not resume and save and out is not None:
+        _check_free(out)  # before any work (resuming a run killed before its first checkpoint starts it again)
+    set_deterministic(deterministic)
     learn, exp = build(exp, data, classes=classes, precision=precision, seed=seed,
                        num_workers=num_workers)  # fmt: skip
-    folder = _new_run_folder(out, exp.name) if save else None
     dls = learn.dls
     settings = {k: v for k, v in asdict(exp).items() if not k.startswith(("book_", "title"))}
-    settings.update(data=str(dls.path), classes=classes, precision=learn.precision,
-                    n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_classes=dls.c, argv=sys.argv)  # fmt: skip
+    settings.update(data=str(dls.path), classes=classes, precision=learn.precision, seed=seed,
+                    deterministic=deterministic, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_classes=dls.c,
+                    argv=sys.argv)  # fmt: skip
     results = Results(exp.name, settings, seed, versions=_versions(), device=describe_device(dls.device), book=exp.book)
-    learn.add_cb(RunHistory(results, folder))
-    if progress:
-        learn.fit_one_cycle(exp.epochs, exp.lr)
-    else:  # still prints one line per epoch
-        with learn.no_bar():
-            learn.fit_one_cycle(exp.epochs, exp.lr)
+    if state is not None:
+        _check_same_settings(state["settings"], settings, out)
+        results.history = list(state["history"])
+        if state["epoch"] + 1 >= exp.epochs:
+            print(f"resnets: {out} finished all {exp.epochs} epochs already")
+    folder = None if not save else Path(out) if resume else _new_run_folder(out, exp.name)
+    if resume:
+        folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(folder, results, state)
+    if state is not None:
+        checkpoint.restore(learn)
+        print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
+    learn.add_cbs([RunHistory(results, folder, checkpoint.start_epoch), checkpoint, StopOnNaN(folder)])
+    try:
+        with contextlib.nullcontext() if progress else learn.no_bar():  # no bar: still one line per epoch
+            learn.fit_one_cycle(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
+    except torch.cuda.OutOfMemoryError as e:
+        more = f" and --resume to continue {folder}" if folder is not None else ""
+        msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"
+        raise MemoryError(msg) from None
     results.finished = True
-    results.wall_time = time.perf_counter() - start
+    results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
     if folder is not None:
         results.folder = str(folder)
         results.save(folder)
     return results
+
+
+def _check_same_settings(saved: dict, now: dict, out) -> None:
+    ignore = {"argv", "data"}  # the command line differs by --resume; a moved data folder is still the data
+    diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"cannot resume {out} with different settings ({shown}): use the run's own options")
 
 
 def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, **kw):
