@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
 
 from .data import IMAGENETTE_NAMES, SOURCES, DataError, find_items, get_data, resolve_source
+from .errors import InputError, MissingFile, RunExists
 from .experiments import CHAPTER, EXPERIMENTS, Experiment, build, get_experiment, list_experiments, lr_find, run
 from .layers import CONV_PATHS, ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, conv1x1_einsum, stem
 from .learner import PRECISIONS, choose_precision, get_learner, top_5_accuracy, top_k_accuracy
@@ -29,7 +30,7 @@ from .results import Results, compare, load_results
 from .studies import STUDIES, Arm, Study, StudyResults, get_study, list_studies, run_study
 
 __all__ = [
-    "__version__",
+    "__version__", "InputError", "MissingFile", "RunExists",
     "IMAGENETTE_NAMES", "SOURCES", "DataError", "find_items", "get_data", "resolve_source",
     "CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "conv1x1_einsum", "basic_convs", "bottleneck_convs", "stem",
     "PRECISIONS", "choose_precision", "get_learner", "top_5_accuracy", "top_k_accuracy",

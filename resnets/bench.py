@@ -10,6 +10,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .layers import conv1x1_einsum
 from .models import create_model
 
@@ -88,9 +89,9 @@ def bench_models(
     `variants`: any of eager, channels_last (NHWC memory layout) and compile (`torch.compile`, which
     compiles on first use: its warm-up is not timed). `precision`: fp32, or fp16/bf16 autocast on CUDA."""
     if unknown := set(variants) - set(VARIANTS):
-        raise ValueError(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+        raise InputError(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
     if precision != "fp32" and torch.device(device).type != "cuda":
-        raise ValueError(f"{precision} autocast is measured on CUDA only; on {device} use fp32")
+        raise InputError(f"{precision} autocast is measured on CUDA only; on {device} use fp32")
     rows = []
     for name in names:
         base = create_model(name, n_out=10)
@@ -146,7 +147,7 @@ def bench_data(data, presize: int = 160, resize: int = 128, bs: int = 128, batch
         out[f"{key}_setup_s"] = time.perf_counter() - start
         dl, rates = dls.train, []
         if len(dl) == 0:
-            raise ValueError(f"{len(dl.dataset)} training images make no full batch of {bs}: lower the batch size")
+            raise InputError(f"{len(dl.dataset)} training images make no full batch of {bs}: lower the batch size")
         for _ in range(repeats):
             it, n = iter(dl), 0
             start = time.perf_counter()

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
+from .errors import InputError
+
 __all__ = ["CHECKPOINT", "TrainingDiverged", "Checkpoint", "StopOnNaN", "load_checkpoint", "set_deterministic"]
 
 CHECKPOINT = "checkpoint.pth"
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(InputError):
     "The loss became NaN or infinite."
 
 
@@ -79,7 +81,7 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): remove it to start the run again") from e
+        raise InputError(f"{path} cannot be read ({type(e).__name__}: {e}): remove it to start the run again") from e
 
 
 class Checkpoint(Callback):

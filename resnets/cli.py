@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
-from .data import DataError
+from .errors import InputError
 from .experiments import EXPERIMENTS, lr_find, run
 from .learner import PRECISIONS
 from .results import compare
@@ -160,12 +159,6 @@ def _bench(args) -> None:
         Path(args.out).write_text(json.dumps(report, indent=2))
 
 
-def _raised_here(e: BaseException) -> bool:
-    "Whether `e` was raised by this package's own checks (bad input), rather than inside another library."
-    frames = traceback.extract_tb(e.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().parent == Path(__file__).resolve().parent
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k != "command"}
@@ -192,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(compare(args.runs))
         elif args.command == "bench":
             _bench(args)
-    except (DataError, ValueError, FileExistsError, FileNotFoundError, MemoryError) as e:
-        if not _raised_here(e):  # a bug deep in a library is not bad input: keep its traceback
-            raise
+    except (InputError, MemoryError) as e:  # bad input (any other exception is a bug: keep its traceback)
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -33,6 +33,8 @@ from fastai.data.all import (
 from fastai.data.external import fastai_path
 from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
 
+from .errors import InputError
+
 __all__ = ["SOURCES", "DataError", "resolve_source", "find_items", "get_data"]
 
 SOURCES: dict[str, str] = {
@@ -54,7 +56,7 @@ IMAGENETTE_NAMES: dict[str, str] = {
 }  # fmt: skip
 
 
-class DataError(ValueError):
+class DataError(InputError):
     "The data source is missing, unreachable or not laid out as `train/<class>/*` and `val/<class>/*`."
 
 
@@ -179,7 +181,7 @@ def find_items(
 def _check_subset(subset) -> tuple[int, int]:
     pair = (subset, subset) if isinstance(subset, int) else tuple(subset) if isinstance(subset, list | tuple) else ()
     if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair):
-        raise ValueError(f"subset must be N or (N_train, N_valid) images per class, each >= 1; got {subset!r}")
+        raise InputError(f"subset must be N or (N_train, N_valid) images per class, each >= 1; got {subset!r}")
     return pair
 
 
@@ -213,11 +215,11 @@ def get_data(
     device (resnets.fastdata); several times faster where decoding and augmentation bound the training."""
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+            raise InputError(f"{k} must be a positive integer, got {v!r}")
     if resize > presize:
-        raise ValueError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
+        raise InputError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
     if bad_images not in ("skip", "raise"):
-        raise ValueError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
+        raise InputError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
     path = resolve_source(source)
     items, valid_name = find_items(path, valid_name, classes, subset, check_images, bad_images)
     if fast:

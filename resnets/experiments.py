@@ -25,6 +25,7 @@ from fastai.torch_core import set_seed
 from . import __version__
 from .checkpoint import Checkpoint, StopOnNaN, load_checkpoint, set_deterministic
 from .data import _check_subset, get_data
+from .errors import InputError, RunExists
 from .learner import check_regularisation, get_learner, top_5_accuracy
 from .models import create_model
 from .results import Results
@@ -107,7 +108,7 @@ def get_experiment(name: str | Experiment) -> Experiment:
     if isinstance(name, Experiment):
         return name
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}")
+        raise InputError(f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[name]
 
 
@@ -116,7 +117,7 @@ def _check(name: str, value, kind=int, low=1, strict=False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, kind) or (value <= low if strict else value < low):
         op = ">" if strict else ">="
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} {op} {low}, got {value!r}")
+        raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'} {op} {low}, got {value!r}")
 
 
 def _versions() -> dict:
@@ -170,7 +171,7 @@ def _resolve_settings(
     _check("bs", bs)
     _check("epochs", epochs)
     _check("lr", lr, kind=(int, float), low=0, strict=True)
-    check_regularisation(label_smoothing or 0.0, mixup or 0.0)  # before any data is read
+    check_regularisation(*(0.0 if v is None else v for v in (label_smoothing, mixup)))  # before any data is read
     if subset is not None:
         _check_subset(subset)
     resize = size or exp.resize
@@ -210,7 +211,7 @@ def build(
                    classes=classes, subset=exp.subset, num_workers=num_workers, flip=exp.flip,
                    fast=exp.fast_data)  # fmt: skip
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
-        raise ValueError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
+        raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma)
     _check_input_size(model, exp)
@@ -221,20 +222,15 @@ def build(
 
 def _check_input_size(model, exp: Experiment) -> None:
     "A model that is not fully convolutional accepts one size only: say so before training, not deep in torch."
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, exp.resize, exp.resize))
-    except RuntimeError as e:
-        raise ValueError(f"model {exp.model!r} cannot take {exp.resize} px images (it is not fully convolutional): "
-                         f"use its experiment's size, {get_experiment(exp.name).resize} px") from e  # fmt: skip
-    finally:
-        model.train(was_training)
+    fixed = getattr(model, "input_size", None)
+    if fixed is not None and exp.resize != fixed:
+        raise InputError(f"model {exp.model!r} cannot take {exp.resize} px images (it is not fully convolutional): "
+                         f"use its experiment's size, {fixed} px")  # fmt: skip
 
 
 def _check_free(out: str | os.PathLike) -> None:
     if (Path(out) / "results.json").exists():
-        raise FileExistsError(f"{out} already holds a run's results.json: choose another output folder or remove it")
+        raise RunExists(f"{out} already holds a run's results.json: choose another output folder or remove it")
 
 
 def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
@@ -282,7 +278,7 @@ def run(
     exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma,
                             subset, fast_data)
     if resume and (out is None or not save):
-        raise ValueError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
+        raise InputError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
     state = load_checkpoint(out) if resume else None
     if not resume and save and out is not None:
         _check_free(out)  # before any work (resuming a run killed before its first checkpoint starts it again)
@@ -328,7 +324,7 @@ def _check_same_settings(saved: dict, now: dict, out) -> None:
     diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
     if diff:
         shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))
-        raise ValueError(f"cannot resume {out} with different settings ({shown}): use the run's own options")
+        raise InputError(f"cannot resume {out} with different settings ({shown}): use the run's own options")
 
 
 def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, **kw):

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from fastai.layers import ConvLayer, NormType
 from torch import Tensor, nn
 
+from .errors import InputError
+
 __all__ = [
     "avg_pool",
     "conv1x1_einsum",
@@ -38,9 +40,9 @@ def avg_pool(x: Tensor) -> Tensor:
 def conv1x1_einsum(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     "A 1x1 convolution as a matrix product over channels: (bs, ni, h, w) x (nf, ni, 1, 1) -> (bs, nf, h, w)."
     if weight.dim() != 4 or weight.shape[2:] != (1, 1):
-        raise ValueError(f"weight must have shape (nf, ni, 1, 1), got {tuple(weight.shape)}")
+        raise InputError(f"weight must have shape (nf, ni, 1, 1), got {tuple(weight.shape)}")
     if x.dim() != 4 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x must have shape (bs, {weight.shape[1]}, h, w) to match the weight, got {tuple(x.shape)}")
+        raise InputError(f"x must have shape (bs, {weight.shape[1]}, h, w) to match the weight, got {tuple(x.shape)}")
     out = torch.einsum("bihw,oi->bohw", x, weight[:, :, 0, 0])
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
@@ -63,7 +65,7 @@ def bottleneck_convs(ni: int, nf: int, stride: int = 1, zero_gamma: bool = True)
     "The bottleneck branch: 1x1 squeeze to nf//4, 3x3 (carrying the stride), 1x1 expand back to nf."
     nh = nf // 4
     if nh < 1:
-        raise ValueError(f"a bottleneck block needs nf >= 4 (its inner width is nf//4), got nf={nf}")
+        raise InputError(f"a bottleneck block needs nf >= 4 (its inner width is nf//4), got nf={nf}")
     return nn.Sequential(
         ConvLayer(ni, nh, ks=1),
         ConvLayer(nh, nh, stride=stride),
@@ -80,7 +82,7 @@ class SimpleResBlock(nn.Module):
     def __init__(self, ni: int, nf: int, stride: int = 1, zero_gamma: bool = True):
         super().__init__()
         if stride != 1 or ni != nf:
-            raise ValueError(
+            raise InputError(
                 f"SimpleResBlock(ni={ni}, nf={nf}, stride={stride}) cannot add x to convs(x): that needs "
                 "stride=1 and ni == nf so both have the same shape. Use ResBlock, whose 1x1 idconv and "
                 "average-pool shortcut handle a change of width or grid size."
@@ -99,9 +101,9 @@ class ResBlock(nn.Module):
     ):
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"ResBlock stride must be 1 or 2, got {stride}")
+            raise InputError(f"ResBlock stride must be 1 or 2, got {stride}")
         if conv_path not in CONV_PATHS:
-            raise ValueError(f"unknown conv_path {conv_path!r}: choose one of {sorted(CONV_PATHS)}")
+            raise InputError(f"unknown conv_path {conv_path!r}: choose one of {sorted(CONV_PATHS)}")
         self.convs = CONV_PATHS[conv_path](ni, nf, stride=stride, zero_gamma=zero_gamma)
         self.idconv = nn.Identity() if ni == nf else ConvLayer(ni, nf, ks=1, act_cls=None)
         # Average-pooling the shortcut (instead of a stride-2 1x1 conv that drops 3/4 of the
@@ -115,7 +117,7 @@ class ResBlock(nn.Module):
 def stem(*sizes: int) -> list[nn.Module]:
     "The bag-of-tricks stem, `stem(3, 32, 32, 64)`: 3x3 ConvLayers (the first stride 2), then a max-pool."
     if len(sizes) < 2:
-        raise ValueError(f"stem needs at least an input and an output width, got {sizes}")
+        raise InputError(f"stem needs at least an input and an output width, got {sizes}")
     convs = [ConvLayer(ni, nf, stride=2 if i == 0 else 1) for i, (ni, nf) in enumerate(zip(sizes, sizes[1:]))]
     return [*convs, nn.MaxPool2d(kernel_size=3, stride=2, padding=1)]
 

@@ -17,6 +17,8 @@ from fastai.metrics import accuracy
 from fastcore.foundation import L
 from torch import nn
 
+from .errors import InputError
+
 __all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy", "get_learner"]
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
@@ -25,7 +27,7 @@ PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
     "Fraction of rows whose target is among the `k` highest scores (k is capped at the number of classes)."
     if preds.dim() != 2 or targs.shape != preds.shape[:1]:
-        raise ValueError(f"expected preds (n, classes), targets (n,); got {tuple(preds.shape)}, {tuple(targs.shape)}")
+        raise InputError(f"expected preds (n, classes), targets (n,); got {tuple(preds.shape)}, {tuple(targs.shape)}")
     top = preds.topk(min(k, preds.shape[1]), dim=1).indices
     return (top == targs[:, None]).any(dim=1).float().mean()
 
@@ -38,7 +40,7 @@ def top_5_accuracy(preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
     "The precision to train in on `device`, and one line saying why."
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
     if device.type != "cuda":
         if precision in ("auto", "fp32"):
@@ -59,9 +61,9 @@ def check_regularisation(label_smoothing: float = 0.0, mixup: float = 0.0) -> No
         return isinstance(v, int | float) and not isinstance(v, bool)
 
     if not number(label_smoothing) or not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+        raise InputError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     if not number(mixup) or mixup < 0:
-        raise ValueError(f"mixup must be a number >= 0 (the alpha of MixUp's Beta distribution; 0: off), got {mixup!r}")
+        raise InputError(f"mixup must be a number >= 0 (the alpha of MixUp's Beta distribution; 0: off), got {mixup!r}")
 
 
 def get_learner(

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from functools import partial
 
 from fastai.layers import ConvLayer, Flatten
-from torch import nn
+from torch import Tensor, nn
 
+from .errors import InputError
 from .layers import ResBlock, stem
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 def _check_positive(**kw: int) -> None:
     for k, v in kw.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+            raise InputError(f"{k} must be a positive integer, got {v!r}")
 
 
 # What replaces each stride-2 step of the chapter's first CNN (experiments 1, 2 and 3).
@@ -54,17 +55,33 @@ CNN_BLOCKS: dict[str, Callable[..., nn.Module]] = {
 def cnn_block(kind: str, ni: int, nf: int, zero_gamma: bool = True) -> nn.Module:
     "One stride-2 step of the chapter's CNN: a ConvLayer, a ResBlock, or a ResBlock then a stride-1 one."
     if kind not in CNN_BLOCKS:
-        raise ValueError(f"unknown block {kind!r}: choose one of {sorted(CNN_BLOCKS)}")
+        raise InputError(f"unknown block {kind!r}: choose one of {sorted(CNN_BLOCKS)}")
     return CNN_BLOCKS[kind](ni, nf, zero_gamma)
 
 
 class _Sequential(nn.Sequential):
-    "An nn.Sequential whose slices are plain nn.Sequentials (torch rebuilds slices with the subclass's __init__)."
+    "An nn.Sequential that checks its input's shape, and whose slices are plain nn.Sequentials."
+
+    input_size: int | None = None  # set by models that take one image size only
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self.c_in = next(m for m in self.modules() if isinstance(m, nn.Conv2d)).in_channels
 
     def __getitem__(self, idx):
+        # torch rebuilds slices with the subclass's __init__, which takes other arguments
         if isinstance(idx, slice):
             return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
         return super().__getitem__(idx)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.c_in:
+            raise InputError(f"expected a batch of images shaped (batch, {self.c_in}, height, width), "
+                             f"got a tensor shaped {tuple(x.shape)}")  # fmt: skip
+        if self.input_size is not None and x.shape[2:] != (self.input_size, self.input_size):
+            raise InputError(f"this model flattens its last grid, so it takes {self.input_size}x{self.input_size} "
+                             f"images only, got {x.shape[2]}x{x.shape[3]}")  # fmt: skip
+        return super().forward(x)
 
 
 class ChapterCNN(_Sequential):
@@ -92,6 +109,7 @@ class ChapterCNN(_Sequential):
                 grid = (grid + 1) // 2  # a stride-2, padding-1 3x3 conv
             head = [Flatten(), nn.Linear(szs[-1] * grid * grid, n_out)]
         super().__init__(*[cnn_block(block, ni, nf, zero_gamma) for ni, nf in zip(szs, szs[1:])], *head)
+        self.input_size = None if pool else input_size
 
 
 class ResNet(_Sequential):
@@ -108,7 +126,7 @@ class ResNet(_Sequential):
     ):
         _check_positive(n_out=n_out, expansion=expansion, c_in=c_in)
         if not isinstance(layers, list | tuple) or not 1 <= len(layers) <= 4:
-            raise ValueError(f"layers must be a list of 1 to 4 positive ints (blocks per stage), got {layers!r}")
+            raise InputError(f"layers must be a list of 1 to 4 positive ints (blocks per stage), got {layers!r}")
         for n in layers:
             _check_positive(**{"each entry of layers": n})
         conv_path = conv_path or ("basic" if expansion == 1 else "bottleneck")
@@ -192,5 +210,5 @@ def list_models() -> list[str]:
 def create_model(name: str, n_out: int = 10, c_in: int = 3, **kw) -> nn.Module:
     "Build a registered model by name, e.g. `create_model('resnet18', n_out=10)`."
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     return MODELS[name](n_out=n_out, c_in=c_in, **kw)

@@ -16,6 +16,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .errors import InputError, MissingFile
+
 __all__ = ["Results", "atomic_write", "load_results", "compare"]
 
 
@@ -134,11 +136,11 @@ def load_results(path: str | os.PathLike) -> Results:
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no results at {path}: pass a run folder (with results.json) or the file itself")
+        raise MissingFile(f"no results at {path}: pass a run folder (with results.json) or the file itself")
     try:
         return Results(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{path} is not a resnets results file ({e})") from e
+        raise InputError(f"{path} is not a resnets results file ({e})") from e
 
 
 def compare(runs: list[Results | str | os.PathLike]) -> str:

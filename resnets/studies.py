@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .bench import bench_models, count_flops
+from .errors import InputError
 from .experiments import _resolve_settings, get_experiment, run
 from .models import create_model
 from .results import Results, atomic_write, load_results
@@ -85,7 +86,7 @@ def get_study(name: str | Study) -> Study:
     if isinstance(name, Study):
         return name
     if name not in STUDIES:
-        raise ValueError(f"unknown study {name!r}: choose one of {', '.join(STUDIES)}")
+        raise InputError(f"unknown study {name!r}: choose one of {', '.join(STUDIES)}")
     return STUDIES[name]
 
 
@@ -193,7 +194,7 @@ def run_study(
     overrides = {k: v for k, v in overrides.items() if v is not None}  # None: keep each arm's own setting
     seeds = tuple(study.seeds if seeds is None else seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        raise InputError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     for arm in study.arms:  # every arm's settings checked before the first one trains
         opts = {**arm.options, **overrides}
         _resolve_settings(get_experiment(arm.experiment), opts.get("size"), opts.get("presize"), opts.get("bs"),

@@ -9,7 +9,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.mixup import MixUp
 from fastai.metrics import top_k_accuracy as fastai_top_k
 
-from resnets import conv1x1_einsum, create_model, get_data, get_learner, run, top_5_accuracy, top_k_accuracy
+from resnets import InputError, conv1x1_einsum, create_model, get_data, get_learner, run, top_5_accuracy, top_k_accuracy
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -109,7 +109,7 @@ def test_mnist_models_with_and_without_the_pool():
     for size in (28, 56):
         assert pooled(torch.randn(2, 3, size, size)).shape == (2, 2)
     assert flat(torch.randn(2, 3, 28, 28)).shape == (2, 2)
-    with pytest.raises(RuntimeError):  # flattening ties it to one input size
+    with pytest.raises(InputError, match="28x28 images only"):  # flattening ties it to one input size
         flat(torch.randn(2, 3, 56, 56))
 
 

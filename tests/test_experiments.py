@@ -92,7 +92,7 @@ def test_bad_options(kw, match, tree):
 
 
 def test_unknown_experiment_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="cnn, res_cnn, double_res_cnn, resnet18, resnet50, mnist_pool"):
+    with pytest.raises(ValueError, match="cnn, res_cnn, double_res_cnn, resnet18, resnet50, resnet34, mnist_pool"):
         run("resnet19")
 
 
