@@ -111,7 +111,8 @@ class Checkpoint(Callback):
         smooth = self.recorder.smooth_loss
         _atomic_save({"epoch": self.epoch, "model": self.learn.model.state_dict(), "opt": self.learn.opt.state_dict(),
                       "rng": _rng_state(self.dls), "smooth_loss": (smooth.count, smooth.val),
-                      "history": list(self.results.history), "settings": self.results.settings},
+                      "history": list(self.results.history), "settings": self.results.settings,
+                      "vocab": [str(c) for c in getattr(self.dls, "vocab", [])]},
                      self.folder / CHECKPOINT)  # fmt: skip
 
 

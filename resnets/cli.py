@@ -47,7 +47,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,lr-find,compare,study,bench}")
+    commands = "{list,run,lr-find,compare,study,export,predict,bench}"
+    sub = top.add_subparsers(dest="command", required=True, metavar=commands)
     sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
     p = sub.add_parser("run", help="train an experiment, then compare with the book")
     _add_data_options(p)
@@ -76,6 +77,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")  # fmt: skip
+    p = sub.add_parser("export", help="write a run's trained model, class names and preprocessing to one file")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
+    p.add_argument("--out", help="the model file (default: RUN_DIR/model.resnets)")
+    p.add_argument("--torchscript", metavar="FILE", help="also a TorchScript file of the network")
+    p.add_argument("--check", nargs="*", default=[], metavar="IMAGE",
+                   help="images on which the TorchScript outputs are compared with the model's")  # fmt: skip
+    p = sub.add_parser("predict", help="the top-5 classes of images, with names and probabilities")
+    p.add_argument("model", metavar="MODEL", help="a file written by `resnets export`")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5)")
     p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, conv1x1")
     p.add_argument("what", choices=["all", "models", "data", "epoch", "conv1x1"],
                    help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON")  # fmt: skip
@@ -181,6 +192,24 @@ def main(argv: list[str] | None = None) -> int:
             found = run_study(name, kw.pop("out", f"runs/study-{name}"), **kw)
             print(found.table())
             print(f"saved {found.folder}/study.json and study.png")
+        elif args.command == "export":
+            from .export import export, export_torchscript, load
+
+            path = export(args.run_dir, args.out)
+            print(f"saved {path}")
+            if args.torchscript:
+                diff = export_torchscript(load(path), args.torchscript, args.check)
+                print(f"saved {args.torchscript}: largest difference from the model on {len(args.check)} image(s): "
+                      f"{diff:.2e}")  # fmt: skip
+        elif args.command == "predict":
+            from .export import load
+
+            predictor = load(args.model)
+            for img in args.images:
+                top = predictor.predict(img, k=args.k)
+                print(img)
+                for c, name, prob in top:
+                    print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
         elif args.command == "compare":
             print(compare(args.runs))
         elif args.command == "bench":

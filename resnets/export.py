@@ -1,0 +1,130 @@
+"""Export a trained run to one file, load it back, and predict classes of images.
+
+  export(run_dir)         -> run_dir/model.resnets: weights, architecture, class names and preprocessing
+  load(path).predict(img) -> top-5 (class, human name, probability) for an image path, PIL image or array
+  export_torchscript(...) -> a TorchScript file of the same network, checked against it on real images
+
+Preprocessing is the validation pipeline of training: the image resized (shortest side) and centre
+cropped to presize, resized to the training size, scaled to [0, 1] and normalised with ImageNet stats.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastai.vision.all import imagenet_stats
+from PIL import Image, UnidentifiedImageError
+
+from .checkpoint import load_checkpoint
+from .data import IMAGENETTE_NAMES
+from .errors import InputError, MissingFile
+from .models import create_model
+
+__all__ = ["FORMAT", "export", "load", "Predictor", "export_torchscript"]
+
+FORMAT = "resnets-model-v1"
+
+
+def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    "Write the trained model of a run folder (from its last checkpoint) as one file; returns its path."
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MissingFile(f"no run folder at {run_dir}: pass the --out folder of a `resnets run`")
+    state = load_checkpoint(run_dir)
+    if state is None:
+        raise MissingFile(f"{run_dir} has no checkpoint.pth, so no trained model: train it with `resnets run --out`")
+    s = state["settings"]
+    vocab = list(state.get("vocab") or [])
+    if not vocab:
+        raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
+    out = Path(out) if out is not None else run_dir / "model.resnets"
+    torch.save({"format": FORMAT, "model": s["model"], "n_out": len(vocab), "state_dict": state["model"],
+                "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
+                "presize": s["presize"], "resize": s["resize"], "stats": [list(v) for v in imagenet_stats],
+                "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
+                "history": state["history"]}, out)  # fmt: skip
+    return out
+
+
+def _read_image(img) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img.convert("RGB")
+    if isinstance(img, np.ndarray):
+        return Image.fromarray(img).convert("RGB")
+    path = Path(img)
+    if not path.is_file():
+        raise MissingFile(f"no image at {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path} is not an image that can be read ({e})") from e
+
+
+class Predictor:
+    "A trained model with its preprocessing and class names: `predict(img)` gives the top-k classes."
+
+    def __init__(self, model: torch.nn.Module, meta: dict):
+        self.model, self.meta = model.eval(), meta
+        self.vocab, self.names = meta["vocab"], meta["names"]
+        self.mean, self.std = (torch.tensor(v).view(1, 3, 1, 1) for v in meta["stats"])
+
+    def preprocess(self, img) -> torch.Tensor:
+        "An image (path, PIL image or HxWx3 array) -> a normalised (1, 3, size, size) tensor."
+        im, p, size = _read_image(img), self.meta["presize"], self.meta["resize"]
+        scale = p / min(im.size)
+        im = im.resize((max(p, round(im.width * scale)), max(p, round(im.height * scale))), Image.BILINEAR)
+        left, top = (im.width - p) // 2, (im.height - p) // 2
+        x = torch.from_numpy(np.asarray(im.crop((left, top, left + p, top + p)), dtype=np.uint8).copy())
+        x = x.permute(2, 0, 1)[None].float() / 255
+        if p != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def probabilities(self, img) -> torch.Tensor:
+        return self.model(self.preprocess(img)).softmax(1)[0]
+
+    def predict(self, img, k: int = 5) -> list[tuple[str, str, float]]:
+        "The k most probable classes: (class folder name, human-readable name, probability), best first."
+        probs = self.probabilities(img)
+        top = probs.topk(min(k, len(probs)))
+        return [(self.vocab[i], self.names[self.vocab[i]], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def load(path: str | os.PathLike) -> Predictor:
+    "Load a file written by `export` (or `resnets export`)."
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFile(f"no model file at {path}: create one with `resnets export RUN_DIR`")
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InputError(f"{path} is not a readable resnets model file ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
+    model = create_model(meta["model"], n_out=meta["n_out"])
+    model.load_state_dict(meta["state_dict"])
+    return Predictor(model, meta)
+
+
+def export_torchscript(predictor: Predictor, out: str | os.PathLike, images=()) -> float:
+    """Trace the network (normalised images in, logits out) to TorchScript; returns the largest difference
+    from the eager model on `images` (real ones, preprocessed as for prediction)."""
+    size = predictor.meta["resize"]
+    with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; the trace is still what it was
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(predictor.model, torch.randn(1, 3, size, size))
+        traced.save(str(out))
+        loaded = torch.jit.load(str(out))
+    diffs = [0.0]
+    with torch.no_grad():
+        for img in images:
+            x = predictor.preprocess(img)
+            diffs.append((loaded(x) - predictor.model(x)).abs().max().item())
+    return max(diffs)

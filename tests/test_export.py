@@ -1,0 +1,74 @@
+"""Export a trained run to one file, predict from it (Python and CLI), TorchScript equal to eager, clear errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY
+from resnets import IMAGENETTE_NAMES, InputError, MissingFile, export, export_torchscript, load, run
+from resnets.data import find_items
+
+
+@pytest.fixture(scope="module")
+def mnist_run(mnist_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "mnist"
+    return run("mnist_pool", data=mnist_tiny, epochs=2, out=out, progress=False, num_workers=0, seed=0)
+
+
+def test_exported_model_predicts_as_well_as_it_validated(mnist_run, mnist_tiny):
+    path = export(mnist_run.folder)
+    predictor = load(path)
+    assert predictor.vocab == ["3", "7"] and predictor.meta["resize"] == 28
+    files = [f for f in find_items(mnist_tiny)[0] if f.parent.parent.name == "valid"]
+    hits = 0
+    for f in files:
+        (top, second) = predictor.predict(f)
+        assert top[2] >= second[2] and abs(top[2] + second[2] - 1) < 1e-5
+        hits += top[0] == f.parent.name
+    # the same images through the same (validation) preprocessing: the run's accuracy, give or take resampling
+    assert abs(hits / len(files) - mnist_run.accuracy) < 0.03
+
+
+def test_torchscript_matches_the_model_on_real_images(mnist_run, mnist_tiny, tmp_path):
+    predictor = load(export(mnist_run.folder, tmp_path / "m.resnets"))
+    images = sorted((mnist_tiny / "valid" / "7").glob("*.png"))[:20]
+    assert export_torchscript(predictor, tmp_path / "m.pt", images) < 1e-5
+    with pytest.warns(FutureWarning):  # torch 2.14 marks TorchScript deprecated
+        traced = torch.jit.load(str(tmp_path / "m.pt"))
+    assert traced(predictor.preprocess(images[0])).argmax().item() == predictor.vocab.index(predictor.predict(images[0])[0][0])
+
+
+def test_imagenette_predictions_have_human_readable_names(imagenette, tmp_path):
+    r = run("cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, **{**TINY, "classes": 10})
+    p = subprocess.run([sys.executable, "-m", "resnets", "export", r.folder], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    img = next((imagenette / "val" / "n03888257").glob("*.JPEG"))
+    p = subprocess.run([sys.executable, "-m", "resnets", "predict", f"{r.folder}/model.resnets", str(img)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == str(img) and len(lines) == 6
+    assert all(any(f"{name} ({wnid})" in line for wnid, name in IMAGENETTE_NAMES.items()) for line in lines[1:])
+    assert load(f"{r.folder}/model.resnets").predict(img, k=10)[0][1] in IMAGENETTE_NAMES.values()
+
+
+def test_clear_errors(mnist_run, tmp_path):
+    with pytest.raises(MissingFile, match="no model file"):
+        load(tmp_path / "nothing.resnets")
+    (tmp_path / "bad.resnets").write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match="not a readable resnets model file"):
+        load(tmp_path / "bad.resnets")
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="not a resnets model file"):
+        load(tmp_path / "other.pth")
+    predictor = load(export(mnist_run.folder, tmp_path / "m.resnets"))
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match="not an image"):
+        predictor.predict(tmp_path / "notes.txt")
+    with pytest.raises(MissingFile, match="no checkpoint"):
+        export(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "resnets", "predict", str(tmp_path / "bad.resnets"), "x.jpg"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 2 and "not a readable resnets model file" in p.stderr and "Traceback" not in p.stderr
