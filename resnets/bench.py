@@ -14,7 +14,8 @@ from .errors import InputError
 from .layers import conv1x1_einsum
 from .models import create_model
 
-__all__ = ["median_seconds", "bench_conv1x1", "count_flops", "bench_models", "matmul_peak", "bench_data", "bench_epoch"]
+__all__ = ["median_seconds", "bench_conv1x1", "count_flops", "bench_models", "matmul_peak", "bench_data", "bench_epoch",
+           "profile_training", "format_profile"]
 
 # (batch, ni, nf, grid): a ResNet-50 bottleneck's 1x1 convs at 128 px input, stage 1 and stage 4
 CONV1X1_SHAPES = ((32, 256, 64, 32), (32, 64, 256, 32), (32, 2048, 512, 4), (32, 512, 2048, 4))
@@ -178,6 +179,62 @@ def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
     return out
 
 
+def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, **kw) -> dict:
+    """Where a training step's time goes, for each pipeline: waiting for the batch, forward + loss, backward, step.
+
+    Times `batches` steps of the experiment's own Learner (model, loss, optimiser) after `warmup` untimed
+    ones, synchronising the GPU between stages so each stage is charged its own time."""
+    from .experiments import build
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    out = {"experiment": experiment, "batches": batches}
+    for fast in (False, True):
+        learn, _ = build(experiment, data, fast_data=fast, verbose=False, **kw)
+        learn.create_opt()
+        model, dl = learn.model.train(), learn.dls.train
+        if len(dl) < warmup + batches:
+            raise InputError(f"{len(dl)} training batches are fewer than {warmup + batches}: use more data or --bs")
+        stages, it, n = dict.fromkeys(("data", "forward", "backward", "step"), 0.0), iter(dl), 0
+        for i in range(warmup + batches):
+            t0 = time.perf_counter()
+            xb, yb = (t.as_subclass(torch.Tensor) for t in next(it))  # fastai's tensor types, as plain tensors
+            sync()
+            t1 = time.perf_counter()
+            loss = learn.loss_func(model(xb), yb)
+            sync()
+            t2 = time.perf_counter()
+            loss.backward()
+            sync()
+            t3 = time.perf_counter()
+            learn.opt.step()
+            learn.opt.zero_grad()
+            sync()
+            t4 = time.perf_counter()
+            if i >= warmup:
+                n += len(xb)
+                for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    stages[k] += dt
+        del it
+        total = sum(stages.values())
+        key = "fast" if fast else "stock"
+        out[key] = {"images_per_s": n / total, **{f"{k}_fraction": v / total for k, v in stages.items()}}
+    return out
+
+
+def format_profile(p: dict) -> str:
+    "The profile as a small table: the share of a training step each stage takes, per pipeline."
+    lines = [f"where a training step's time goes ({p['experiment']}, {p['batches']} batches):",
+             f"{'pipeline':<10}{'images/s':>10}{'data':>8}{'forward':>9}{'backward':>10}{'step':>7}"]  # fmt: skip
+    for key in ("stock", "fast"):
+        r = p[key]
+        lines.append(f"{key:<10}{r['images_per_s']:>10.1f}" + "".join(f"{r[f'{k}_fraction']:>{w}.0%}" for k, w in
+                     (("data", 8), ("forward", 9), ("backward", 10), ("step", 7))))  # fmt: skip
+    return "\n".join(lines)
+
+
 # The chapter's models at the sizes the chapter trains them.
 CHAPTER_MODELS = {"cnn": 128, "res_cnn": 128, "double_res_cnn": 128, "resnet18": 128, "resnet50": 224}
 
@@ -225,6 +282,8 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
         save()
         report["epoch"] = bench_epoch(experiment, data, epochs=epochs, subset=subset, bs=data_bs)
         save()
+        report["profile"] = profile_training(experiment, data, subset=subset, bs=data_bs)
+        save()
     return report
 
 
@@ -253,4 +312,6 @@ def format_suite(report: dict) -> str:
         lines += ["", f"end-to-end epoch of {e['experiment']} (train {e['settings']['n_train']} + valid "
                   f"{e['settings']['n_valid']} images), seconds: chapter pipeline {e['stock_epoch_s']:.1f}, "
                   f"fast path {e['fast_epoch_s']:.1f}: {e['speedup']:.2f}x"]  # fmt: skip
+    if "profile" in report:
+        lines += ["", format_profile(report["profile"])]
     return "\n".join(lines)

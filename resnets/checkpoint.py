@@ -109,11 +109,17 @@ class Checkpoint(Callback):
         if self.folder is None or self.epoch < self.start_epoch:
             return
         smooth = self.recorder.smooth_loss
-        _atomic_save({"epoch": self.epoch, "model": self.learn.model.state_dict(), "opt": self.learn.opt.state_dict(),
-                      "rng": _rng_state(self.dls), "smooth_loss": (smooth.count, smooth.val),
+        _atomic_save({"epoch": self.epoch, "model": _unwrap(self.learn.model).state_dict(),
+                      "opt": self.learn.opt.state_dict(), "rng": _rng_state(self.dls),
+                      "smooth_loss": (smooth.count, smooth.val),
                       "history": list(self.results.history), "settings": self.results.settings,
                       "vocab": [str(c) for c in getattr(self.dls, "vocab", [])]},
                      self.folder / CHECKPOINT)  # fmt: skip
+
+
+def _unwrap(model):
+    "The model inside a DistributedDataParallel wrapper (a distributed run's checkpoint loads without it)."
+    return getattr(model, "module", model)
 
 
 def _to(obj, device):

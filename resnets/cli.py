@@ -87,8 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="a file written by `resnets export`")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5)")
-    p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, conv1x1")
-    p.add_argument("what", choices=["all", "models", "data", "epoch", "conv1x1"],
+    p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, conv1x1")
+    p.add_argument("what", choices=["all", "models", "data", "epoch", "profile", "conv1x1"],
                    help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON")  # fmt: skip
     p.add_argument("--models", help="comma-separated model names (default: resnet18,resnet34,resnet50 for `models`; "
                    "for `all`, the chapter's five at their chapter sizes)")  # fmt: skip
@@ -99,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
                    help="model step variants: eager, channels_last, compile (comma-separated)")  # fmt: skip
     p.add_argument("--data", help="real images for `data`, `epoch` and `all` (a folder, name or URL)")
     p.add_argument("--data-bs", type=int, default=128, help="batch size for `data`, `epoch` and `all` (default 128)")
-    p.add_argument("--experiment", default="cnn", help="experiment timed end to end by `epoch` and `all`")
+    p.add_argument("--experiment", default="cnn", help="experiment timed by `epoch`, `profile` and `all`")
     p.add_argument("--epochs", type=int, default=1, help="epochs per pipeline for `epoch`")
     p.add_argument("--subset", type=int, help="at most N images per class (data, epoch)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
@@ -152,11 +152,17 @@ def _bench(args) -> None:
         return _bench_conv1x1(args.repeats)
     if args.what == "models":
         return _bench_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size, args.bs, args.repeats)
-    if args.what in ("data", "epoch") and not args.data:
-        raise ValueError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
+    if args.what in ("data", "epoch", "profile") and not args.data:
+        raise InputError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
     if args.what == "data":
         report = bench.bench_data(args.data, bs=args.data_bs, repeats=args.repeats, subset=args.subset,
                                   device=args.device)  # fmt: skip
+    elif args.what == "profile":
+        report = bench.profile_training(args.experiment, args.data, subset=args.subset, bs=args.data_bs)
+        print(bench.format_profile(report))
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2))
+        return None
     elif args.what == "epoch":
         report = bench.bench_epoch(args.experiment, args.data, epochs=args.epochs, subset=args.subset, bs=args.data_bs)
     else:
@@ -180,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             if kw["progress"] is None:
                 kw["progress"] = sys.stdout.isatty()
             results = run(kw.pop("name"), **kw)
-            print(results.summary())
-            print(f"saved {results.folder}/results.json and results.png")
+            if results.folder is not None:  # in a distributed run, only rank 0 has a folder and reports
+                print(results.summary())
+                print(f"saved {results.folder}/results.json and results.png")
         elif args.command == "lr-find":
             s = lr_find(kw.pop("name"), **kw)
             print(f"suggested learning rate: {s.valley:.2e} (valley); plot saved to {args.out}/lr_find.png")

@@ -20,7 +20,7 @@ import torchvision
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
 from fastai.metrics import accuracy
-from fastai.torch_core import set_seed
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
 from . import __version__
 from .checkpoint import Checkpoint, StopOnNaN, load_checkpoint, set_deterministic
@@ -201,6 +201,7 @@ def build(
     mixup: float | None = None,
     zero_gamma: bool | None = None,
     fast_data: bool | None = None,
+    verbose: bool = True,
 ):
     "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
     exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup, zero_gamma,
@@ -216,7 +217,7 @@ def build(
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma)
     _check_input_size(model, exp)
     learn = get_learner(dls, model, precision=precision, cbs=cbs, metrics=[accuracy, top_5_accuracy],
-                        label_smoothing=exp.label_smoothing, mixup=exp.mixup)  # fmt: skip
+                        label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose)  # fmt: skip
     return learn, exp
 
 
@@ -282,21 +283,26 @@ def run(
     state = load_checkpoint(out) if resume else None
     if not resume and save and out is not None:
         _check_free(out)  # before any work (resuming a run killed before its first checkpoint starts it again)
+    world, rank = num_distrib(), rank_distrib()
+    if world > 1 and (resume or exp.fast_data):
+        raise InputError("distributed runs (torchrun / accelerate launch) support neither --resume nor --fast-data yet")
     set_deterministic(deterministic)
-    learn, exp = build(exp, data, classes=classes, precision=precision, seed=seed,
-                       num_workers=num_workers)  # fmt: skip
+    learn, exp = build(exp, data, classes=classes, precision=precision, seed=seed, num_workers=num_workers,
+                       verbose=rank == 0)  # fmt: skip
     dls = learn.dls
     settings = {k: v for k, v in asdict(exp).items() if not k.startswith(("book_", "title"))}
     settings.update(data=str(dls.path), classes=classes, precision=learn.precision, seed=seed,
                     deterministic=deterministic, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_classes=dls.c,
                     argv=sys.argv)  # fmt: skip
+    if world > 1:
+        settings.update(world_size=world)
     results = Results(exp.name, settings, seed, versions=_versions(), device=describe_device(dls.device), book=exp.book)
     if state is not None:
         _check_same_settings(state["settings"], settings, out)
         results.history = list(state["history"])
         if state["epoch"] + 1 >= exp.epochs:
             print(f"resnets: {out} finished all {exp.epochs} epochs already")
-    folder = None if not save else Path(out) if resume else _new_run_folder(out, exp.name)
+    folder = None if not save or rank > 0 else Path(out) if resume else _new_run_folder(out, exp.name)
     if resume:
         folder.mkdir(parents=True, exist_ok=True)
     checkpoint = Checkpoint(folder, results, state)
@@ -305,18 +311,29 @@ def run(
         print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
     learn.add_cbs([RunHistory(results, folder, checkpoint.start_epoch), checkpoint, StopOnNaN(folder)])
     try:
-        with contextlib.nullcontext() if progress else learn.no_bar():  # no bar: still one line per epoch
+        with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
             learn.fit_one_cycle(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
     except torch.cuda.OutOfMemoryError as e:
         more = f" and --resume to continue {folder}" if folder is not None else ""
         msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"
         raise MemoryError(msg) from None
+    if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
+        print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
     results.finished = True
     results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
     if folder is not None:
         results.folder = str(folder)
         results.save(folder)
     return results
+
+
+def _distributed(learn, world: int):
+    "Data-parallel training through fastai + Accelerate when launched by torchrun / accelerate launch."
+    if world <= 1:
+        return contextlib.nullcontext()
+    from . import distributed  # noqa: F401  (lets fastai's distributed loader run on CPU, over gloo)
+
+    return learn.distrib_ctx(sync_bn=False, cpu=learn.dls.device.type == "cpu")
 
 
 def _check_same_settings(saved: dict, now: dict, out) -> None:

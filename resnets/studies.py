@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .bench import bench_models, count_flops
+from .checkpoint import CHECKPOINT
 from .errors import InputError
 from .experiments import _resolve_settings, get_experiment, run
 from .models import create_model
@@ -161,7 +162,10 @@ def _run_arm(arm: Arm, seed: int, folder: Path, overrides: dict, progress: bool)
         if done.finished:
             print(f"resnets: {folder} is finished: reusing it")
             return done
-        shutil.rmtree(folder)  # an interrupted run of this study: train it again from the start
+        if (folder / CHECKPOINT).exists():  # interrupted after an epoch: continue from its last checkpoint
+            return run(arm.experiment, **{**arm.options, **overrides}, seed=seed, out=folder, progress=progress,
+                       resume=True)  # fmt: skip
+        shutil.rmtree(folder)  # interrupted before its first checkpoint: train it again from the start
     return run(arm.experiment, **{**arm.options, **overrides}, seed=seed, out=folder, progress=progress)
 
 

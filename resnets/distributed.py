@@ -1,0 +1,25 @@
+"""Data-parallel runs across processes: fastai's `distrib_ctx` (Hugging Face Accelerate, PyTorch DDP).
+
+    torchrun --nproc_per_node 2 -m resnets run cnn ...          # or: accelerate launch -m resnets run cnn ...
+
+Every rank builds the same experiment; fastai wraps the model in DistributedDataParallel and gives each
+rank a slice of every epoch's shuffled indices; losses and metrics are gathered over all ranks; only
+rank 0 prints and writes the run folder. Importing this module lets fastai's distributed loader share
+its indices over gloo (CPU) as well as NCCL: fastai moves them to CUDA unconditionally.
+"""
+
+import torch
+import torch.distributed as dist
+from fastai.distributed import DistributedDL
+from fastcore.basics import patch
+
+__all__ = []
+
+
+@patch
+def _broadcast(self: DistributedDL, t, rank):
+    "Broadcast the list `t` from `rank`, on the device the process group's backend works with."
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(t, dtype=torch.long, device=device)
+    dist.broadcast(t, rank)
+    return t.cpu().tolist()
