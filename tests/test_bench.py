@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from resnets.bench import bench_data, bench_models, matmul_peak, run_suite
+from resnets.bench import bench_data, bench_models, format_profile, matmul_peak, profile_training, run_suite
 
 
 def test_model_variants_and_precision_checks():
@@ -32,6 +32,19 @@ def test_suite_writes_every_section(imagenette, tmp_path, monkeypatch):
     assert saved == json.loads(json.dumps(report))
     with pytest.raises(ValueError, match="no full batch"):
         bench_data(imagenette, bs=128, subset=2, repeats=1)
+
+
+def test_profile_splits_a_training_step_into_its_stages(imagenette, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    p = profile_training("cnn", imagenette, batches=3, warmup=1, classes=2, subset=4, size=32, presize=40, bs=2,
+                         num_workers=0)  # fmt: skip
+    for key in ("stock", "fast"):
+        shares = [p[key][f"{k}_fraction"] for k in ("data", "forward", "backward", "step")]
+        assert all(0 < f < 1 for f in shares) and sum(shares) == pytest.approx(1)
+        assert p[key]["images_per_s"] > 0
+    assert "stock" in format_profile(p) and "backward" in format_profile(p)
+    with pytest.raises(ValueError, match="fewer than"):
+        profile_training("cnn", imagenette, batches=30, classes=2, subset=4, size=32, presize=40, bs=2)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import pytest
 
 from resnets import EXPERIMENTS, STUDIES, create_model, get_study, load_results, run_study
 from resnets.bench import count_flops
+from resnets.checkpoint import CHECKPOINT
 from resnets.studies import Arm, Study
 
 TINY_STUDY = dict(classes=2, subset=8, size=32, presize=40, bs=8, epochs=1, num_workers=0)
@@ -52,15 +53,19 @@ def test_a_study_runs_writes_its_table_and_plot_and_resumes(imagenette, tmp_path
 
     calls = []
     real_run = studies.run
-    monkeypatch.setattr(studies, "run", lambda name, **kw: calls.append(name) or real_run(name, **kw))
+    record = lambda name, **kw: calls.append((name, kw.get("resume"))) or real_run(name, **kw)
+    monkeypatch.setattr(studies, "run", record)
     again = run_study("degradation", out, data=imagenette, **TINY_STUDY)
     assert calls == [] and again.rows == found.rows
-    res = load_results(out / "res-56-seed42")
-    res.finished = False
-    res.save(out / "res-56-seed42", plot=False)
+    # an arm interrupted after a checkpoint continues from it; one interrupted before any starts again
+    for arm in ("res-56-seed42", "plain-20-seed42"):
+        res = load_results(out / arm)
+        res.finished = False
+        res.save(out / arm, plot=False)
+    (out / "plain-20-seed42" / CHECKPOINT).unlink()
     run_study("degradation", out, data=imagenette, **TINY_STUDY)
-    assert calls == ["res56"]
-    assert load_results(out / "res-56-seed42").finished
+    assert sorted(calls) == [("plain20", None), ("res56", True)]
+    assert load_results(out / "res-56-seed42").finished and load_results(out / "plain-20-seed42").finished
 
 
 def test_bad_study_inputs_fail_before_anything_trains(tmp_path):
