@@ -182,7 +182,7 @@ def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
 def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, **kw) -> dict:
     """Where a training step's time goes, for each pipeline: waiting for the batch, forward + loss, backward, step.
 
-    Times `batches` steps of the experiment's own Learner (model, loss, optimiser) after `warmup` untimed
+    Times `batches` steps (fewer if the epoch is shorter) of the experiment's own Learner (model, loss, optimiser) after `warmup` untimed
     ones, synchronising the GPU between stages so each stage is charged its own time."""
     from .experiments import build
 
@@ -195,8 +195,10 @@ def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, 
         learn, _ = build(experiment, data, fast_data=fast, verbose=False, **kw)
         learn.create_opt()
         model, dl = learn.model.train(), learn.dls.train
-        if len(dl) < warmup + batches:
-            raise InputError(f"{len(dl)} training batches are fewer than {warmup + batches}: use more data or --bs")
+        if len(dl) <= warmup:
+            raise InputError(f"{len(dl)} training batches leave none to time after {warmup} warm-up ones: "
+                             "use more data or a smaller batch size")  # fmt: skip
+        batches = out["batches"] = min(batches, len(dl) - warmup)
         stages, it, n = dict.fromkeys(("data", "forward", "backward", "step"), 0.0), iter(dl), 0
         for i in range(warmup + batches):
             t0 = time.perf_counter()

@@ -29,6 +29,7 @@ def test_suite_writes_every_section(imagenette, tmp_path, monkeypatch):
     assert saved["models"][0]["model"] == "cnn" and 0 < saved["models"][0]["fraction_of_matmul_peak"]
     assert saved["data"]["stock_images_per_s"] > 0 and saved["data"]["fast_images_per_s"] > 0
     assert saved["epoch"]["settings"]["n_train"] == 40 and saved["epoch"]["speedup"] > 0
+    assert saved["profile"]["fast"]["images_per_s"] > 0
     assert saved == json.loads(json.dumps(report))
     with pytest.raises(ValueError, match="no full batch"):
         bench_data(imagenette, bs=128, subset=2, repeats=1)
@@ -43,8 +44,10 @@ def test_profile_splits_a_training_step_into_its_stages(imagenette, tmp_path, mo
         assert all(0 < f < 1 for f in shares) and sum(shares) == pytest.approx(1)
         assert p[key]["images_per_s"] > 0
     assert "stock" in format_profile(p) and "backward" in format_profile(p)
-    with pytest.raises(ValueError, match="fewer than"):
-        profile_training("cnn", imagenette, batches=30, classes=2, subset=4, size=32, presize=40, bs=2)
+    assert profile_training("cnn", imagenette, batches=30, warmup=1, classes=2, subset=4, size=32, presize=40,
+                            bs=2, num_workers=0)["batches"] == 3  # an epoch of 4 batches, one of them warm-up
+    with pytest.raises(ValueError, match="leave none to time"):
+        profile_training("cnn", imagenette, classes=2, subset=4, size=32, presize=40, bs=4, num_workers=0)
 
 
 @pytest.mark.slow
