@@ -182,8 +182,9 @@ def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
 def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, **kw) -> dict:
     """Where a training step's time goes, for each pipeline: waiting for the batch, forward + loss, backward, step.
 
-    Times `batches` steps (fewer if the epoch is shorter) of the experiment's own Learner (model, loss, optimiser) after `warmup` untimed
-    ones, synchronising the GPU between stages so each stage is charged its own time."""
+    Times `batches` steps (fewer if the epoch is shorter) of the experiment's own Learner (model, loss,
+    optimiser) after `warmup` untimed ones, synchronising the GPU between stages so each stage is charged
+    its own time."""
     from .experiments import build
 
     def sync():
