@@ -81,3 +81,17 @@ def test_fast_loaders_match_the_chapters(imagenette):
 def test_an_experiment_trains_on_the_fast_path(imagenette, tmp_path):
     r = run("res_cnn", data=imagenette, out=tmp_path / "r", fast_data=True, progress=False, **TINY)
     assert r.finished and r.settings["fast_data"] is True and r.history[0]["train_loss"] > 0
+
+
+def test_the_fast_path_trains_channels_last(imagenette):
+    from resnets.experiments import build
+
+    kw = dict(data=imagenette, size=32, presize=40, bs=8, classes=2, subset=8, verbose=False)
+    learn, _ = build("res_cnn", fast_data=True, **kw)
+    x, _ = learn.dls.train.one_batch()
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    stock, _ = build("res_cnn", fast_data=False, **kw)  # the chapter's pipeline keeps the default layout
+    conv = next(m for m in stock.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
