@@ -208,14 +208,11 @@ def get_data(
     bad_images: str = "skip",
     flip: bool = True,
     fast: bool = False,
-    channels_last: bool = False,
 ) -> DataLoaders:
     """The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats.
 
     `fast=True`: the same images decoded once into a uint8 cache and augmented in batches on the training
-    device (resnets.fastdata); several times faster where decoding and augmentation bound the training.
-    `channels_last=True` (fast path only): batches in channels-last memory layout, for a model converted
-    with `model.to(memory_format=torch.channels_last)`."""
+    device (resnets.fastdata); several times faster where decoding and augmentation bound the training."""
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(f"{k} must be a positive integer, got {v!r}")
@@ -228,8 +225,7 @@ def get_data(
     if fast:
         from .fastdata import fast_dataloaders
 
-        dls = fast_dataloaders(items, valid_name, presize, resize, bs, flip=flip, device=device,
-                               channels_last=channels_last)
+        dls = fast_dataloaders(items, valid_name, presize, resize, bs, flip=flip, device=device)
         dls.path = path
         return dls
     dblock = DataBlock(

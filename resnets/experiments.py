@@ -210,13 +210,15 @@ def build(
         set_seed(seed)  # CPU runs repeat exactly; on a GPU cuDNN's choice of kernels may still vary
     dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
                    classes=classes, subset=exp.subset, num_workers=num_workers, flip=exp.flip,
-                   fast=exp.fast_data, channels_last=exp.fast_data)  # fmt: skip
+                   fast=exp.fast_data)  # fmt: skip
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma)
     _check_input_size(model, exp)
-    if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (PERFORMANCE.md), same accuracy
+    if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (PERFORMANCE.md), same accuracy;
+        # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
+        # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
     learn = get_learner(dls, model, precision=precision, cbs=cbs, metrics=[accuracy, top_5_accuracy],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose)  # fmt: skip

@@ -156,12 +156,11 @@ class FastLoader:
 
     n_inp = 1
 
-    def __init__(self, images, labels, files, augment: BatchAugment, bs: int, train: bool, vocab, device=None,
-                 channels_last: bool = False):  # fmt: skip
+    def __init__(self, images, labels, files, augment: BatchAugment, bs: int, train: bool, vocab, device=None):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (n, 3, s, s) view
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.dataset, self.augment, self.bs, self.train = _Items(files), augment, bs, train
-        self.vocab, self.c, self.channels_last = vocab, len(vocab), channels_last
+        self.vocab, self.c = vocab, len(vocab)
         self.drop_last = self.shuffle = train
         self.device = torch.device("cpu")
         self.to(device or self.device)
@@ -190,17 +189,14 @@ class FastLoader:
             idx = order[i * self.bs : (i + 1) * self.bs].to(self.images.device)
             x, y = self.images[idx], self.labels[idx]
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            x = self.augment(x, self.train)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            yield self.augment(x, self.train), y
 
     def one_batch(self):
         return next(iter(self))
 
 
 def fast_dataloaders(items: list[Path], valid_name: str, presize: int, resize: int, bs: int, flip: bool = True,
-                     device=None, channels_last: bool = False, min_scale: float = 0.5) -> DataLoaders:  # fmt: skip
+                     device=None, min_scale: float = 0.5) -> DataLoaders:  # fmt: skip
     "DataLoaders for the fast path from the validated files of `find_items` (train/..., `valid_name`/...)."
     files = list(items)
     images = build_cache(files, presize)
@@ -211,6 +207,6 @@ def fast_dataloaders(items: list[Path], valid_name: str, presize: int, resize: i
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     augment = BatchAugment(resize, min_scale=min_scale, flip=flip)
     loaders = [FastLoader(images[mask], labels[mask], [f for f, m in zip(files, mask) if m], augment, bs, train,
-                          vocab, device, channels_last)
+                          vocab, device)
                for mask, train in ((~is_valid, True), (is_valid, False))]  # fmt: skip
     return DataLoaders(*loaders, device=device)
