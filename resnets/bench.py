@@ -174,7 +174,7 @@ def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
         r = run(experiment, data=data, epochs=epochs, fast_data=fast, save=False, progress=False, **kw)
         out[f"{key}_epoch_s"] = r.epoch_time
         out[f"{key}_accuracy"] = r.accuracy
-        out["settings"] = {k: r.settings[k] for k in ("resize", "presize", "bs", "n_train", "n_valid")}
+        out["settings"] = {k: r.settings[k] for k in ("size", "presize", "bs", "n_train", "n_valid")}
     out["speedup"] = out["stock_epoch_s"] / out["fast_epoch_s"]
     return out
 
@@ -193,7 +193,7 @@ def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, 
 
     out = {"experiment": experiment, "batches": batches}
     for fast in (False, True):
-        learn, _ = build(experiment, data, fast_data=fast, verbose=False, **kw)
+        learn, _ = build(experiment, data=data, fast_data=fast, verbose=False, **kw)
         learn.create_opt()
         model, dl = learn.model.train(), learn.dls.train
         if len(dl) <= warmup:
@@ -249,12 +249,11 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
 
     Every figure is a median over repeats; each speed-up is measured against a baseline timed in the same
     call. Writes `out` (JSON) when given, after every section, so an interrupted suite keeps what it has."""
-    from .experiments import _versions, describe_device
-    from .results import atomic_write
+    from .results import atomic_write, describe_device, versions
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32",)
-    report = {"device": describe_device(device), "versions": _versions(), "threads": torch.get_num_threads()}
+    report = {"device": describe_device(device), "versions": versions(), "threads": torch.get_num_threads()}
 
     def save():
         if out is not None:

@@ -11,38 +11,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .errors import InputError
-from .experiments import EXPERIMENTS, lr_find, run
-from .learner import PRECISIONS
+from .experiments import EXPERIMENTS, Experiment, lr_find, run
 from .results import compare
 from .studies import STUDIES, run_study
 
-__all__ = ["main", "parser"]
+__all__ = ["main", "parser", "add_options"]
 
 
-def _classes(s: str) -> int | list[str]:
-    return int(s) if s.isdigit() else [c for c in s.split(",") if c]
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
-    p.add_argument("--data", help="a local folder with train/ and val/, a name (imagenette-160, ...) or a URL")
-    p.add_argument("--size", type=int, help="training image size in pixels (the chapter's `resize`)")
-    p.add_argument("--presize", type=int, help="size images are first resized to, before augmentation")
-    p.add_argument("--bs", type=int, help="batch size")
-    p.add_argument("--subset", type=int, help="at most N images per class in each split (a fixed sample)")
-    p.add_argument("--classes", type=_classes, help="the first N classes, or a comma-separated list of class folders")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
-    p.add_argument("--label-smoothing", type=float, metavar="EPS", help="label smoothing eps, e.g. 0.1 (default 0)")
-    p.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp with this Beta alpha, e.g. 0.4 (default off)")
-    p.add_argument("--fast-data", action="store_true", default=None,
-                   help="decode the images once into a uint8 cache and augment whole batches (much faster on CPU)")
-    p.add_argument("--zero-gamma", action=argparse.BooleanOptionalAction, default=None,
-                   help="start each residual branch's last BatchNorm at 0 (default; --no-zero-gamma: at 1)")
+def add_options(p: argparse.ArgumentParser, only=None, skip=()) -> None:
+    """The experiment settings as options, made from the `Experiment` record's fields (flag, type, help): only
+    those the user gives reach `run` (argparse.SUPPRESS), so every other one keeps the experiment's value."""
+    for f in fields(Experiment):
+        md = f.metadata
+        if not md.get("option") or f.name in skip or (only is not None and f.name not in only):
+            continue
+        flag = md["flag"] or "--" + f.name.replace("_", "-")
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, **md["cli"])
+        if md["type"] is bool:
+            kw.update(action=argparse.BooleanOptionalAction)
+        else:
+            kw.update(type=md["type"])
+        p.add_argument(flag, help=md["help"], **kw)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,18 +43,17 @@ def parser() -> argparse.ArgumentParser:
     commands = "{list,run,lr-find,compare,study,export,predict,bench}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands)
     sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
-    p = sub.add_parser("run", help="train an experiment, then compare with the book")
-    _add_data_options(p)
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--lr", type=float, help="maximum learning rate of the one-cycle schedule")
+    p = sub.add_parser("run", help="train an experiment, then compare with the book",
+                       description="Every setting not given keeps the experiment's own (`resnets list` shows them).")
+    p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
+    add_options(p)
     p.add_argument("--out", help="folder for results.json and results.png (default: runs/NAME-TIME)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic GPU kernels too (slower; CPU runs repeat with the same seed anyway)")
     p = sub.add_parser("lr-find", help="run fastai's learning-rate finder and save its plot")
-    _add_data_options(p)
+    p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
+    add_options(p, skip=("epochs", "lr"))
     p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
     p = sub.add_parser("compare", help="a table of several runs against the book")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
@@ -69,12 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=list(STUDIES), metavar="NAME", help=f"one of: {', '.join(STUDIES)}")
     p.add_argument("--out", help="folder for the runs, study.json and study.png (default: runs/study-NAME); "
                    "running again with the same folder reuses its finished runs")  # fmt: skip
-    p.add_argument("--data", help="a local folder with train/ and val/, a name or a URL (for every arm)")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds")
-    for opt in ("epochs", "size", "presize", "bs", "subset"):
-        p.add_argument(f"--{opt}", type=int, help=f"override every arm's {opt}")
-    p.add_argument("--classes", type=_classes, help="the first N classes, or a comma-separated list of class folders")
-    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader worker processes")
+    add_options(p, skip=("seed", "model"))  # every arm's setting, when given
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")  # fmt: skip
     p = sub.add_parser("export", help="write a run's trained model, class names and preprocessing to one file")
@@ -97,11 +85,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--variants", default="eager,channels_last",
                    help="model step variants: eager, channels_last, compile (comma-separated)")  # fmt: skip
-    p.add_argument("--data", help="real images for `data`, `epoch` and `all` (a folder, name or URL)")
+    add_options(p, only=("data", "subset"))  # the real images for `data`, `epoch`, `profile` and `all`
     p.add_argument("--data-bs", type=int, default=128, help="batch size for `data`, `epoch` and `all` (default 128)")
     p.add_argument("--experiment", default="cnn", help="experiment timed by `epoch`, `profile` and `all`")
     p.add_argument("--epochs", type=int, default=1, help="epochs per pipeline for `epoch`")
-    p.add_argument("--subset", type=int, help="at most N images per class (data, epoch)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
     p.add_argument("--out", help="also write the report as JSON here")
     return top
@@ -111,7 +98,7 @@ def _list() -> None:
     print(f"{'name':<16}{'model':<16}{'data':<16}{'size':>5}{'epochs':>7}{'book acc':>9}{'s/epoch':>8}  title")
     for e in EXPERIMENTS.values():
         book = f"{e.book_accuracy[-1]:>9.4f}{e.book_epoch_time:>8}" if e.book_accuracy else f"{'-':>9}{'-':>8}"
-        print(f"{e.name:<16}{e.model:<16}{e.source:<16}{e.resize:>5}{e.epochs:>7}{book}  {e.title}")
+        print(f"{e.name:<16}{e.model:<16}{e.data:<16}{e.size:>5}{e.epochs:>7}{book}  {e.title}")
     print("(book: final validation accuracy and seconds per epoch on the authors' 2020 GPU)")
     print("\nstudies (`resnets study NAME`):")
     for st in STUDIES.values():
@@ -148,6 +135,7 @@ def _bench(args) -> None:
     from . import bench
 
     variants = tuple(args.variants.split(","))
+    args.data, args.subset = getattr(args, "data", None), getattr(args, "subset", None)
     if args.what == "conv1x1":
         return _bench_conv1x1(args.repeats)
     if args.what == "models":

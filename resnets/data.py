@@ -33,7 +33,7 @@ from fastai.data.all import (
 from fastai.data.external import fastai_path
 from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
 
-from .errors import InputError
+from .errors import InputError, check_number
 
 __all__ = ["SOURCES", "DataError", "resolve_source", "find_items", "get_data"]
 
@@ -214,8 +214,7 @@ def get_data(
     `fast=True`: the same images decoded once into a uint8 cache and augmented in batches on the training
     device (resnets.fastdata); several times faster where decoding and augmentation bound the training."""
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"{k} must be a positive integer, got {v!r}")
+        check_number(k, v)
     if resize > presize:
         raise InputError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
     if bad_images not in ("skip", "raise"):

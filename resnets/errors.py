@@ -5,7 +5,7 @@ traceback; any other exception is a bug, and keeps its traceback. It is a ValueE
 catches ValueError keeps working.
 """
 
-__all__ = ["InputError", "RunExists", "MissingFile"]
+__all__ = ["InputError", "RunExists", "MissingFile", "check_number"]
 
 
 class InputError(ValueError):
@@ -18,3 +18,10 @@ class RunExists(InputError, FileExistsError):
 
 class MissingFile(InputError, FileNotFoundError):
     "A file the caller named is not there."
+
+
+def check_number(name: str, value, kind=int, low=1, strict: bool = False) -> None:
+    "Raise an InputError unless `value` is a `kind` (int by default; never a bool) >= `low` (> `low` if `strict`)."
+    if isinstance(value, bool) or not isinstance(value, kind) or (value <= low if strict else value < low):
+        what = "an integer" if kind is int else "a number"
+        raise InputError(f"{name} must be {what} {'>' if strict else '>='} {low}, got {value!r}")

@@ -1,65 +1,122 @@
 """The chapter's five experiments as data, and `run()`, the one code path behind Python, CLI and notebooks.
 
-Each `Experiment` is a frozen record: model name, data settings, epochs, lr, batch size, and the
-book's per-epoch reference (validation accuracy and loss, seconds per epoch on the authors' 2020 GPU).
+Each `Experiment` is a frozen record of every setting a run needs (model, data, sizes, schedule,
+regularisation, precision, seed ...) and the book's per-epoch reference (validation accuracy and loss,
+seconds per epoch on the authors' 2020 GPU). A setting is declared once, as a field: `configure(name,
+**overrides)` applies overrides with one `replace` (the record checks itself), and the command line's
+options are made from the same fields (`OPTIONS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-import fastai
 import torch
-import torchvision
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
-from fastai.metrics import accuracy
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
-from . import __version__
 from .checkpoint import Checkpoint, StopOnNaN, load_checkpoint, set_deterministic
 from .data import _check_subset, get_data
-from .errors import InputError, RunExists
-from .learner import check_regularisation, get_learner, top_5_accuracy
-from .models import create_model
-from .results import Results
+from .errors import InputError, RunExists, check_number
+from .learner import PRECISIONS, accuracy_metric, check_regularisation, get_learner, top_5_metric
+from .models import MODELS, create_model
+from .results import Results, describe_device, save_figure, versions
 
-__all__ = ["Experiment", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments", "build", "run", "lr_find"]
+__all__ = ["Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments", "configure",
+           "build", "run", "lr_find"]
+
+
+def _parse_classes(s: str) -> int | list[str]:
+    return int(s) if s.isdigit() else [c for c in s.split(",") if c]
+
+
+def _option(default, help: str, type=None, flag: str | None = None, **cli):
+    "A setting of an experiment: its default, and how the command line and the docs describe it."
+    return field(default=default, metadata={"option": True, "help": help, "type": type, "flag": flag, "cli": cli})
 
 
 @dataclass(frozen=True)
 class Experiment:
-    "One of the chapter's experiments: what to train, on what, for how long, and what the book got."
+    """One experiment: every setting a run needs, checked when the record is made. `configure` and `run` take
+    overrides of the `OPTIONS` fields; the command line's options are made from the same fields."""
 
     name: str
-    title: str
-    model: str  # a key of resnets.models.MODELS
-    source: str = "imagenette-160"
-    presize: int = 160
-    resize: int = 128
-    bs: int = 128
-    subset: int | tuple[int, int] | None = None  # at most this many images per class in each split (None: all)
-    epochs: int = 5
-    lr: float = 3e-3  # the chapter's lr_find suggestion, used for every experiment
-    flip: bool = True  # random horizontal flips in the augmentation
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # alpha of MixUp's Beta distribution; 0: off
-    fast_data: bool = False  # decode once into a uint8 cache, augment in batches (resnets.fastdata)
-    zero_gamma: bool = True  # residual branches end in a BatchNorm with gamma 0 (False: the ablation)
+    title: str = ""
+    model: str = _option("resnet18", "the network (a name of resnets.models.MODELS)", str, metavar="MODEL")
+    data: str | os.PathLike = _option("imagenette-160", "a folder with train/ and val/, a name (imagenette-160, "
+                                      "...) or a URL", str, metavar="PATH")  # fmt: skip
+    presize: int = _option(160, "size images are first resized (and cropped) to, before augmentation", int,
+                           metavar="PX")  # fmt: skip
+    size: int = _option(128, "training image size in pixels (the chapter's `resize`)", int, metavar="PX")
+    bs: int = _option(128, "batch size", int, metavar="N")
+    subset: int | tuple[int, int] | None = _option(None, "at most N images per class in each split (a fixed "
+                                                   "sample)", int, metavar="N")  # fmt: skip
+    classes: int | tuple[str, ...] | None = _option(None, "the first N classes, or a comma-separated list of class "
+                                                    "folders", _parse_classes, metavar="N|a,b")  # fmt: skip
+    epochs: int = _option(5, "number of epochs", int, metavar="N")
+    lr: float = _option(3e-3, "maximum learning rate of the one-cycle schedule", float, metavar="LR")
+    flip: bool = _option(True, "random horizontal flips in the augmentation (--no-flip for digits)", bool)
+    label_smoothing: float = _option(0.0, "label smoothing eps, e.g. 0.1 (0: off)", float, metavar="EPS")
+    mixup: float = _option(0.0, "MixUp with this Beta alpha, e.g. 0.4 (0: off)", float, metavar="ALPHA")
+    zero_gamma: bool = _option(True, "start each residual branch's last BatchNorm at 0 (--no-zero-gamma: at 1)", bool)
+    fast_data: bool = _option(False, "decode the images once into a uint8 cache and augment whole batches "
+                              "(much faster on CPU; resnets.fastdata)", bool)  # fmt: skip
+    precision: str = _option("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32", str, choices=PRECISIONS)
+    seed: int | None = _option(42, "random seed", int, metavar="N")
+    num_workers: int | None = _option(None, "DataLoader worker processes (the chapter's pipeline)", int,
+                                      flag="--workers", metavar="N")  # fmt: skip
+    deterministic: bool = _option(False, "deterministic GPU kernels too (slower; CPU runs repeat with the same "
+                                  "seed anyway)", bool)  # fmt: skip
     book_accuracy: tuple[float, ...] = ()
     book_valid_loss: tuple[float, ...] = ()
     book_epoch_time: float | None = None  # seconds per epoch on the authors' 2020 GPU
+
+    def __post_init__(self):
+        for k in ("presize", "size"):
+            check_number(k, getattr(self, k), low=16)
+        for k in ("bs", "epochs"):
+            check_number(k, getattr(self, k))
+        check_number("lr", self.lr, kind=(int, float), low=0, strict=True)
+        check_regularisation(self.label_smoothing, self.mixup)
+        if self.size > self.presize:
+            raise InputError(f"size ({self.size}) is larger than presize ({self.presize}): use a presize of at "
+                             f"least {self.size} (--presize), or leave presize out to keep the experiment's ratio")
+        if self.subset is not None:
+            _check_subset(self.subset)
+        if isinstance(self.classes, list):
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if self.classes is not None and not isinstance(self.classes, tuple):
+            check_number("classes", self.classes)
+        if self.model not in MODELS:
+            raise InputError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.seed is not None:
+            check_number("seed", self.seed, low=0)
+        if self.num_workers is not None:
+            check_number("num_workers", self.num_workers, low=0)
+        for k in ("flip", "zero_gamma", "fast_data", "deterministic"):
+            if not isinstance(getattr(self, k), bool):
+                raise InputError(f"{k} must be True or False, got {getattr(self, k)!r}")
 
     @property
     def book(self) -> dict:
         return {"accuracy": list(self.book_accuracy), "valid_loss": list(self.book_valid_loss),
                 "epoch_time": self.book_epoch_time}  # fmt: skip
+
+    @property
+    def settings(self) -> dict:
+        "The options, as results.json records them."
+        return {"name": self.name, "model": self.model, **{k: getattr(self, k) for k in OPTIONS if k != "model"}}
+
+
+OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(Experiment) if f.metadata.get("option"))
 
 
 # The book's numbers, from its 14_resnet notebook (see SPEC.md).
@@ -78,7 +135,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                book_valid_loss=(1.8284, 1.5727, 1.0861, 0.9682, 0.7826), book_epoch_time=13),
     # Bottlenecks only pay off on bigger images and longer training: the chapter moves to 224 px, 20 epochs.
     Experiment("resnet50", "bottleneck ResNet-50 at 224 px, 20 epochs", "resnet50",
-               source="imagenette-320", presize=320, resize=224, epochs=20,
+               data="imagenette-320", presize=320, size=224, epochs=20,
                book_accuracy=(0.5141, 0.3975, 0.3870, 0.3962, 0.6138, 0.4227, 0.5287, 0.6665, 0.6504, 0.6749,
                               0.6764, 0.7139, 0.7417, 0.8069, 0.8586, 0.8464, 0.8619, 0.8535, 0.8759, 0.8726),
                book_valid_loss=(), book_epoch_time=32),
@@ -87,13 +144,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     # Exercise 1: fully convolutional MNIST nets on fastai's MNIST_TINY (3s and 7s), with and without the pool.
     # Digits are not mirror-symmetric, so no flips; the net is tiny and the data set 709 images, so bs 64.
     Experiment("mnist_pool", "MNIST: 3 stride-2 convs + adaptive average pool", "mnist_pool",
-               source="mnist-tiny", presize=28, resize=28, bs=64, epochs=5, flip=False),
+               data="mnist-tiny", presize=28, size=28, bs=64, epochs=5, flip=False),
     Experiment("mnist_flat", "MNIST: 5 stride-2 convs to 1x1, flattened, no pool", "mnist_flat",
-               source="mnist-tiny", presize=28, resize=28, bs=64, epochs=5, flip=False),
+               data="mnist-tiny", presize=28, size=28, bs=64, epochs=5, flip=False),
     # Claim 5, degradation: He et al.'s CIFAR-sized nets (6n+2 layers, 16-32-64 wide) on Imagenette
     # at 32 px, on 200 images per class so that each trains in minutes on a CPU.
     *[Experiment(f"{kind}{depth}", f"{depth}-layer {'residual' if kind == 'res' else 'plain'} net at 32 px",
-                 f"{kind}{depth}", presize=40, resize=32, subset=200, epochs=5, lr=3e-3)
+                 f"{kind}{depth}", presize=40, size=32, subset=200, epochs=5, lr=3e-3)
       for kind in ("plain", "res") for depth in (20, 56)],
 ]}  # fmt: skip
 CHAPTER = ("cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet50")  # the five with the book's numbers
@@ -110,34 +167,6 @@ def get_experiment(name: str | Experiment) -> Experiment:
     if name not in EXPERIMENTS:
         raise InputError(f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[name]
-
-
-def _check(name: str, value, kind=int, low=1, strict=False) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, kind) or (value <= low if strict else value < low):
-        op = ">" if strict else ">="
-        raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'} {op} {low}, got {value!r}")
-
-
-def _versions() -> dict:
-    return {"resnets": __version__, "fastai": fastai.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version()}  # fmt: skip
-
-
-def describe_device(device: torch.device) -> str:
-    "A short human description of the device a run trained on."
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
 
 
 class RunHistory(Callback):
@@ -162,55 +191,36 @@ class RunHistory(Callback):
             self.results.save(self.folder, plot=False)
 
 
-def _resolve_settings(
-    exp: Experiment, size, presize, bs, epochs, lr, label_smoothing=None, mixup=None, zero_gamma=None, subset=None,
-    fast_data=None,
-) -> Experiment:
-    for n, v in {"size": size, "presize": presize}.items():
-        _check(n, v, low=32)
-    _check("bs", bs)
-    _check("epochs", epochs)
-    _check("lr", lr, kind=(int, float), low=0, strict=True)
-    check_regularisation(*(0.0 if v is None else v for v in (label_smoothing, mixup)))  # before any data is read
-    if subset is not None:
-        _check_subset(subset)
-    resize = size or exp.resize
-    # Keep the chapter's presize/size ratio (160/128) when a larger size is asked for.
-    presize = presize or (exp.presize if resize <= exp.presize else round(resize * 1.25))
-    return replace(exp, resize=resize, presize=presize, bs=bs or exp.bs, epochs=epochs or exp.epochs, lr=lr or exp.lr,
-                   label_smoothing=exp.label_smoothing if label_smoothing is None else label_smoothing,
-                   mixup=exp.mixup if mixup is None else mixup,
-                   zero_gamma=exp.zero_gamma if zero_gamma is None else bool(zero_gamma),
-                   subset=exp.subset if subset is None else subset,
-                   fast_data=exp.fast_data if fast_data is None else bool(fast_data))  # fmt: skip
+def configure(name: str | Experiment, verbose: bool = True, **overrides) -> Experiment:
+    """The experiment `name` with `overrides` (any of `OPTIONS`; None keeps the experiment's value), checked.
+
+    A larger `size` without a `presize` keeps the experiment's presize/size ratio (160/128 in the chapter),
+    and says so."""
+    exp = get_experiment(name)
+    unknown = sorted(set(overrides) - set(OPTIONS))
+    if unknown:
+        raise InputError(f"unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
+                         f"the settings are {', '.join(OPTIONS)}")  # fmt: skip
+    given = {k: v for k, v in overrides.items() if v is not None}
+    size = given.get("size")
+    if "presize" not in given and isinstance(size, int) and not isinstance(size, bool) and size > exp.presize:
+        given["presize"] = round(size * exp.presize / exp.size)
+        if verbose:
+            print(f"resnets: presize {given['presize']} for size {size} (the experiment's ratio "
+                  f"{exp.presize}/{exp.size}; --presize chooses another)")  # fmt: skip
+    return replace(exp, **given)
 
 
-def build(
-    name: str | Experiment,
-    data=None,
-    size: int | None = None,
-    presize: int | None = None,
-    bs: int | None = None,
-    subset: int | tuple[int, int] | None = None,
-    classes: list[str] | int | None = None,
-    precision: str = "auto",
-    seed: int | None = 42,
-    num_workers: int | None = None,
-    cbs=None,
-    label_smoothing: float | None = None,
-    mixup: float | None = None,
-    zero_gamma: bool | None = None,
-    fast_data: bool | None = None,
-    verbose: bool = True,
-):
-    "The experiment's Learner on its data (`data` overrides the source), ready for `lr_find` or `fit_one_cycle`."
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, None, None, label_smoothing, mixup, zero_gamma,
-                            subset, fast_data)
-    if seed is not None:
-        set_seed(seed)  # CPU runs repeat exactly; on a GPU cuDNN's choice of kernels may still vary
-    dls = get_data(data if data is not None else exp.source, exp.presize, exp.resize, exp.bs,
-                   classes=classes, subset=exp.subset, num_workers=num_workers, flip=exp.flip,
-                   fast=exp.fast_data)  # fmt: skip
+def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
+    """The experiment's Learner on its data, ready for `lr_find` or `fit_one_cycle`, and the configured experiment.
+
+    `overrides` are `configure`'s (data=..., size=..., fast_data=True, ...)."""
+    exp = configure(name, verbose=verbose, **overrides)
+    if exp.seed is not None:  # each rank its own augmentation draws, reproducibly (seed + rank, as timm does); DDP
+        # copies rank 0's initial weights to every rank. CPU runs repeat exactly; on a GPU kernels may still vary.
+        set_seed(exp.seed + rank_distrib())
+    dls = get_data(exp.data, exp.presize, exp.size, exp.bs, classes=exp.classes, subset=exp.subset,
+                   num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data)  # fmt: skip
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
@@ -220,7 +230,7 @@ def build(
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
-    learn = get_learner(dls, model, precision=precision, cbs=cbs, metrics=[accuracy, top_5_accuracy],
+    learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose)  # fmt: skip
     return learn, exp
 
@@ -228,8 +238,8 @@ def build(
 def _check_input_size(model, exp: Experiment) -> None:
     "A model that is not fully convolutional accepts one size only: say so before training, not deep in torch."
     fixed = getattr(model, "input_size", None)
-    if fixed is not None and exp.resize != fixed:
-        raise InputError(f"model {exp.model!r} cannot take {exp.resize} px images (it is not fully convolutional): "
+    if fixed is not None and exp.size != fixed:
+        raise InputError(f"model {exp.model!r} cannot take {exp.size} px images (it is not fully convolutional): "
                          f"use its experiment's size, {fixed} px")  # fmt: skip
 
 
@@ -253,35 +263,18 @@ def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
 
 def run(
     name: str | Experiment,
-    data=None,
-    epochs: int | None = None,
-    size: int | None = None,
-    presize: int | None = None,
-    bs: int | None = None,
-    lr: float | None = None,
-    seed: int | None = 42,
-    subset: int | tuple[int, int] | None = None,
-    classes: list[str] | int | None = None,
     out: str | os.PathLike | None = None,
-    precision: str = "auto",
-    num_workers: int | None = None,
-    label_smoothing: float | None = None,
-    mixup: float | None = None,
-    zero_gamma: bool | None = None,
-    fast_data: bool | None = None,
     progress: bool = True,
     save: bool = True,
     resume: bool = False,
-    deterministic: bool = False,
+    **overrides,
 ) -> Results:
-    """Train one of the chapter's experiments with `fit_one_cycle`; any argument overrides the chapter's setting.
+    """Train an experiment with `fit_one_cycle`; `overrides` (any of `OPTIONS`) change the chapter's settings.
 
-    Every epoch is saved (results.json, and checkpoint.pth for `resume`). `resume=True` continues the run in
-    `out` from its last checkpoint with the same settings (a fresh start if it has none). `deterministic`
-    makes GPU kernels repeatable too (CPU runs repeat with the same seed either way)."""
+    Every epoch is saved into `out` (results.json, and checkpoint.pth for `resume`). `resume=True` continues the
+    run in `out` from its last checkpoint with the same settings (a fresh start if it has none)."""
     start = time.perf_counter()
-    exp = _resolve_settings(get_experiment(name), size, presize, bs, epochs, lr, label_smoothing, mixup, zero_gamma,
-                            subset, fast_data)
+    exp = configure(name, verbose=rank_distrib() == 0, **overrides)
     if resume and (out is None or not save):
         raise InputError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
     state = load_checkpoint(out) if resume else None
@@ -290,17 +283,15 @@ def run(
     world, rank = num_distrib(), rank_distrib()
     if world > 1 and (resume or exp.fast_data):
         raise InputError("distributed runs (torchrun / accelerate launch) support neither --resume nor --fast-data yet")
-    set_deterministic(deterministic)
-    learn, exp = build(exp, data, classes=classes, precision=precision, seed=seed, num_workers=num_workers,
-                       verbose=rank == 0)  # fmt: skip
+    set_deterministic(exp.deterministic)
+    learn, exp = build(exp, verbose=rank == 0)
     dls = learn.dls
-    settings = {k: v for k, v in asdict(exp).items() if not k.startswith(("book_", "title"))}
-    settings.update(data=str(dls.path), classes=classes, precision=learn.precision, seed=seed,
-                    deterministic=deterministic, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_classes=dls.c,
-                    argv=sys.argv)  # fmt: skip
+    settings = {**exp.settings, "data": str(dls.path), "precision": learn.precision, "n_train": len(dls.train_ds),
+                "n_valid": len(dls.valid_ds), "n_classes": dls.c, "argv": sys.argv}  # fmt: skip
     if world > 1:
         settings.update(world_size=world)
-    results = Results(exp.name, settings, seed, versions=_versions(), device=describe_device(dls.device), book=exp.book)
+    results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
+                      book=exp.book)  # fmt: skip
     if state is not None:
         _check_same_settings(state["settings"], settings, out)
         results.history = list(state["history"])
@@ -348,14 +339,14 @@ def _check_same_settings(saved: dict, now: dict, out) -> None:
         raise InputError(f"cannot resume {out} with different settings ({shown}): use the run's own options")
 
 
-def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, **kw):
+def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, **overrides):
     "Run fastai's `lr_find` for an experiment; saves the plot as lr_find.png in `out` when given."
-    learn, _ = build(name, **kw)
+    learn, _ = build(name, **overrides)
     suggestion = learn.lr_find(show_plot=out is not None)
     if out is not None:
         import matplotlib.pyplot as plt
 
         Path(out).mkdir(parents=True, exist_ok=True)
-        plt.gcf().savefig(Path(out) / "lr_find.png", dpi=100, bbox_inches="tight")
+        save_figure(plt.gcf(), Path(out) / "lr_find.png")
         plt.close("all")
     return suggestion

@@ -1,21 +1,25 @@
-"""The fast data path: decode once into a uint8 cache, then augment whole batches with tensor ops.
+"""The fast data path: fastai's own DataLoaders, with the images decoded once and the chapter's augmentation fused.
 
-The chapter's pipeline decodes every JPEG every epoch in loader workers, then runs fastai's batch
-augmentation. On a small CPU both dominate the training of the chapter's small CNNs. Here:
+The chapter's pipeline decodes every JPEG every epoch, then runs fastai's `aug_transforms(min_scale=0.5)`
+as three passes over the batch (an affine + warp resample at presize, a crop-and-resize resample, then
+lighting). On a small CPU both dominate the training of the chapter's small CNNs. This path keeps
+everything a fastai user relies on (`Datasets`, `TfmdDL`, `show_batch`, `get_preds`, `predict`,
+`export`, `Interpretation`) and changes two things:
 
-  cache     every image is decoded once, resized (shortest side) and centre-cropped to presize x
-            presize, and stored as uint8 in a memory-mapped .npy file under the cache folder
-            (`$RESNETS_CACHE`, default ~/.cache/resnets). Its name is a hash of the file list, sizes,
-            modification times and presize, so changed data build a new cache; it is reused otherwise.
-  augment   on the training device, per batch: one `grid_sample` applies a random-resized crop (area
-            min_scale..1, aspect 3/4..4/3), a horizontal flip (p 0.5), a rotation of up to 10 degrees
-            and a zoom of up to 1.1 (p 0.75), then brightness and contrast (up to 0.2, p 0.75) and
-            ImageNet normalisation. That is fastai's `aug_transforms(min_scale=0.5)` without its
-            perspective warp, and with the presize crop done once (centre) instead of per epoch.
-  valid     the whole presize image resized to the training size, as fastai's validation does.
+  cache     every image is decoded once as fastai's `Resize(presize)` does on the validation set (the
+            centre square, resized with PIL's bilinear filter) and stored as uint8 in a memory-mapped .npy
+            file under `$RESNETS_CACHE` (default ~/.cache/resnets). Its name hashes the file list, sizes,
+            modification times and presize, so changed data build a new cache. A file not in the cache
+            (`learn.predict(path)`, a test set) is decoded the same way on the fly.
+  augment   `ChapterAugment`: the same random draws as fastai's batch transforms, with the same
+            distributions (per image: flip p 0.5; warp, rotation and zoom each with its own p 0.75 mask;
+            brightness and contrast each with their own p 0.75 mask, in logit space; per batch: one
+            square crop of 50-100 % of the area), composed into one homography and sampled once with
+            `grid_sample` (align_corners=True, reflection padding, as fastai), then lighting.
+            Validation resizes the presize square to the training size as fastai's crop does.
 
-There are no loader worker processes to restart: batches are slices of the cache. On CUDA the cache
-moves to the GPU when it fits, otherwise batches are pinned and copied without blocking.
+One difference remains, for non-square images only: the training crop of the presize square is the
+centre one (fastai draws its position each epoch). Imagenette-160's images are all squares.
 """
 
 from __future__ import annotations
@@ -30,37 +34,63 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.data.core import DataLoaders
-from fastai.data.transforms import CategoryMap, parent_label
+from fastai.data.core import DataLoaders, Datasets
+from fastai.data.transforms import Categorize, DisplayedTransform, IntToFloatTensor, Normalize, parent_label
+from fastai.torch_core import TensorImage
 from fastai.vision.all import imagenet_stats
+from fastai.vision.augment import RandTransform
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
-__all__ = ["cache_folder", "build_cache", "BatchAugment", "FastLoader", "fast_dataloaders"]
+__all__ = ["cache_folder", "load_square", "resize_valid", "preprocess", "build_cache", "CachedImage",
+           "ChapterAugment", "fast_dataloaders"]  # fmt: skip
 
 
 def cache_folder() -> Path:
     return Path(os.environ.get("RESNETS_CACHE", Path.home() / ".cache" / "resnets"))
 
 
-def _decode(args) -> np.ndarray:
-    path, size = args
-    with Image.open(path) as im:
+def load_square(img, size: int) -> np.ndarray:
+    """fastai's `Resize(size)` on a validation image: the centre square (its side the shorter side, as fastai
+    rounds it), resized with PIL's bilinear filter. Path or PIL image in, uint8 (size, size, 3) out."""
+    im = Image.open(img) if not isinstance(img, Image.Image) else img
+    try:
         im = im.convert("RGB")
         w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.BILINEAR)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        m = min(w / size, h / size)
+        side = int(m * size)
+        left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
+        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+    finally:
+        if not isinstance(img, Image.Image):
+            im.close()
+
+
+def resize_valid(x: torch.Tensor, size: int) -> torch.Tensor:
+    "A float batch resized to `size` as fastai's RandomResizedCropGPU does for validation (align_corners=True)."
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+
+
+def preprocess(img, presize: int, size: int, stats=imagenet_stats) -> torch.Tensor:
+    "One image as the validation set sees it: (1, 3, size, size), normalised. Used by export and predict."
+    x = torch.from_numpy(load_square(img, presize).copy()).permute(2, 0, 1)[None].float() / 255
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
+    return (resize_valid(x, size) - mean) / std
 
 
 def _cache_key(files: list[Path], size: int) -> str:
-    h = hashlib.sha1(f"v1 {size}".encode())
+    h = hashlib.sha1(f"v2 {size}".encode())  # v2: fastai's centre crop, then resize
     for f in files:
         st = f.stat()
         h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _decode(args) -> np.ndarray:
+    return load_square(*args)
 
 
 def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None):
@@ -85,128 +115,142 @@ def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None =
     return np.load(path, mmap_mode="r")
 
 
-class BatchAugment:
-    "fastai's `aug_transforms(min_scale=...)` as batched tensor ops (no perspective warp): see the module doc."
+class CachedImage(DisplayedTransform):
+    "An image file (or PIL image) -> its presize square as a uint8 TensorImage: from the cache when it holds it."
+
+    def __init__(self, size: int, files=(), cache=None):
+        self.size, self.cache = size, cache
+        self.index = {Path(f): i for i, f in enumerate(files)} if cache is not None else {}
+
+    def encodes(self, f: Path | str | Image.Image):
+        i = self.index.get(f if isinstance(f, Path) else Path(f)) if not isinstance(f, Image.Image) else None
+        arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size)
+        return TensorImage(torch.from_numpy(arr).permute(2, 0, 1))
+
+    def __getstate__(self):  # an exported Learner carries the settings, not the (large) cache
+        return {**self.__dict__, "cache": None, "index": {}}
+
+
+def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+def _masked(values: torch.Tensor, p: float, neutral: float) -> torch.Tensor:
+    "`values` where a Bernoulli(p) draw says so, `neutral` elsewhere (fastai's `_draw_mask`)."
+    return torch.where(torch.rand_like(values) < p, values, torch.full_like(values, neutral))
+
+
+def _warp_homography(x_t: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
+    "fastai's perspective warp (`_WarpCoord`): the 3x3 map of the four moved corners back to the originals."
+    n = len(x_t)
+    orig = torch.tensor([[-1.0, -1], [-1, 1], [1, -1], [1, 1]], device=x_t.device).expand(n, 4, 2)
+    targ = torch.stack([torch.stack([-1 - y_t, -1 - x_t], 1), torch.stack([-1 + y_t, 1 + x_t], 1),
+                        torch.stack([1 + y_t, -1 + x_t], 1), torch.stack([1 - y_t, 1 - x_t], 1)], 1)  # fmt: skip
+    zero, one = torch.zeros(n, device=x_t.device), torch.ones(n, device=x_t.device)
+    rows = []
+    for i in range(4):  # the coefficients c with orig = (c0 t + c1 u + c2) / (c6 t + c7 u + 1), (t, u) = targ
+        t, u, ox, oy = targ[:, i, 0], targ[:, i, 1], orig[:, i, 0], orig[:, i, 1]
+        rows.append(torch.stack([t, u, one, zero, zero, zero, -ox * t, -ox * u], 1))
+        rows.append(torch.stack([zero, zero, zero, t, u, one, -oy * t, -oy * u], 1))
+    c = torch.linalg.solve(torch.stack(rows, 1), orig.reshape(n, 8, 1))[..., 0]
+    return torch.cat([c, one[:, None]], 1).view(n, 3, 3)
+
+
+class ChapterAugment(RandTransform):
+    """fastai's `aug_transforms(min_scale=0.5, size=size)` on a uint8-decoded float batch, in one resample.
+
+    The draws and their distributions are fastai's (see the module doc); the affine, the warp and the crop are
+    composed into one homography per image, so each output pixel is sampled once instead of twice."""
+
+    split_idx, order = None, 30  # on both splits (validation: the resize only), between IntToFloat and Normalize
 
     def __init__(self, size: int, min_scale: float = 0.5, flip: bool = True, max_rotate: float = 10.0,
-                 max_zoom: float = 1.1, p_affine: float = 0.75, max_lighting: float = 0.2, p_lighting: float = 0.75,
-                 stats=imagenet_stats):  # fmt: skip
+                 max_zoom: float = 1.1, max_warp: float = 0.2, p_affine: float = 0.75, max_lighting: float = 0.2,
+                 p_lighting: float = 0.75):  # fmt: skip
+        super().__init__()
         self.size, self.min_scale, self.flip = size, min_scale, flip
-        self.max_rotate, self.max_zoom, self.p_affine = max_rotate, max_zoom, p_affine
+        self.max_rotate, self.max_zoom, self.max_warp, self.p_affine = max_rotate, max_zoom, max_warp, p_affine
         self.max_lighting, self.p_lighting = max_lighting, p_lighting
-        self.mean, self.std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
         self._base: dict = {}
 
-    def _grid(self, theta: torch.Tensor) -> torch.Tensor:
-        # F.affine_grid, as one batched matmul over a cached base grid (several times faster on CPU)
-        key = (theta.device, theta.dtype)
+    def before_call(self, b, split_idx):
+        self.do, self.train = True, split_idx == 0
+
+    def _grid(self, mat: torch.Tensor) -> torch.Tensor:
+        "The sampling grid of (n, 3, 3) homographies over the output's align_corners=True coordinates."
+        key = (mat.device, mat.dtype)
         if key not in self._base:
-            lin = (torch.arange(self.size, device=theta.device, dtype=theta.dtype) * 2 + 1) / self.size - 1
+            lin = torch.linspace(-1, 1, self.size, device=mat.device, dtype=mat.dtype)
             ys, xs = torch.meshgrid(lin, lin, indexing="ij")
-            self._base[key] = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)
-        return (self._base[key] @ theta.transpose(1, 2)).view(len(theta), self.size, self.size, 2)
+            self._base[key] = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(-1, 3)
+        g = torch.einsum("bij,pj->bpi", mat, self._base[key])  # faster on CPU than a matmul with inner size 3
+        return (g[..., :2] / g[..., 2:]).view(len(mat), self.size, self.size, 2)
 
-    def random_theta(self, n: int, device) -> torch.Tensor:
-        u = lambda: torch.rand(n, device=device)  # noqa: E731
-        area = self.min_scale + (1 - self.min_scale) * u()
-        log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u()
-        w = (area * log_ratio.exp()).sqrt().clamp(max=1)  # crop width and height, as fractions of the image
-        h = (area / log_ratio.exp()).sqrt().clamp(max=1)
-        cx, cy = (1 - w) * (2 * u() - 1), (1 - h) * (2 * u() - 1)  # crop centre in [-1, 1] coordinates
-        affine = u() < self.p_affine
-        angle = torch.where(affine, (2 * u() - 1) * math.radians(self.max_rotate), 0.0)
-        zoom = torch.where(affine, 1 + (self.max_zoom - 1) * u(), 1.0)
-        flip = torch.where(u() < 0.5, -1.0, 1.0) if self.flip else torch.ones(n, device=device)
-        cos, sin = angle.cos() / zoom, angle.sin() / zoom
-        theta = torch.stack([torch.stack([w * cos * flip, -h * sin, cx], 1),
-                             torch.stack([w * sin * flip, h * cos, cy], 1)], 1)  # fmt: skip
-        return theta
+    def crop(self, h: int, w: int) -> torch.Tensor:
+        "fastai's RandomResizedCropGPU(ratio=(1, 1)): one square crop for the batch, as a map from output to input."
+        side = min(h, w)
+        for _ in range(10):  # fastai's rejection loop (a square always fits in a square image)
+            s = int(round(math.sqrt(float(_uniform(1, self.min_scale, 1.0, "cpu")) * w * h)))
+            if s <= min(h, w):
+                side = s
+                break
+        top, left = (int(torch.randint(0, d - side + 1, ())) for d in (h, w))
+        ax, ay = (side - 1) / max(w - 1, 1), (side - 1) / max(h - 1, 1)
+        bx, by = -1 + (2 * left + side - 1) / max(w - 1, 1), -1 + (2 * top + side - 1) / max(h - 1, 1)
+        return torch.tensor([[ax, 0, bx], [0, ay, by], [0, 0, 1]])
 
-    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        "uint8 (n, 3, s, s) -> normalised float (n, 3, size, size), augmented when `train`."
-        x = x.float().div_(255)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        if not train:
-            if x.shape[-1] != self.size:
-                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-            return (x - mean) / std
+    def affine(self, n: int, h: int, w: int, device) -> torch.Tensor:
+        "Flip, rotation and zoom as fastai draws them, multiplied in fastai's order, then its aspect correction."
+        one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
+        f = _masked(-one, 0.5, 1.0) if self.flip else one
+        theta = _masked(_uniform(n, -self.max_rotate, self.max_rotate, device), self.p_affine, 0.0) * math.pi / 180
+        s = 1 / _masked(_uniform(n, 1.0, self.max_zoom, device), self.p_affine, 1.0)
+        col, row = (1 - s) * (2 * _uniform(n, 0, 1, device) - 1), (1 - s) * (2 * _uniform(n, 0, 1, device) - 1)
+        mat = lambda *r: torch.stack([torch.stack(r[:3], 1), torch.stack(r[3:6], 1), torch.stack(r[6:], 1)], 1)
+        m = mat(f, zero, zero, zero, one, zero, zero, zero, one)
+        m = m @ mat(theta.cos(), theta.sin(), zero, -theta.sin(), theta.cos(), zero, zero, zero, one)
+        m = m @ mat(s, zero, col, zero, s, row, zero, zero, one)
+        m[:, 0, 1] *= h / w
+        m[:, 1, 0] *= w / h
+        return m
+
+    def homography(self, n: int, h: int, w: int, device) -> torch.Tensor:
+        "Output coordinates -> input coordinates for a batch: warp(affine(crop(u)))."
+        warp = _warp_homography(*(_masked(_uniform(n, -self.max_warp, self.max_warp, device), self.p_affine, 0.0)
+                                  for _ in range(2)))  # fmt: skip
+        return warp @ self.affine(n, h, w, device) @ self.crop(h, w).to(device)
+
+    def lighting(self, x: torch.Tensor) -> torch.Tensor:
+        "fastai's Brightness then Contrast, each with its own mask, in logit space."
         n = len(x)
-        x = F.grid_sample(x, self._grid(self.random_theta(n, x.device)), mode="bilinear", padding_mode="reflection",
-                          align_corners=False)  # fmt: skip
-        if self.max_lighting:
-            on = (torch.rand(n, 1, 1, 1, device=x.device) < self.p_lighting).float()
-            bright = on * (2 * torch.rand(n, 1, 1, 1, device=x.device) - 1) * self.max_lighting
-            contrast = 1 + on * (2 * torch.rand(n, 1, 1, 1, device=x.device) - 1) * self.max_lighting
-            x = ((x - 0.5) * contrast + 0.5 + bright).clamp_(0, 1)
-        return (x - mean) / std
+        lo, hi = 0.5 * (1 - self.max_lighting), 0.5 * (1 + self.max_lighting)
+        bright = _masked(_uniform(n, lo, hi, x.device), self.p_lighting, 0.5).view(n, 1, 1, 1)
+        log_c = -math.log(1 - self.max_lighting)
+        contrast = _masked(_uniform(n, -log_c, log_c, x.device).exp(), self.p_lighting, 1.0).view(n, 1, 1, 1)
+        # sigmoid((logit(x) + logit(b)) * c), in three passes over the batch
+        return torch.addcmul(torch.logit(bright) * contrast, torch.logit(x, eps=1e-7), contrast).sigmoid_()
 
+    def encodes(self, x: TensorImage):
+        if not self.train:
+            return TensorImage(resize_valid(x, self.size))
+        n, _, h, w = x.shape
+        grid = self._grid(self.homography(n, h, w, x.device).to(x.dtype))
+        out = F.grid_sample(x.as_subclass(torch.Tensor), grid, mode="bilinear", padding_mode="reflection",
+                            align_corners=True)  # fmt: skip
+        return TensorImage(self.lighting(out) if self.max_lighting else out)
 
-class _Items:
-    "What fastai reads from a data set: its length (and the items, for reference)."
-
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-
-class FastLoader:
-    "Batches of (augmented images, labels) sliced from the cache: what fastai's Learner needs of a DataLoader."
-
-    n_inp = 1
-
-    def __init__(self, images, labels, files, augment: BatchAugment, bs: int, train: bool, vocab, device=None):
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (n, 3, s, s) view
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.dataset, self.augment, self.bs, self.train = _Items(files), augment, bs, train
-        self.vocab, self.c = vocab, len(vocab)
-        self.drop_last = self.shuffle = train
-        self.device = torch.device("cpu")
-        self.to(device or self.device)
-
-    @property
-    def n(self) -> int:
-        return len(self.labels)
-
-    def to(self, device):
-        device = torch.device(device)
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if self.images.numel() < free // 4:  # the whole cache on the GPU: no copies at all
-                self.images, self.labels = self.images.to(device), self.labels.to(device)
-            elif not self.images.is_pinned():
-                self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
-        self.device = device
-        return self
-
-    def __len__(self) -> int:
-        return self.n // self.bs if self.drop_last else math.ceil(self.n / self.bs)
-
-    def __iter__(self):
-        order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
-        for i in range(len(self)):
-            idx = order[i * self.bs : (i + 1) * self.bs].to(self.images.device)
-            x, y = self.images[idx], self.labels[idx]
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            yield self.augment(x, self.train), y
-
-    def one_batch(self):
-        return next(iter(self))
+    def __getstate__(self):
+        return {**self.__dict__, "_base": {}}
 
 
 def fast_dataloaders(items: list[Path], valid_name: str, presize: int, resize: int, bs: int, flip: bool = True,
                      device=None, min_scale: float = 0.5) -> DataLoaders:  # fmt: skip
-    "DataLoaders for the fast path from the validated files of `find_items` (train/..., `valid_name`/...)."
-    files = list(items)
+    """fastai DataLoaders over the validated files of `find_items` (train/..., `valid_name`/...): images from the
+    uint8 cache, labels from their folders, the chapter's augmentation as one fused batch transform."""
+    files = [Path(f) for f in items if Path(f).parent.parent.name in ("train", valid_name)]  # as GrandparentSplitter
     images = build_cache(files, presize)
-    vocab = CategoryMap([parent_label(f) for f in files if f.parent.parent.name == "train"])
-    labels = np.array([vocab.o2i[parent_label(f)] for f in files])
-    is_valid = np.array([f.parent.parent.name == valid_name for f in files])
-    if device is None:
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    augment = BatchAugment(resize, min_scale=min_scale, flip=flip)
-    loaders = [FastLoader(images[mask], labels[mask], [f for f, m in zip(files, mask) if m], augment, bs, train,
-                          vocab, device)
-               for mask, train in ((~is_valid, True), (is_valid, False))]  # fmt: skip
-    return DataLoaders(*loaders, device=device)
+    splits = [[i for i, f in enumerate(files) if f.parent.parent.name == name] for name in ("train", valid_name)]
+    dsets = Datasets(files, tfms=[[CachedImage(presize, files, images)], [parent_label, Categorize()]], splits=splits)
+    after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip),
+                   Normalize.from_stats(*imagenet_stats)]  # fmt: skip
+    return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)

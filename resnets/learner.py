@@ -3,6 +3,11 @@
   precision        'auto' (fp16 AMP on a CUDA GPU, fp32 elsewhere), 'fp16', 'bf16' or 'fp32'
   label_smoothing  eps: the target puts 1-eps on the true class and eps spread over all classes
   mixup            alpha of the Beta distribution MixUp draws its mixing weights from (0: off)
+
+Validation accuracy, top-5 accuracy and loss are the whole validation set's in distributed runs too. fastai's
+DistributedDL pads the last batches with repeated images so that every rank gets as many, and drops the repeats
+only from gathered predictions and targets, not from per-batch means: so the metrics here gather predictions
+(`accuracy_metric`, `top_5_metric`) and the valid loss is recomputed on gathered predictions (`ValidLoss`).
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ import torch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.mixup import MixUp
 from fastai.data.core import DataLoaders
-from fastai.learner import Learner
+from fastai.learner import AvgLoss, Learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
+from fastai.metrics import AccumMetric, accuracy
+from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
 
 from .errors import InputError
 
-__all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy", "get_learner"]
+__all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
+           "accuracy_metric", "top_5_metric", "ValidLoss", "get_learner"]
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
@@ -35,6 +42,34 @@ def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torc
 def top_5_accuracy(preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
     "Top-5 accuracy, as a fastai metric (the Imagenette leaderboard reports top-1: `accuracy`)."
     return top_k_accuracy(preds, targs, k=5)
+
+
+def accuracy_metric() -> AccumMetric:
+    "fastai's `accuracy` over all predictions of an epoch: exact in distributed runs (a new one per Learner)."
+    # AccumMetric keeps the epoch's predictions, gathered across ranks without the padding; flatten=False
+    # because the predictions are (n, classes) scores against (n,) targets.
+    return AccumMetric(accuracy, flatten=False)
+
+
+def top_5_metric() -> AccumMetric:
+    "`top_5_accuracy` over all predictions of an epoch: exact in distributed runs (a new one per Learner)."
+    return AccumMetric(top_5_accuracy, flatten=False)
+
+
+class ValidLoss(AvgLoss):
+    "The Recorder's valid loss, exact in distributed runs: `loss_func` on each batch's gathered, un-padded predictions."
+
+    def accumulate(self, learn):
+        if num_distrib() <= 1:  # one process: no padding, fastai's mean of the batch losses is exact
+            return super().accumulate(learn)
+        # Each rank's `learn.loss` averages over its padded batch, and gathering a scalar cannot drop the repeats;
+        # gathered predictions and targets come without them. Only validation reaches here (the Recorder's
+        # `loss`), where MixUp has put the plain loss function back. fp32 as under autocast (AMP's logits are fp16).
+        pred, yb = learn.to_detach((learn.pred, learn.yb), cpu=False)
+        n = find_bs(yb)
+        with torch.no_grad():
+            self.total += learn.loss_func(pred.float(), *yb).mean().item() * n
+        self.count += n
 
 
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
@@ -79,6 +114,7 @@ def get_learner(
     **kwargs,
 ) -> Learner:
     "A fastai Learner with cross-entropy and `accuracy`, in the precision chosen for `dls.device`."
+    # `metrics` from this module's factories (not fastai's per-batch `accuracy`) stay exact in distributed runs.
     chosen, why = choose_precision(precision, dls.device)
     check_regularisation(label_smoothing, mixup)
     if loss_func is None:
@@ -86,8 +122,9 @@ def get_learner(
         loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing) if label_smoothing or mixup \
             else nn.CrossEntropyLoss()
     cbs = [*L(cbs), *([MixUp(mixup)] if mixup else [])]
-    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics if metrics is not None else accuracy,
+    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics if metrics is not None else accuracy_metric(),
                     cbs=cbs, **kwargs)  # fmt: skip
+    learn.recorder.loss = ValidLoss()  # in place of fastai's AvgLoss, which counts a distributed loader's padding
     if chosen != "fp32":
         learn.add_cb(MixedPrecision(amp_mode=chosen))
     learn.precision = chosen

@@ -6,8 +6,10 @@ keeps what it finished) and `results.png` (accuracy and losses per epoch beside 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import platform
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -18,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import InputError, MissingFile
 
-__all__ = ["Results", "atomic_write", "load_results", "compare"]
+__all__ = ["Results", "atomic_write", "save_figure", "versions", "describe_device", "load_results", "compare"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -37,6 +39,43 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    "A matplotlib figure as a PNG at `path`, written atomically like every other output."
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write(path, buf.getvalue())
+
+
+def versions() -> dict:
+    "The versions of what produced a result."
+    import fastai
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {"resnets": __version__, "fastai": fastai.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def describe_device(device) -> str:
+    "A short human description of the device a run trained on."
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
 
 
 @dataclass
@@ -60,6 +99,11 @@ class Results:
         return self.history[-1].get("accuracy") if self.history else None
 
     @property
+    def size(self) -> int | None:
+        "The training image size (`resize` in results written before version 0.2)."
+        return self.settings.get("size", self.settings.get("resize"))
+
+    @property
     def epoch_time(self) -> float | None:
         "Median seconds per epoch (train + validate)."
         return statistics.median(h["time"] for h in self.history) if self.history else None
@@ -80,10 +124,7 @@ class Results:
         path = folder / "results.json"
         atomic_write(path, self.to_json().encode())
         if plot and self.history:
-            fig = self.plot()
-            tmp = folder / ".results.png.tmp"
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-            os.replace(tmp, folder / "results.png")
+            save_figure(self.plot(), folder / "results.png")
         return path
 
     def plot(self) -> Figure:
@@ -113,10 +154,9 @@ class Results:
         "One line: final accuracy and time per epoch against the book's."
         if not self.history:
             return f"{self.experiment}: no epoch finished"
-        s = self.settings
         line = (
             f"{self.experiment}: accuracy {self.accuracy:.4f} after {len(self.history)} epoch(s) "
-            f"at {s.get('resize')} px, {self.epoch_time:.1f} s/epoch on {self.device}"
+            f"at {self.size} px, {self.epoch_time:.1f} s/epoch on {self.device}"
         )
         ref = self.book_accuracy
         if ref is not None:
@@ -151,7 +191,7 @@ def compare(runs: list[Results | str | os.PathLike]) -> str:
     for r in rows:
         acc, ref, nan = r.accuracy, r.book_accuracy, float("nan")
         lines.append(
-            f"{r.experiment:<16}{len(r.history):>7}{r.settings.get('resize', ''):>6}"
+            f"{r.experiment:<16}{len(r.history):>7}{r.size or '':>6}"
             f"{acc if acc is not None else nan:>10.4f}{ref if ref is not None else nan:>8.4f}"
             f"{100 * (acc - ref) if acc is not None and ref is not None else nan:>+8.1f}"
             f"{r.epoch_time if r.epoch_time is not None else nan:>9.1f}  {r.device}"

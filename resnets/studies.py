@@ -24,9 +24,9 @@ from matplotlib.ticker import MaxNLocator
 from .bench import bench_models, count_flops
 from .checkpoint import CHECKPOINT
 from .errors import InputError
-from .experiments import _resolve_settings, get_experiment, run
+from .experiments import configure, run
 from .models import create_model
-from .results import Results, atomic_write, load_results
+from .results import Results, atomic_write, load_results, save_figure
 
 __all__ = ["Arm", "Study", "STUDIES", "get_study", "list_studies", "run_study", "StudyResults"]
 
@@ -144,9 +144,7 @@ class StudyResults:
         path = folder / "study.json"
         atomic_write(path, json.dumps(data, indent=2).encode())
         if self.runs:
-            tmp = folder / ".study.png.tmp"
-            self.plot().savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-            os.replace(tmp, folder / "study.png")
+            save_figure(self.plot(), folder / "study.png")
         return path
 
 
@@ -172,12 +170,12 @@ def _run_arm(arm: Arm, seed: int, folder: Path, overrides: dict, progress: bool)
 def _compute(arm: Arm, overrides: dict, throughput: bool) -> dict:
     "Parameters and counted forward FLOPs per image of an arm's model at its size (and step throughput)."
     opts = {**arm.options, **overrides}
-    exp = _resolve_settings(get_experiment(arm.experiment), opts.get("size"), opts.get("presize"), None, None, None)
+    exp = configure(arm.experiment, verbose=False, **opts)
     model = create_model(exp.model, n_out=10)
-    row = {"model": exp.model, "size": exp.resize, "params": sum(p.numel() for p in model.parameters()),
-           "gflops_per_image": count_flops(model, exp.resize) / 1e9}  # fmt: skip
+    row = {"model": exp.model, "size": exp.size, "params": sum(p.numel() for p in model.parameters()),
+           "gflops_per_image": count_flops(model, exp.size) / 1e9}  # fmt: skip
     if throughput:
-        bench = bench_models([exp.model], size=exp.resize, bs=32, repeats=5)[0]
+        bench = bench_models([exp.model], size=exp.size, bs=32, repeats=5)[0]
         row["throughput_images_per_s"] = bench["train_images_per_s"]
     return row
 
@@ -191,7 +189,7 @@ def run_study(
 ) -> StudyResults:
     """Run every arm of a study for each seed into `out/<arm>-seed<N>/`, then write study.json and study.png.
 
-    `overrides` (data, epochs, size, presize, bs, subset, classes, num_workers, precision) apply to every
+    `overrides` (any experiment setting but the seed: data, epochs, size, subset, fast_data ...) apply to every
     arm, e.g. a tiny subset for a quick look. Finished runs already in `out` are reused, not trained again.
     """
     study = get_study(name)
@@ -200,10 +198,7 @@ def run_study(
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise InputError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     for arm in study.arms:  # every arm's settings checked before the first one trains
-        opts = {**arm.options, **overrides}
-        _resolve_settings(get_experiment(arm.experiment), opts.get("size"), opts.get("presize"), opts.get("bs"),
-                          opts.get("epochs"), opts.get("lr"), opts.get("label_smoothing"), opts.get("mixup"),
-                          opts.get("zero_gamma"), opts.get("subset"))  # fmt: skip
+        configure(arm.experiment, verbose=False, **{**arm.options, **overrides})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     found = StudyResults(study.name, study.claim, [], {}, study.curve, str(out))

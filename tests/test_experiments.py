@@ -22,9 +22,9 @@ def test_registry_is_the_chapters_five_experiments_then_the_exercises():
         assert e.book_accuracy[-1] == acc and len(e.book_accuracy) == e.epochs
         assert e.lr == 3e-3 and e.bs == 128
     r50 = EXPERIMENTS["resnet50"]
-    assert (r50.epochs, r50.presize, r50.resize, r50.source) == (20, 320, 224, "imagenette-320")
+    assert (r50.epochs, r50.presize, r50.size, r50.data) == (20, 320, 224, "imagenette-320")
     assert max(r50.book_accuracy) == 0.8759
-    assert all((e.epochs, e.presize, e.resize, e.source) == (5, 160, 128, "imagenette-160")
+    assert all((e.epochs, e.presize, e.size, e.data) == (5, 160, 128, "imagenette-160")
                for n, e in EXPERIMENTS.items() if n in CHAPTER[:4])  # fmt: skip
 
 
@@ -43,7 +43,7 @@ def test_each_experiment_runs_from_python(name, imagenette, tmp_path):
     assert 0 <= h["accuracy"] <= 1 and h["time"] > 0
     saved = load_results(tmp_path / name)
     assert saved.history == r.history and saved.seed == 0
-    assert saved.settings["resize"] == 32 and saved.settings["n_train"] == 16 and saved.settings["epochs"] == 1
+    assert saved.settings["size"] == 32 and saved.settings["n_train"] == 16 and saved.settings["epochs"] == 1
     assert set(saved.versions) >= {"resnets", "fastai", "torch"} and saved.device.startswith("cpu")
     assert saved.book["accuracy"][-1] == BOOK_FINAL[name]
     png = (tmp_path / name / "results.png").read_bytes()
@@ -81,7 +81,7 @@ def test_a_second_run_does_not_overwrite_the_first(imagenette, tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(epochs=0), "epochs must be an integer >= 1"), (dict(size=16), "size must be an integer >= 32"),
+    (dict(epochs=0), "epochs must be an integer >= 1"), (dict(size=8), "size must be an integer >= 16"),
     (dict(bs=0), "bs must"), (dict(lr=0.0), "lr must be a number > 0"), (dict(lr=-1e-3), "lr must"),
     (dict(subset=0), "subset must"), (dict(label_smoothing=1.0), "label_smoothing must"),
     (dict(mixup=-0.1), "mixup must"),
@@ -91,6 +91,53 @@ def test_bad_options(kw, match, tree):
         run("cnn", data=tree, save=False, progress=False, **kw)
 
 
+def test_one_record_holds_every_setting_and_overrides_are_checked_once():
+    from dataclasses import fields
+
+    from resnets import OPTIONS, Experiment, configure
+
+    assert set(OPTIONS) == {f.name for f in fields(Experiment)} - {"name", "title", "book_accuracy",
+                                                                     "book_valid_loss", "book_epoch_time"}
+    exp = configure("res_cnn", verbose=False, epochs=2, fast_data=True, precision="fp32", size=None)
+    assert (exp.epochs, exp.fast_data, exp.precision, exp.size) == (2, True, "fp32", 128), "None keeps the default"
+    assert configure(exp, verbose=False) == exp, "a configured record passes through"
+    with pytest.raises(ValueError, match=r"unknown setting epoch: the settings are model, data, presize, size, bs"):
+        configure("cnn", epoch=3)
+    with pytest.raises(ValueError, match="unknown settings fastdata, sise"):
+        run("cnn", fastdata=True, sise=64)
+    with pytest.raises(ValueError, match="unknown model"):
+        configure("cnn", model="resnet19")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        Experiment("x", model="cnn", precision="fp8")  # the record checks itself, however it is made
+
+
+def test_one_rule_for_presize_and_size(capsys):
+    from resnets import configure
+
+    exp = configure("resnet18", size=192)  # larger than the chapter's presize: the experiment's ratio, said aloud
+    assert (exp.presize, exp.size) == (240, 192) and "presize 240 for size 192" in capsys.readouterr().out
+    assert configure("resnet18", size=64, presize=80).presize == 80, "an explicit presize is kept"
+    with pytest.raises(ValueError, match=r"size \(64\) is larger than presize \(40\): use a presize of at least 64"):
+        configure("resnet18", size=64, presize=40)  # an explicit presize is never replaced
+
+
+def test_cli_options_are_made_from_the_record():
+    from dataclasses import fields
+
+    from resnets import OPTIONS, Experiment
+    from resnets.cli import parser
+
+    helps = {f.name: f.metadata["help"] for f in fields(Experiment) if f.name in OPTIONS}
+    text = " ".join(resnets_cli("run", "--help").stdout.split())
+    for name in OPTIONS:
+        flag = "--workers" if name == "num_workers" else "--" + name.replace("_", "-")
+        assert flag in text and " ".join(helps[name].split())[:30] in text, name
+    args = parser().parse_args(["run", "cnn", "--epochs", "3", "--no-zero-gamma"])
+    assert {k for k in vars(args) if k in OPTIONS} == {"epochs", "zero_gamma"}, "only what the user gave"
+    study = parser().parse_args(["study", "regularisation", "--fast-data", "--size", "32"])
+    assert (study.fast_data, study.size) == (True, 32)
+
+
 def test_unknown_experiment_lists_the_valid_ones():
     with pytest.raises(ValueError, match="cnn, res_cnn, double_res_cnn, resnet18, resnet50, resnet34, mnist_pool"):
         run("resnet19")
@@ -98,7 +145,7 @@ def test_unknown_experiment_lists_the_valid_ones():
 
 def _results(acc, n=5):
     history = [{"epoch": i, "train_loss": 1.0, "valid_loss": 1.0, "accuracy": acc, "time": 10.0} for i in range(n)]
-    return Results("cnn", {"resize": 128}, 0, history=history, device="cpu", book=EXPERIMENTS["cnn"].book)
+    return Results("cnn", {"size": 128}, 0, history=history, device="cpu", book=EXPERIMENTS["cnn"].book)
 
 
 def test_summary_and_compare_against_the_book(tmp_path):

@@ -1,15 +1,18 @@
-"""The fast data path: the cache is built once and invalidated by changes; the batched augmentation is correct."""
+"""The fast data path: fastai's own DataLoaders, a cache built once and invalidated by changes, and the chapter's
+augmentation (the same distributions as fastai's aug_transforms, the same validation tensors)."""
 
+import math
 import os
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from fastai.torch_core import TensorImage
+from fastai.vision.all import imagenet_stats
 
-from conftest import TINY, make_tree
+from conftest import TINY, make_tree, save_image
 from resnets import get_data, run
-from resnets.fastdata import BatchAugment, build_cache
+from resnets.fastdata import ChapterAugment, build_cache
 
 
 @pytest.fixture(autouse=True)
@@ -37,45 +40,116 @@ def test_cache_is_built_once_and_rebuilt_when_the_data_change(tmp_path, cache, c
     assert not list(cache.glob("*.tmp")), "no half-built cache left behind"
 
 
-def test_grid_is_torchs_affine_grid_and_a_flip_mirrors():
-    aug = BatchAugment(16)
-    theta = aug.random_theta(4, "cpu")
-    torch.testing.assert_close(aug._grid(theta), F.affine_grid(theta, (4, 3, 16, 16), align_corners=False))
-    x = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
-    x[..., :, 8:] = 255  # right half white
-    flip = torch.tensor([[[-1.0, 0, 0], [0, 1, 0]]])
-    out = F.grid_sample(x.float(), aug._grid(flip), align_corners=False)
-    assert (out[..., :8] == 255).all() and (out[..., 8:] == 0).all()
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    "Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."
+    z = np.sort(np.concatenate([a, b]))
+    cdf = lambda v: np.searchsorted(np.sort(v), z, side="right") / len(v)  # noqa: E731
+    return float(np.abs(cdf(a) - cdf(b)).max())
 
 
-def test_random_crops_stay_inside_the_image_and_flip_half_the_time():
-    aug = BatchAugment(32, max_rotate=0, max_zoom=1.0)
-    theta = aug.random_theta(4000, "cpu")
-    w, h, cx, cy = theta[:, 0, 0].abs(), theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2]
-    assert (cx.abs() + w <= 1 + 1e-6).all() and (cy.abs() + h <= 1 + 1e-6).all()
-    assert ((w * h) >= 0.5 - 1e-6).all(), "at least min_scale of the area"
-    assert 0.45 < (theta[:, 0, 0] < 0).float().mean() < 0.55
-    assert (BatchAugment(32, flip=False).random_theta(500, "cpu")[:, 0, 0] > 0).all()
+def _pipelines(presize=80, size=64):
+    "The chapter's batch transforms (fastai's own) and the fast path's, on the training split, on the CPU."
+    from fastai.vision.all import IntToFloatTensor, Normalize, Pipeline, aug_transforms, imagenet_stats
+
+    norm = lambda: Normalize.from_stats(*imagenet_stats, cuda=False)  # noqa: E731
+    chapter = Pipeline([IntToFloatTensor(), *aug_transforms(min_scale=0.5, size=size), norm()], split_idx=0)
+    fast = Pipeline([IntToFloatTensor(), ChapterAugment(size), norm()], split_idx=0)
+    return chapter, fast
 
 
-def test_validation_is_the_whole_image_resized_and_normalised():
-    aug = BatchAugment(16)
-    x = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
-    want = F.interpolate(x.float() / 255, size=(16, 16), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(aug(x, train=False), (want - aug.mean) / aug.std)
-    out = aug(x, train=True)
-    assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
+def _draws(pipe, calls: int, n: int = 250, presize: int = 80) -> np.ndarray:
+    """Per output image: brightness, contrast, flip and rotation, read back from a probe image whose red channel
+    is a horizontal ramp and whose green and blue channels are constant (64 and 128): lighting acts on both
+    constants, so each image's brightness b and contrast c follow from them, and undoing the lighting leaves
+    the ramp, whose gradient gives the flip (its sign) and the rotation (its angle)."""
+    ramp = torch.linspace(32, 224, presize).round().expand(presize, presize)
+    probe = torch.stack([ramp, torch.full_like(ramp, 64), torch.full_like(ramp, 128)]).to(torch.uint8)
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in imagenet_stats)
+    logit = lambda v: torch.logit(v, eps=1e-6)  # noqa: E731
+    rows = []
+    for _ in range(calls):
+        y = pipe(TensorImage(probe.expand(n, -1, -1, -1).clone())).as_subclass(torch.Tensor) * std + mean
+        g, b = logit(y[:, 1].mean((1, 2))), logit(y[:, 2].mean((1, 2)))
+        c = (g - b) / (math.log(64 / 191) - math.log(128 / 127))  # logit(64/255) - logit(128/255)
+        shift = b / c - math.log(128 / 127)
+        ramp_out = torch.sigmoid(logit(y[:, 0]) / c[:, None, None] - shift[:, None, None])
+        dx = (ramp_out[..., 1:] - ramp_out[..., :-1]).mean((1, 2))
+        dy = (ramp_out[:, 1:] - ramp_out[:, :-1]).mean((1, 2))
+        rows.append(torch.stack([torch.sigmoid(shift), c, dx.sign(), torch.rad2deg(torch.atan2(dy, dx.abs()))], 1))
+    return torch.cat(rows).numpy().round(3)  # rounded: "no change" is an atom at 0.5 / 1 / 0 in both
+
+
+def test_fast_augmentation_draws_what_the_chapters_draws():
+    "2,000 images through fastai's aug_transforms(min_scale=0.5) and through ChapterAugment: the same distributions."
+    chapter, fast = _pipelines()
+    torch.manual_seed(0)
+    a = _draws(chapter, 8)
+    torch.manual_seed(1)
+    b = _draws(fast, 8)
+    # KS critical value for 2,000 vs 2,000 at the 0.1 % level is 0.062; the seeds are fixed, so this is repeatable
+    for i, what in enumerate(["brightness", "contrast", "flip", "rotation"]):
+        assert _ks(a[:, i], b[:, i]) < 0.062, what
+    # and the ranges themselves (the old fast path's linear lighting reached 0.32-0.68 for a mid-grey pixel)
+    for col in (a, b):
+        assert 0.4 <= col[:, 0].min() and col[:, 0].max() <= 0.6 and 0.7 < (col[:, 0] != 0.5).mean() < 0.8
+        assert 0.8 <= col[:, 1].min() and col[:, 1].max() <= 1.25 and 0.7 < (col[:, 1] != 1).mean() < 0.8
+        assert 0.45 < (col[:, 2] < 0).mean() < 0.55, "flips half the images"
+        assert np.abs(col[:, 3]).max() < 15 and 0.5 < (np.abs(col[:, 3]) > 0.5).mean() < 0.9
+
+
+def test_fast_crops_are_the_chapters_square_crops():
+    "fastai's RandomResizedCropGPU(min_scale=0.5, ratio=(1, 1)) draws one square per batch: so does ChapterAugment."
+    from fastai.vision.all import RandomResizedCropGPU
+
+    rrc, aug, x = RandomResizedCropGPU(64, min_scale=0.5, ratio=(1, 1)), ChapterAugment(64), torch.zeros(1, 3, 160, 160)
+    theirs = []
+    for _ in range(4000):
+        rrc.before_call(x, 0)
+        theirs.append((*rrc.cp_size, *rrc.tl))
+    theirs = np.array(theirs)
+    assert (theirs[:, 0] == theirs[:, 1]).all(), "square"
+    torch.manual_seed(0)
+    crops = torch.stack([aug.crop(160, 160) for _ in range(4000)])
+    assert torch.equal(crops[:, 0, 0], crops[:, 1, 1]), "square"
+    side = (crops[:, 0, 0] * 159 + 1).round().numpy()
+    assert _ks(theirs[:, 0], side) < 0.05 and side.min() >= round(math.sqrt(0.5) * 160) and side.max() <= 160
+    left = ((crops[:, 0, 2] + 1) * 159 - side + 1) / 2  # back from the normalised centre to the top-left pixel
+    assert (left.round() >= 0).all() and (left.round() + side <= 160).all(), "inside the image"
+    assert abs(float(np.corrcoef(left, side)[0, 1])) < 0.9 and left.std() > 3, "positions drawn, not centred"
+
+
+def test_fast_validation_tensors_are_the_chapters(imagenette):
+    "The same validation images through fastai's pipeline and the fast path: equal to 1e-4 (normalised units)."
+    for presize, size in ((40, 32), (160, 128)):
+        kw = dict(presize=presize, resize=size, bs=16, classes=2, subset=8)
+        stock, fast = get_data(imagenette, **kw), get_data(imagenette, fast=True, **kw)
+        (xs, ys), (xf, yf) = stock.valid.one_batch(), fast.valid.one_batch()
+        assert xs.shape == xf.shape == (16, 3, size, size) and torch.equal(ys, yf)
+        assert (xs - xf).abs().max() < 1e-4
 
 
 def test_fast_loaders_match_the_chapters(imagenette):
+    from fastai.data.core import TfmdDL
+
     kw = dict(presize=40, resize=32, bs=8, classes=2, subset=8)
     stock, fast = get_data(imagenette, **kw), get_data(imagenette, fast=True, **kw)
+    assert isinstance(fast.train, TfmdDL) and isinstance(fast.valid, TfmdDL), "fastai's own DataLoaders"
     assert list(fast.vocab) == list(stock.vocab) and fast.c == stock.c == 2
     assert (len(fast.train_ds), len(fast.valid_ds), len(fast.train), len(fast.valid)) == (16, 16, 2, 2)
     x, y = fast.train.one_batch()
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
     labels = torch.cat([yb for _, yb in fast.valid])  # not shuffled: sorted files, class by class
     assert labels.tolist() == [0] * 8 + [1] * 8
+
+
+def test_an_image_one_folder_deeper_is_skipped_as_the_chapter_does(tmp_path):
+    root = make_tree(tmp_path / "d", n_train=4, n_valid=2)
+    save_image(root / "train" / "cat" / "extra" / "x.jpg")
+    kw = dict(presize=24, resize=16, bs=4)
+    stock, fast = get_data(root, **kw), get_data(root, fast=True, **kw)
+    assert (len(fast.train_ds), len(fast.valid_ds)) == (len(stock.train_ds), len(stock.valid_ds)) == (8, 4)
+    assert list(fast.vocab) == list(stock.vocab) == ["cat", "dog"]
+    fast.train.one_batch()
 
 
 def test_an_experiment_trains_on_the_fast_path(imagenette, tmp_path):

@@ -1,10 +1,15 @@
 import warnings
 
 import pytest
+import torch
 from fastai.callback.fp16 import MixedPrecision
+from fastai.learner import AvgLoss
+from fastai.torch_core import apply
+from fastcore.basics import noop
 from torch import nn
 
-from resnets import choose_precision, create_model, get_data, get_learner, run
+from resnets import choose_precision, create_model, get_data, get_learner, learner, run
+from resnets.learner import ValidLoss, accuracy_metric, top_5_metric
 
 
 @pytest.mark.parametrize("asked", ["auto", "fp32", "fp16", "bf16"])
@@ -32,6 +37,43 @@ def test_learner_on_cpu_one_line_no_fastai_warnings(tree, capsys):
     assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     assert isinstance(learn.loss_func, nn.CrossEntropyLoss)
     assert [m.name for m in learn.metrics] == ["accuracy"]
+
+
+def test_distributed_validation_counts_no_padding(monkeypatch):
+    # What rank 0 of 2 sees on 5 validation images: fastai's DistributedDL gives each rank 3, rank 1's third a
+    # repeat of image 0, and its to_detach gathers predictions and targets across ranks without the repeat.
+    torch.manual_seed(0)
+    preds, targs = torch.randn(5, 7), torch.tensor([0, 1, 2, 3, 4])
+    padded_preds, padded_targs = torch.cat([preds, preds[:1]]), torch.cat([targs, targs[:1]])
+    rank0 = type("Rank0", (), {})()
+    rank0.pred, rank0.y, rank0.loss_func = preds[:3], targs[:3], nn.CrossEntropyLoss()
+    rank0.yb = (rank0.y,)
+    gathered = {id(rank0.pred): preds, id(rank0.yb[0]): targs}
+    rank0.loss = rank0.loss_func(rank0.pred, *rank0.yb)
+    rank0.to_detach = lambda b, cpu=True, gather=True: apply(lambda t: gathered[id(t)], b)
+    monkeypatch.setattr(learner, "num_distrib", lambda: 2)
+    loss, acc, top5 = ValidLoss(), accuracy_metric(), top_5_metric()
+    for m in (loss, acc, top5):
+        m.reset()
+        m.accumulate(rank0)
+    assert loss.value == pytest.approx(nn.functional.cross_entropy(preds, targs).item(), rel=1e-6)
+    assert acc.value.item() == pytest.approx((preds.argmax(1) == targs).float().mean().item())
+    assert top5.value.item() == pytest.approx((preds.topk(5).indices == targs[:, None]).any(1).float().mean().item())
+    assert (acc.name, top5.name) == ("accuracy", "top_5_accuracy")  # results.json's keys
+    # why: a per-batch mean cannot drop the repeat once computed (6 images, not 5)
+    assert nn.functional.cross_entropy(padded_preds, padded_targs).item() != pytest.approx(loss.value, rel=1e-4)
+
+
+def test_learner_validates_over_the_whole_set_with_exact_metrics(tree):
+    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
+    learn = get_learner(dls, create_model("cnn", n_out=dls.c), metrics=[accuracy_metric(), top_5_metric()],
+                        verbose=False)  # fmt: skip
+    assert isinstance(learn.recorder.loss, ValidLoss) and isinstance(learn.recorder.loss, AvgLoss)
+    assert [m.name for m in get_learner(dls, create_model("cnn", n_out=dls.c), verbose=False).metrics] == ["accuracy"]
+    valid_loss, acc, top5 = learn.validate()
+    preds, targs = learn.get_preds(act=noop)  # the logits
+    assert valid_loss == pytest.approx(nn.functional.cross_entropy(preds, targs).item(), rel=1e-4)
+    assert acc == pytest.approx((preds.argmax(1) == targs).float().mean().item(), abs=1e-6) and top5 == 1.0
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resnets import ChapterCNN, DepthNet, InputError, ResNet, create_model
-from resnets.experiments import EXPERIMENTS, _resolve_settings
+from resnets.experiments import configure
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -68,8 +68,9 @@ def test_a_wrongly_shaped_input_is_an_input_error(name, shape):
        mixup=anything, subset=st.one_of(anything, st.tuples(anything, anything)))  # fmt: skip
 def test_run_options_are_checked_at_the_edge(size, presize, bs, epochs, lr, label_smoothing, mixup, subset):
     try:
-        exp = _resolve_settings(EXPERIMENTS["cnn"], size, presize, bs, epochs, lr, label_smoothing, mixup, None, subset)
+        exp = configure("cnn", verbose=False, size=size, presize=presize, bs=bs, epochs=epochs, lr=lr,
+                        label_smoothing=label_smoothing, mixup=mixup, subset=subset)  # fmt: skip
     except InputError:
         return
-    assert exp.resize >= 32 and exp.bs >= 1 and exp.epochs >= 1 and exp.lr > 0 and exp.presize >= 32
+    assert 16 <= exp.size <= exp.presize and exp.bs >= 1 and exp.epochs >= 1 and exp.lr > 0
     assert 0 <= exp.label_smoothing < 1 and exp.mixup >= 0

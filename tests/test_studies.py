@@ -32,7 +32,7 @@ def test_the_bottleneck_arms_are_matched_in_compute_not_in_parameters():
 def test_the_degradation_arms_differ_only_in_depth_and_shortcuts():
     arms = [EXPERIMENTS[a.experiment] for a in get_study("degradation").arms]
     assert [e.model for e in arms] == ["plain20", "plain56", "res20", "res56"]
-    assert len({(e.resize, e.presize, e.subset, e.epochs, e.lr, e.bs) for e in arms}) == 1
+    assert len({(e.size, e.presize, e.subset, e.epochs, e.lr, e.bs) for e in arms}) == 1
 
 
 def test_a_study_runs_writes_its_table_and_plot_and_resumes(imagenette, tmp_path, monkeypatch):
@@ -91,3 +91,22 @@ def test_a_study_from_the_cli(imagenette, tmp_path):
     p = subprocess.run([sys.executable, "-m", "resnets", "study", "bottleneck", "--epochs", "0"],
                        capture_output=True, text=True, timeout=600)  # fmt: skip
     assert p.returncode == 2 and "epochs must be" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_every_setting_given_to_a_study_reaches_every_arm(tmp_path, monkeypatch):
+    "No study call drops a setting (an earlier version lost fast_data): each arm's run() gets all of them."
+    from resnets import studies
+
+    seen = []
+
+    def fake_run(name, **kw):
+        seen.append(kw)
+        raise KeyboardInterrupt  # stop after the first arm's call
+
+    monkeypatch.setattr(studies, "run", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_study("regularisation", tmp_path / "s", fast_data=True, precision="fp32", flip=False, epochs=1)
+    assert {k: seen[0][k] for k in ("fast_data", "precision", "flip", "epochs", "size")} == \
+        dict(fast_data=True, precision="fp32", flip=False, epochs=1, size=64)
+    with pytest.raises(ValueError, match="unknown setting sise"):
+        run_study("regularisation", tmp_path / "s", sise=1)
