@@ -1,26 +1,33 @@
 """Nothing lost: a checkpoint after every epoch, resume from it, and guards that stop a run clearly.
 
 `checkpoint.pth` in a run folder holds what the next epoch needs to be the one an uninterrupted run
-would have trained: model and optimiser state, the last finished epoch (the one-cycle schedule's
-position follows from it), the random number generators (torch, CUDA, NumPy, Python's, each data
-loader's), fastai's smoothed training loss, and the per-epoch history. It is written to a temporary
-file and renamed, so a kill at any moment leaves the previous checkpoint whole.
+would have trained: model and optimiser state, the fp16 loss scaler's state, the last finished epoch
+(the one-cycle schedule's position follows from it), the random number generators (torch, CUDA, NumPy,
+Python's, each data loader's), fastai's smoothed training loss, and the per-epoch history. It is written
+to a temporary file and renamed, so a kill at any moment leaves the previous checkpoint whole.
+
+It holds only tensors and plain Python values (no NumPy arrays, no fastcore lists), so it loads with
+`torch.load(weights_only=True)`: a crafted file cannot run code when loaded.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback
+from fastcore.foundation import L
 
 from .errors import InputError
+from .results import atomic_write
 
-__all__ = ["CHECKPOINT", "TrainingDiverged", "Checkpoint", "StopOnNaN", "load_checkpoint", "set_deterministic"]
+__all__ = ["CHECKPOINT", "TrainingDiverged", "Checkpoint", "StopOnNaN", "load_checkpoint", "load_failure",
+           "set_deterministic"]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -42,35 +49,64 @@ def set_deterministic(on: bool = True) -> None:
 
 
 def _rng_state(dls) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate(),
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # its keys, an array, as ints: weights_only loads them
+    state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+             "random": random.getstate(),
              "loaders": [dl.rng.getstate() if hasattr(dl, "rng") else None for dl in dls.loaders]}  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _py_rng(s) -> tuple:
+    "A `random.Random` state back as the nested tuple `setstate` insists on."
+    version, internal, gauss = s
+    return version, tuple(internal), gauss
+
+
 def _set_rng_state(state: dict, dls) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(_py_rng(state["random"]))
     for dl, s in zip(dls.loaders, state["loaders"]):
         if s is not None and hasattr(dl, "rng"):
-            dl.rng.setstate(s)
+            dl.rng.setstate(_py_rng(s))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _plain(obj):
+    "Containers as dicts, lists and tuples, NumPy numbers as Python's (fastai's hypers hold both): weights_only-safe."
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    if isinstance(obj, list | L):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor) and type(obj) is not torch.Tensor:  # fastai's TensorBase & co: plain tensors
+        return obj.as_subclass(torch.Tensor)
+    return obj
+
+
 def _atomic_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    "torch.save through the library's one atomic writer (a kill leaves the previous file whole; results' permissions)."
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_failure(e: Exception) -> tuple[str | None, str]:
+    """Why `torch.load(weights_only=True)` failed, in one line (torch's message is a paragraph): the function
+    the file would have called while loading (None if it asked for none), and the reason."""
+    text = str(e)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return refused.group(1), f"it would call {refused.group(1)} while loading"
+    detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
+    return None, f"{type(e).__name__}: {detail.splitlines()[0]}" if detail else type(e).__name__
 
 
 def load_checkpoint(folder: str | os.PathLike) -> dict | None:
@@ -78,10 +114,14 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / CHECKPOINT
     if not path.exists():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: loading a crafted checkpoint must not run its code
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path} cannot be read ({type(e).__name__}: {e}): remove it to start the run again") from e
+        code, why = load_failure(e)
+        if code is not None:  # resnets before weights-only checkpoints saved NumPy arrays and fastcore lists
+            raise InputError(f"{path} is not a safe checkpoint ({why}, which can run code; an older resnets or "
+                             "another program wrote it): remove it to start the run again") from e  # fmt: skip
+        raise InputError(f"{path} cannot be read ({why}): remove it to start the run again") from e
 
 
 class Checkpoint(Callback):
@@ -94,25 +134,37 @@ class Checkpoint(Callback):
         self.start_epoch = state["epoch"] + 1 if state else 0
 
     def restore(self, learn) -> None:
-        "Model, optimiser and random state of the checkpoint, into `learn` (before `fit`)."
+        """Model and random state of the checkpoint, into `learn` (before `fit`); the optimiser's and the loss
+        scaler's follow in `before_fit`."""
         s = self.state
         learn.model.load_state_dict(s["model"])
-        learn.create_opt()
-        learn.opt.load_state_dict(_to(s["opt"], next(learn.model.parameters()).device))
+        learn.create_opt()  # so that `fit` keeps this optimiser (and its parameters) rather than making one
         _set_rng_state(s["rng"], learn.dls)
 
     def before_fit(self):
-        if self.state is not None:  # the Recorder has just reset its smoothed loss: carry it on instead
-            self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.state["smooth_loss"]
+        if self.state is None:
+            return
+        s, learn = self.state, self.learn
+        # TrainEvalCallback (order -10) has just moved the model to the data's device (a GPU): the optimiser
+        # state goes where the parameters are now. The hypers stay those `fit` set; the scheduler sets lr and
+        # momentum before every batch.
+        device = next(learn.model.parameters()).device
+        learn.opt.load_state_dict({"state": _to(s["opt"]["state"], device), "hypers": learn.opt.hypers})
+        # MixedPrecision (order 10) has just made a new GradScaler at its initial scale: carry the saved one on
+        if s.get("scaler") and getattr(learn, "scaler", None) is not None:
+            learn.scaler.load_state_dict(s["scaler"])
+        # the Recorder (order 50) has just reset its smoothed loss: carry it on instead
+        self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = s["smooth_loss"]
 
     def after_epoch(self):
         if self.folder is None or self.epoch < self.start_epoch:
             return
-        smooth = self.recorder.smooth_loss
+        smooth, scaler = self.recorder.smooth_loss, getattr(self.learn, "scaler", None)
         _atomic_save({"epoch": self.epoch, "model": _unwrap(self.learn.model).state_dict(),
-                      "opt": self.learn.opt.state_dict(), "rng": _rng_state(self.dls),
-                      "smooth_loss": (smooth.count, smooth.val),
-                      "history": list(self.results.history), "settings": self.results.settings,
+                      "opt": _plain(self.learn.opt.state_dict()), "rng": _rng_state(self.dls),
+                      "scaler": scaler.state_dict() if scaler is not None else None,
+                      "smooth_loss": _plain((smooth.count, smooth.val)),
+                      "history": _plain(self.results.history), "settings": _plain(self.results.settings),
                       "vocab": [str(c) for c in getattr(self.dls, "vocab", [])]},
                      self.folder / CHECKPOINT)  # fmt: skip
 

@@ -291,7 +291,7 @@ def run(
     if world > 1:
         settings.update(world_size=world)
     results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
-                      book=exp.book)  # fmt: skip
+                      book=exp.book, learn=learn)  # fmt: skip
     if state is not None:
         _check_same_settings(state["settings"], settings, out)
         results.history = list(state["history"])
@@ -304,7 +304,8 @@ def run(
     if state is not None:
         checkpoint.restore(learn)
         print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
-    learn.add_cbs([RunHistory(results, folder, checkpoint.start_epoch), checkpoint, StopOnNaN(folder)])
+    run_cbs = [RunHistory(results, folder, checkpoint.start_epoch), checkpoint, StopOnNaN(folder)]
+    learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
             learn.fit_one_cycle(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
@@ -312,6 +313,8 @@ def run(
         more = f" and --resume to continue {folder}" if folder is not None else ""
         msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"
         raise MemoryError(msg) from None
+    finally:  # results.learn goes on as a plain Learner: more training in a notebook writes nothing into the run
+        learn.remove_cbs(run_cbs)
     if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
     results.finished = True

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastai.vision.all import imagenet_stats
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_failure
 from .data import IMAGENETTE_NAMES
 from .errors import InputError, MissingFile
+from .fastdata import preprocess
 from .models import create_model
 
 __all__ = ["FORMAT", "export", "load", "Predictor", "export_torchscript"]
@@ -43,9 +43,10 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     if not vocab:
         raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
     out = Path(out) if out is not None else run_dir / "model.resnets"
+    size = s["size"] if "size" in s else s["resize"]  # the option was `resize` in runs of earlier versions
     torch.save({"format": FORMAT, "model": s["model"], "n_out": len(vocab), "state_dict": state["model"],
                 "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
-                "presize": s["presize"], "resize": s["resize"], "stats": [list(v) for v in imagenet_stats],
+                "presize": s["presize"], "resize": size, "stats": [list(v) for v in imagenet_stats],
                 "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
                 "history": state["history"]}, out)  # fmt: skip
     return out
@@ -72,19 +73,10 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, meta: dict):
         self.model, self.meta = model.eval(), meta
         self.vocab, self.names = meta["vocab"], meta["names"]
-        self.mean, self.std = (torch.tensor(v).view(1, 3, 1, 1) for v in meta["stats"])
 
     def preprocess(self, img) -> torch.Tensor:
-        "An image (path, PIL image or HxWx3 array) -> a normalised (1, 3, size, size) tensor."
-        im, p, size = _read_image(img), self.meta["presize"], self.meta["resize"]
-        scale = p / min(im.size)
-        im = im.resize((max(p, round(im.width * scale)), max(p, round(im.height * scale))), Image.BILINEAR)
-        left, top = (im.width - p) // 2, (im.height - p) // 2
-        x = torch.from_numpy(np.asarray(im.crop((left, top, left + p, top + p)), dtype=np.uint8).copy())
-        x = x.permute(2, 0, 1)[None].float() / 255
-        if p != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return (x - self.mean) / self.std
+        "An image (path, PIL image or HxWx3 array) -> a normalised (1, 3, size, size) tensor, as validation saw it."
+        return preprocess(_read_image(img), self.meta["presize"], self.meta["resize"], self.meta["stats"])
 
     @torch.no_grad()
     def probabilities(self, img) -> torch.Tensor:
@@ -102,10 +94,14 @@ def load(path: str | os.PathLike) -> Predictor:
     path = Path(path)
     if not path.is_file():
         raise MissingFile(f"no model file at {path}: create one with `resnets export RUN_DIR`")
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only (all an exported file holds): a crafted file must not run its code
+        meta = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path} is not a readable resnets model file ({type(e).__name__}: {e})") from e
+        code, why = load_failure(e)
+        if code is not None:
+            raise InputError(f"{path} is not a safe resnets model file ({why}, which can run code): "
+                             "it was not loaded; load only files written by `resnets export`") from e  # fmt: skip
+        raise InputError(f"{path} is not a readable resnets model file ({why})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
     model = create_model(meta["model"], n_out=meta["n_out"])

@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -92,6 +92,8 @@ class Results:
     book: dict = field(default_factory=dict)  # the chapter's per-epoch accuracy / valid_loss, epoch_time
     finished: bool = False
     folder: str | None = None  # where it was saved
+    # The trained fastai Learner, in the process that trained it (not saved): show_results, Interpretation, predict.
+    learn: object = field(default=None, repr=False, compare=False)
 
     @property
     def accuracy(self) -> float | None:
@@ -115,7 +117,7 @@ class Results:
         return book[min(n, len(book)) - 1] if book and n else None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self) if f.name != "learn"}, indent=2)
 
     def save(self, folder: str | os.PathLike, plot: bool = True) -> Path:
         "Write results.json (and results.png) into `folder`, atomically; returns the JSON's path."

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -139,7 +139,7 @@ class StudyResults:
 
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
-        data = {k: v for k, v in asdict(self).items() if k != "runs"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "runs"}
         data["runs"] = {label: [r.folder for r in runs] for label, runs in self.runs.items()}
         path = folder / "study.json"
         atomic_write(path, json.dumps(data, indent=2).encode())

@@ -8,7 +8,9 @@ import torch
 
 from conftest import TINY
 from resnets import IMAGENETTE_NAMES, InputError, MissingFile, export, export_torchscript, load, run
+from resnets.checkpoint import CHECKPOINT, load_checkpoint
 from resnets.data import find_items
+from resnets.export import FORMAT
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,48 @@ def test_clear_errors(mnist_run, tmp_path):
     p = subprocess.run([sys.executable, "-m", "resnets", "predict", str(tmp_path / "bad.resnets"), "x.jpg"],
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 2 and "not a readable resnets model file" in p.stderr and "Traceback" not in p.stderr
+
+
+class _Payload:
+    "Pickles as a call of `exec`: whatever unpickles it creates the file `marker`."
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def _refused(cmd: list[str], message: str) -> None:
+    "The command line fails with exit code 2 and one line of error saying `message`, no traceback."
+    p = subprocess.run([sys.executable, "-m", "resnets", *cmd], capture_output=True, text=True)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert last.startswith(f"resnets {cmd[0]}: error: ") and message in last, p.stderr
+
+
+def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "evil.resnets"
+    torch.save({"format": FORMAT, "payload": _Payload(marker)}, path)
+    with pytest.raises(InputError, match="not a safe resnets model file"):
+        load(path)
+    _refused(["predict", str(path), "x.jpg"], "not a safe resnets model file")
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: loading the file unsafely runs it
+    assert marker.exists()
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
+    marker, folder = tmp_path / "pwned", tmp_path / "run"
+    folder.mkdir()
+    torch.save({"epoch": 0, "payload": _Payload(marker)}, folder / CHECKPOINT)
+    with pytest.raises(InputError, match="not a safe checkpoint.*remove it"):
+        load_checkpoint(folder)
+    with pytest.raises(InputError, match="not a safe checkpoint"):
+        export(folder)
+    with pytest.raises(InputError, match="not a safe checkpoint"):
+        run("cnn", data=tmp_path, out=folder, resume=True, progress=False, num_workers=0, **TINY)  # before any data
+    _refused(["export", str(folder)], "not a safe checkpoint")
+    assert not marker.exists()
+    torch.load(folder / CHECKPOINT, weights_only=False)  # the payload is live: loading the file unsafely runs it
+    assert marker.exists()

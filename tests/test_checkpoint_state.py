@@ -1,0 +1,141 @@
+"""Resume puts the optimiser state where fit puts the model (a GPU), and carries the fp16 loss scaler on."""
+
+import math
+
+import pytest
+import torch
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.fp16 import MixedPrecision
+
+from conftest import TINY
+from resnets import experiments, run
+from resnets.checkpoint import Checkpoint, load_checkpoint
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class _StopAfter(Callback):
+    "Ends the fit after `n` epochs, once the checkpoint of the last is saved (an interrupted run, minus the kill)."
+
+    order = Checkpoint.order + 2  # after _Probe too
+
+    def __init__(self, n):
+        self.n = n
+
+    def after_epoch(self):
+        if self.epoch + 1 == self.n:
+            raise CancelFitException()
+
+
+class _Probe(Callback):
+    """Notes where the model and the optimiser state are, and the loss scaler's state, right after the
+    Checkpoint's `before_fit` (`stop`: then ends the fit); and the loss scale after every epoch."""
+
+    order = Checkpoint.order + 1
+
+    def __init__(self, stop=False):
+        self.stop, self.scales = stop, {}
+
+    def before_fit(self):
+        self.model_device = next(self.model.parameters()).device
+        self.state_devices = {v.device for st in self.opt.state.values() for v in st.values() if torch.is_tensor(v)}
+        scaler = getattr(self.learn, "scaler", None)
+        self.scaler_state = scaler.state_dict() if scaler is not None else None
+        if self.stop:
+            raise CancelFitException()
+
+    def after_epoch(self):
+        if getattr(self.learn, "scaler", None) is not None:
+            self.scales[self.epoch] = self.learn.scaler.get_scale()
+
+
+class _CPUScaler(MixedPrecision):
+    """fastai's MixedPrecision with a CPU stand-in for its CUDA GradScaler: a new one in every `before_fit`
+    (as MixedPrecision makes), doubling its scale at every step; no autocast (fp32 on CPU)."""
+
+    def before_fit(self):
+        self.autocast = torch.autocast("cpu", enabled=False)
+        self.learn.scaler, self.scales = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1), []
+
+
+def _with(monkeypatch, *cbs, device=None):
+    "Make `run` train with `cbs` added to its Learner, on data that reports `device` if given."
+    real = experiments.build
+
+    def build(*a, **k):
+        learn, exp = real(*a, **k)
+        if device is not None:
+            learn.dls.device = device
+        learn.add_cbs(cbs)
+        return learn, exp
+
+    monkeypatch.setattr(experiments, "build", build)
+
+
+def _interrupted_run(imagenette, out, monkeypatch, *cbs, **kw):
+    "Train 1 of 2 epochs in `out` (its checkpoint after epoch 1), as if killed then."
+    with monkeypatch.context() as m:
+        _with(m, _StopAfter(1), *cbs)
+        run("cnn", data=imagenette, out=out, progress=False, num_workers=0, **{**TINY, "epochs": 2}, **kw)
+    assert load_checkpoint(out)["epoch"] == 0
+
+
+def test_the_optimiser_state_is_resumed_on_the_device_fit_moves_the_model_to(imagenette, tmp_path, monkeypatch):
+    _interrupted_run(imagenette, tmp_path / "r", monkeypatch)
+    # A stand-in for a GPU on CPU: data loaders on the meta device, so fastai's TrainEvalCallback moves the model
+    # there in before_fit, after `Checkpoint.restore` ran (stopped before any batch: meta tensors hold no values).
+    probe = _Probe(stop=True)
+    _with(monkeypatch, probe, device=torch.device("meta"))
+    run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, **{**TINY, "epochs": 2})
+    assert probe.model_device == torch.device("meta")
+    assert probe.state_devices == {torch.device("meta")}  # not the CPU the model was on when restore ran
+
+
+def test_the_loss_scaler_is_saved_and_carried_on_when_resuming(imagenette, tmp_path, monkeypatch):
+    first = _Probe()
+    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, _CPUScaler(), first)
+    saved = load_checkpoint(tmp_path / "r")["scaler"]
+    assert saved["scale"] == first.scales[0] > 2.0**10  # the scale it had grown to, not the initial one
+    probe = _Probe()
+    _with(monkeypatch, _CPUScaler(), probe)
+    r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0,
+            **{**TINY, "epochs": 2})  # fmt: skip
+    assert r.finished and len(r.history) == 2
+    assert probe.scaler_state == saved  # the new GradScaler took the saved state before the first step
+    assert load_checkpoint(tmp_path / "r")["scaler"]["scale"] == probe.scales[1] > saved["scale"]
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_gpu_run_resumes_and_trains_on(imagenette, tmp_path, monkeypatch):
+    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, precision="fp32")
+    probe = _Probe()
+    _with(monkeypatch, probe)
+    r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
+            **{**TINY, "epochs": 2})  # fmt: skip
+    assert probe.model_device.type == "cuda" and {d.type for d in probe.state_devices} == {"cuda"}
+    assert r.finished and len(r.history) == 2 and all(math.isfinite(h["train_loss"]) for h in r.history)
+
+
+class _SetScale(Callback):
+    "Gives the loss scaler a scale no new GradScaler starts at, before the Checkpoint saves the epoch."
+
+    order = Checkpoint.order - 1
+
+    def after_epoch(self):
+        self.learn.scaler.update(new_scale=3.0 * 2**10)
+
+
+@pytest.mark.gpu
+@gpu
+def test_an_fp16_gpu_run_resumes_with_its_loss_scale(imagenette, tmp_path, monkeypatch):
+    first = _Probe()
+    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, _SetScale(), first, precision="fp16")
+    saved = load_checkpoint(tmp_path / "r")["scaler"]
+    assert saved["scale"] == first.scales[0] == 3.0 * 2**10
+    probe = _Probe()
+    _with(monkeypatch, probe)
+    r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp16",
+            **{**TINY, "epochs": 2})  # fmt: skip
+    assert probe.scaler_state == saved and probe.scaler_state["scale"] != 2.0**16  # not a fresh GradScaler's
+    assert r.finished and len(r.history) == 2
