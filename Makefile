@@ -2,9 +2,8 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.resnets-installed
-SHARED := $(wildcard ../shared/data/imagenette2-160)
 EXP    ?= cnn
-DATA   ?= $(SHARED)
+DATA   ?=# empty: the library's own lookup ($RESNETS_DATA, ../shared/data, fastai's folder, then a download)
 ARGS   ?=
 
 .PHONY: setup run test lint
@@ -20,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/resnets run $(EXP) $(if $(DATA),--data $(DATA)) $(ARGS)
+	RESNETS_DATA_HINT='make run DATA=/path/to/{folder}' $(VENV)/bin/resnets run $(EXP) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(ARGS)

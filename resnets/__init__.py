@@ -1,65 +1,45 @@
-"""resnets: the ResNets chapter of the fastai book (Deep Learning for Coders, ch. 14) as a library."""
+"""resnets: the ResNets chapter of the fastai book (Deep Learning for Coders, ch. 14) as a library.
 
+Names are imported when first used (PEP 562): `import resnets` and `resnets --help` do not wait for torch
+and fastai; `resnets.run`, `resnets.get_data` ... bring them in.
+"""
+
+import importlib
 import warnings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # fastai's import calls torch.jit.script, which torch 2.10+ flags as deprecated: noise for our users.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
 
-from .data import IMAGENETTE_NAMES, SOURCES, DataError, find_items, get_data, resolve_source
-from .errors import InputError, MissingFile, RunExists
-from .experiments import (
-    CHAPTER,
-    EXPERIMENTS,
-    OPTIONS,
-    Experiment,
-    build,
-    configure,
-    get_experiment,
-    list_experiments,
-    lr_find,
-    run,
-)
-from .export import Predictor, export, export_torchscript, load
-from .layers import CONV_PATHS, ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, conv1x1_einsum, stem
-from .learner import (
-    PRECISIONS,
-    accuracy_metric,
-    choose_precision,
-    get_learner,
-    top_5_accuracy,
-    top_5_metric,
-    top_k_accuracy,
-)
-from .models import (
-    MODELS,
-    ChapterCNN,
-    DepthNet,
-    ResNet,
-    cnn_block,
-    create_model,
-    list_models,
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
-    resnet152,
-)
-from .results import Results, compare, load_results
-from .studies import STUDIES, Arm, Study, StudyResults, get_study, list_studies, run_study
+_MODULES = {
+    "errors": ["InputError", "MissingFile", "RunExists"],
+    "config": ["PRECISIONS", "CHAPTER", "EXPERIMENTS", "OPTIONS", "Experiment", "configure", "get_experiment",
+               "list_experiments", "STUDIES", "Arm", "Study", "get_study", "list_studies"],
+    "data": ["IMAGENETTE_NAMES", "SOURCES", "DataError", "class_label", "data_folders", "find_items", "get_data",
+             "resolve_source"],
+    "layers": ["CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "conv1x1_einsum", "basic_convs",
+               "bottleneck_convs", "stem"],
+    "learner": ["accuracy_metric", "choose_precision", "get_learner", "top_5_accuracy", "top_5_metric",
+                "top_k_accuracy"],
+    "models": ["MODELS", "ChapterCNN", "DepthNet", "ResNet", "cnn_block", "create_model", "list_models", "resnet18",
+               "resnet34", "resnet50", "resnet101", "resnet152"],
+    "experiments": ["build", "lr_find", "run"],
+    "results": ["Results", "compare", "load_results"],
+    "export": ["Predictor", "export", "export_torchscript", "load"],
+    "studies": ["StudyResults", "run_study"],
+}  # fmt: skip
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = ["__version__", *_WHERE]
 
-__all__ = [
-    "__version__", "InputError", "MissingFile", "RunExists",
-    "IMAGENETTE_NAMES", "SOURCES", "DataError", "find_items", "get_data", "resolve_source",
-    "CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "conv1x1_einsum", "basic_convs", "bottleneck_convs", "stem",
-    "PRECISIONS", "accuracy_metric", "choose_precision", "get_learner", "top_5_accuracy", "top_5_metric",
-    "top_k_accuracy",
-    "MODELS", "ChapterCNN", "DepthNet", "ResNet", "cnn_block", "create_model", "list_models",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "CHAPTER", "EXPERIMENTS", "OPTIONS", "Experiment", "build", "configure", "get_experiment", "list_experiments",
-    "lr_find", "run",
-    "Results", "compare", "load_results",
-    "Predictor", "export", "export_torchscript", "load",
-    "STUDIES", "Arm", "Study", "StudyResults", "get_study", "list_studies", "run_study",
-]  # fmt: skip
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'resnets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

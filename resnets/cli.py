@@ -10,16 +10,41 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .errors import InputError
-from .experiments import EXPERIMENTS, Experiment, lr_find, run
-from .results import compare
-from .studies import STUDIES, run_study
+from .config import EXPERIMENTS, STUDIES, Experiment
+from .errors import InputError, RunExists, check_number
 
 __all__ = ["main", "parser", "add_options"]
+
+
+# torch and fastai take seconds to import: only a command that trains or reads runs imports them, so that
+# `--help` and a mistyped option answer at once.
+def run(*args, **kwargs):
+    from .experiments import run
+
+    return run(*args, **kwargs)
+
+
+def lr_find(*args, **kwargs):
+    from .experiments import lr_find
+
+    return lr_find(*args, **kwargs)
+
+
+def run_study(*args, **kwargs):
+    from .studies import run_study
+
+    return run_study(*args, **kwargs)
+
+
+def compare(*args, **kwargs):
+    from .results import compare
+
+    return compare(*args, **kwargs)
 
 
 def add_options(p: argparse.ArgumentParser, only=None, skip=()) -> None:
@@ -55,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
     add_options(p, skip=("epochs", "lr"))
     p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: only when writing to a terminal)")
     p = sub.add_parser("compare", help="a table of several runs against the book")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
     p = sub.add_parser("study", help="run a study (several experiments compared): " + ", ".join(STUDIES))
@@ -74,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="the top-5 classes of images, with names and probabilities")
     p.add_argument("model", metavar="MODEL", help="a file written by `resnets export`")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5, at least 1)")
     p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, conv1x1")
     p.add_argument("what", choices=["all", "models", "data", "epoch", "profile", "conv1x1"],
                    help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON")  # fmt: skip
@@ -164,13 +191,51 @@ def _bench(args) -> None:
         Path(args.out).write_text(json.dumps(report, indent=2))
 
 
+def _resume_command(argv: list[str], folder) -> str:
+    "The command line that continues the run in `folder`: this one, with --out FOLDER and --resume."
+    import shlex
+
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--out", "--resume"):
+            skip = a == "--out"
+        elif not a.startswith("--out="):
+            kept.append(a)
+    return shlex.join(["resnets", *kept, "--out", str(folder), "--resume"])
+
+
+def _unfinished_runs(name: str) -> list[str]:
+    "Run folders under runs/ of experiment `name` that hold an unfinished run with a checkpoint."
+    import json
+
+    found = []
+    for f in sorted(Path("runs").glob(f"{name}-*/results.json")):
+        try:
+            if not json.loads(f.read_text()).get("finished") and (f.parent / "checkpoint.pth").exists():
+                found.append(str(f.parent))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k != "command"}
+    # a data set that cannot be downloaded: the error names this very command with --data
+    drop = {j for i, a in enumerate(argv) if a.startswith("--data") for j in ((i, i + 1) if a == "--data" else (i,))}
+    shown = " ".join(a.replace("{", "{{").replace("}", "}}") for i, a in enumerate(argv) if i not in drop)
+    os.environ.setdefault("RESNETS_DATA_HINT", f"resnets {shown} --data /path/to/{{folder}}")
     try:
         if args.command == "list":
             _list()
         elif args.command == "run":
+            if args.resume and not args.out:
+                found = _unfinished_runs(args.name)
+                raise InputError("--resume continues a run: add --out FOLDER, the folder of the run to continue"
+                                 + (f" (unfinished {args.name} runs: {', '.join(found)})" if found else ""))
             if kw["progress"] is None:
                 kw["progress"] = sys.stdout.isatty()
             results = run(kw.pop("name"), **kw)
@@ -178,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(results.summary())
                 print(f"saved {results.folder}/results.json and results.png")
         elif args.command == "lr-find":
+            if kw["progress"] is None:
+                kw["progress"] = sys.stdout.isatty()
             s = lr_find(kw.pop("name"), **kw)
             print(f"suggested learning rate: {s.valley:.2e} (valley); plot saved to {args.out}/lr_find.png")
         elif args.command == "study":
@@ -199,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             from .export import load
 
+            check_number("k", args.k)
             predictor = load(args.model)
             for img in args.images:
                 top = predictor.predict(img, k=args.k)
@@ -209,8 +277,17 @@ def main(argv: list[str] | None = None) -> int:
             print(compare(args.runs))
         elif args.command == "bench":
             _bench(args)
+    except RunExists as e:
+        more = f"; to continue it: {_resume_command(argv, e.folder)}" if e.unfinished else ""
+        print(f"resnets {args.command}: error: {e}{more}", file=sys.stderr)
+        return 2
     except (InputError, MemoryError) as e:  # bad input (any other exception is a bug: keep its traceback)
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, and the way back when there is one
+        folder = getattr(e, "folder", None)
+        why = str(e).split(":")[0] if str(e) else "interrupted"
+        more = f"; continue with: {_resume_command(argv, folder)}" if folder is not None else ""
+        print(f"\nresnets {args.command}: {why}{more}", file=sys.stderr)
+        return 130
     return 0
-

@@ -13,6 +13,8 @@ URLs go through fastai's `untar_data`, so an already-extracted copy in fastai's 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import sys
@@ -33,9 +35,11 @@ from fastai.data.all import (
 from fastai.data.external import fastai_path
 from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
 
+from .config import check_subset
 from .errors import InputError, check_number
 
-__all__ = ["SOURCES", "DataError", "resolve_source", "find_items", "get_data"]
+__all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "DataError", "data_folders", "resolve_source", "find_items",
+           "get_data"]
 
 SOURCES: dict[str, str] = {
     "imagenette-160": URLs.IMAGENETTE_160,
@@ -56,21 +60,45 @@ IMAGENETTE_NAMES: dict[str, str] = {
 }  # fmt: skip
 
 
+def class_label(f) -> str:
+    "A file's class: the name of its folder, with Imagenette's WordNet ids as readable names (n01440764: tench)."
+    name = parent_label(f)
+    return IMAGENETTE_NAMES.get(name, name)
+
+
 class DataError(InputError):
     "The data source is missing, unreachable or not laid out as `train/<class>/*` and `val/<class>/*`."
 
 
+def data_folders() -> list[Path]:
+    """Folders searched for an already-extracted data set before it is downloaded: `$RESNETS_DATA` (one or more,
+    separated like PATH), then `../shared/data` beside a source checkout of this library (the project's copy)."""
+    env = os.environ.get("RESNETS_DATA", "")
+    folders = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return [*folders, Path(__file__).resolve().parents[1].parent / "shared" / "data"]
+
+
+def _local_copy(url: str) -> Path | None:
+    name = url.rsplit("/", 1)[-1].split(".")[0]  # .../imagenette2-160.tgz -> imagenette2-160
+    return next((f / name for f in data_folders() if (f / name / "train").is_dir()), None)
+
+
 def _download(url: str) -> Path:
-    dest = fastai_path("data") / url.rsplit("/", 1)[-1].split(".")[0]
+    name = url.rsplit("/", 1)[-1].split(".")[0]
+    dest = fastai_path("data") / name
+    quiet = not sys.stdout.isatty()  # fastdownload's bar in a log file is a line of blocks
     try:
-        return untar_data(url)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            return untar_data(url)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # urllib, socket and HTTP errors all mean "could not fetch it"
+        if not quiet:
+            print(flush=True)  # end the progress bar's line, so the error starts on its own
+        hint = os.environ.get("RESNETS_DATA_HINT", "get_data('/path/to/{folder}')").format(folder=name)
         raise DataError(
-            f"could not download {url} ({type(e).__name__}: {e}). Without network, point at a local copy "
-            f"instead: get_data('/path/to/{dest.name}') or `resnets run ... --data /path/to/{dest.name}`, "
-            f"or put the extracted folder at {dest} where fastai looks first."
+            f"could not download {url} ({type(e).__name__}: {e}). Without network, use a local copy of "
+            f"{name}: {hint}, or put the extracted folder in $RESNETS_DATA or at {dest}"
         ) from e
 
 
@@ -83,10 +111,9 @@ def resolve_source(source: str | os.PathLike) -> Path:
         return path
     if not isinstance(source, str):
         raise DataError(f"source must be a folder, a URL or a name, got {type(source).__name__}")
-    if source in SOURCES:
-        return _download(SOURCES[source])
-    if source.startswith(("http://", "https://")):
-        return _download(source)
+    if source in SOURCES or source.startswith(("http://", "https://")):
+        url = SOURCES.get(source, source)
+        return _local_copy(url) or _download(url)
     raise DataError(
         f"no folder at {Path(source).expanduser()} and {source!r} is not a known data set: "
         f"pass an existing folder, a URL, or one of {', '.join(SOURCES)}"
@@ -161,7 +188,7 @@ def find_items(
             raise DataError(f"unknown classes {missing}: {path} has {', '.join(sorted(train_classes))}")
         split = {k: [f for f in v if parent_label(f) in keep] for k, v in split.items()}
     if subset is not None:
-        n_train, n_valid = _check_subset(subset)
+        n_train, n_valid = check_subset(subset)
         split = {"train": _per_class(split["train"], n_train), valid_name: _per_class(split[valid_name], n_valid)}
     items = split["train"] + split[valid_name]
     if check_images:
@@ -176,13 +203,6 @@ def find_items(
             bad = set(bad)
             items = [f for f in items if f not in bad]
     return items, valid_name
-
-
-def _check_subset(subset) -> tuple[int, int]:
-    pair = (subset, subset) if isinstance(subset, int) else tuple(subset) if isinstance(subset, list | tuple) else ()
-    if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair):
-        raise InputError(f"subset must be N or (N_train, N_valid) images per class, each >= 1; got {subset!r}")
-    return pair
 
 
 def _per_class(files: list[Path], n: int) -> list[Path]:
@@ -230,7 +250,7 @@ def get_data(
     dblock = DataBlock(
         blocks=(ImageBlock, CategoryBlock),
         splitter=GrandparentSplitter(valid_name=valid_name),
-        get_y=parent_label,
+        get_y=class_label,  # readable names in show_batch, plots, results and predictions
         item_tfms=Resize(presize),
         batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip), Normalize.from_stats(*imagenet_stats)],
     )

@@ -5,7 +5,7 @@ traceback; any other exception is a bug, and keeps its traceback. It is a ValueE
 catches ValueError keeps working.
 """
 
-__all__ = ["InputError", "RunExists", "MissingFile", "check_number"]
+__all__ = ["InputError", "RunExists", "MissingFile", "RunInterrupted", "check_number"]
 
 
 class InputError(ValueError):
@@ -13,7 +13,19 @@ class InputError(ValueError):
 
 
 class RunExists(InputError, FileExistsError):
-    "The output folder already holds a run."
+    "The output folder already holds a run (`unfinished`: one that `resume` can continue)."
+
+    def __init__(self, message: str, folder=None, unfinished: bool = False):
+        super().__init__(message)
+        self.folder, self.unfinished = folder, unfinished
+
+
+class RunInterrupted(KeyboardInterrupt):
+    "Ctrl-C stopped a run; `folder` keeps its last finished epoch (None if none finished), for `resume`."
+
+    def __init__(self, message: str, folder=None):
+        super().__init__(message)
+        self.folder = folder
 
 
 class MissingFile(InputError, FileNotFoundError):

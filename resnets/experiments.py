@@ -1,11 +1,5 @@
-"""The chapter's five experiments as data, and `run()`, the one code path behind Python, CLI and notebooks.
-
-Each `Experiment` is a frozen record of every setting a run needs (model, data, sizes, schedule,
-regularisation, precision, seed ...) and the book's per-epoch reference (validation accuracy and loss,
-seconds per epoch on the authors' 2020 GPU). A setting is declared once, as a field: `configure(name,
-**overrides)` applies overrides with one `replace` (the record checks itself), and the command line's
-options are made from the same fields (`OPTIONS`).
-"""
+"""`build()` and `run()`: an experiment's settings (resnets.config) made into a Learner and trained, the one code
+path behind Python, CLI and notebooks. Every epoch is recorded, checkpointed and compared with the book."""
 
 from __future__ import annotations
 
@@ -13,7 +7,6 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -21,152 +14,50 @@ from fastai.callback.core import Callback
 from fastai.learner import Recorder
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
-from .checkpoint import Checkpoint, StopOnNaN, load_checkpoint, set_deterministic
-from .data import _check_subset, get_data
-from .errors import InputError, RunExists, check_number
-from .learner import PRECISIONS, accuracy_metric, check_regularisation, get_learner, top_5_metric
-from .models import MODELS, create_model
-from .results import Results, describe_device, save_figure, versions
+from .checkpoint import CHECKPOINT, Checkpoint, StopOnNaN, load_checkpoint, set_deterministic
+from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_experiment, list_experiments
+from .data import get_data
+from .errors import InputError, RunExists, RunInterrupted
+from .learner import accuracy_metric, get_learner, top_5_metric
+from .models import create_model
+from .results import Results, describe_device, load_results, save_figure, versions
 
 __all__ = ["Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments", "configure",
            "build", "run", "lr_find"]
 
 
-def _parse_classes(s: str) -> int | list[str]:
-    return int(s) if s.isdigit() else [c for c in s.split(",") if c]
+class EpochLog(Callback):
+    """Each epoch's row as people read it: fastai's table on a terminal; without one (a log file), a header and
+    values rounded to 4 decimals instead of Python lists. Epochs skipped by a resumed run are not printed."""
 
+    order = 61  # after fastai's ProgressCallback (60) has put its table writer in `learn.logger`
 
-def _option(default, help: str, type=None, flag: str | None = None, **cli):
-    "A setting of an experiment: its default, and how the command line and the docs describe it."
-    return field(default=default, metadata={"option": True, "help": help, "type": type, "flag": flag, "cli": cli})
+    def __init__(self, start_epoch: int = 0):
+        self.start_epoch = start_epoch
 
+    def before_fit(self):
+        self.inner, plain, widths = self.learn.logger, not hasattr(self.learn, "progress"), []
 
-@dataclass(frozen=True)
-class Experiment:
-    """One experiment: every setting a run needs, checked when the record is made. `configure` and `run` take
-    overrides of the `OPTIONS` fields; the command line's options are made from the same fields."""
+        def log(row):
+            if not row or row[0] == "epoch" or not plain:  # a header (from the table writer), or the table's row
+                if row and isinstance(row[0], int) and row[0] < self.start_epoch:
+                    return
+                return self.inner(row)
+            if row[0] < self.start_epoch:
+                return
+            if not widths:  # the header, once, above the first row
+                names = self.recorder.metric_names
+                widths.extend(max(len(n), 7) for n in names)
+                print("  ".join(f"{n:>{w}}" for n, w in zip(names, widths)), flush=True)
+            cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+            print("  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)), flush=True)
 
-    name: str
-    title: str = ""
-    model: str = _option("resnet18", "the network (a name of resnets.models.MODELS)", str, metavar="MODEL")
-    data: str | os.PathLike = _option("imagenette-160", "a folder with train/ and val/, a name (imagenette-160, "
-                                      "...) or a URL", str, metavar="PATH")  # fmt: skip
-    presize: int = _option(160, "size images are first resized (and cropped) to, before augmentation", int,
-                           metavar="PX")  # fmt: skip
-    size: int = _option(128, "training image size in pixels (the chapter's `resize`)", int, metavar="PX")
-    bs: int = _option(128, "batch size", int, metavar="N")
-    subset: int | tuple[int, int] | None = _option(None, "at most N images per class in each split (a fixed "
-                                                   "sample)", int, metavar="N")  # fmt: skip
-    classes: int | tuple[str, ...] | None = _option(None, "the first N classes, or a comma-separated list of class "
-                                                    "folders", _parse_classes, metavar="N|a,b")  # fmt: skip
-    epochs: int = _option(5, "number of epochs", int, metavar="N")
-    lr: float = _option(3e-3, "maximum learning rate of the one-cycle schedule", float, metavar="LR")
-    flip: bool = _option(True, "random horizontal flips in the augmentation (--no-flip for digits)", bool)
-    label_smoothing: float = _option(0.0, "label smoothing eps, e.g. 0.1 (0: off)", float, metavar="EPS")
-    mixup: float = _option(0.0, "MixUp with this Beta alpha, e.g. 0.4 (0: off)", float, metavar="ALPHA")
-    zero_gamma: bool = _option(True, "start each residual branch's last BatchNorm at 0 (--no-zero-gamma: at 1)", bool)
-    fast_data: bool = _option(False, "decode the images once into a uint8 cache and augment whole batches "
-                              "(much faster on CPU; resnets.fastdata)", bool)  # fmt: skip
-    precision: str = _option("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32", str, choices=PRECISIONS)
-    seed: int | None = _option(42, "random seed", int, metavar="N")
-    num_workers: int | None = _option(None, "DataLoader worker processes (the chapter's pipeline)", int,
-                                      flag="--workers", metavar="N")  # fmt: skip
-    deterministic: bool = _option(False, "deterministic GPU kernels too (slower; CPU runs repeat with the same "
-                                  "seed anyway)", bool)  # fmt: skip
-    book_accuracy: tuple[float, ...] = ()
-    book_valid_loss: tuple[float, ...] = ()
-    book_epoch_time: float | None = None  # seconds per epoch on the authors' 2020 GPU
+        self.log = log
+        self.learn.logger = log
 
-    def __post_init__(self):
-        for k in ("presize", "size"):
-            check_number(k, getattr(self, k), low=16)
-        for k in ("bs", "epochs"):
-            check_number(k, getattr(self, k))
-        check_number("lr", self.lr, kind=(int, float), low=0, strict=True)
-        check_regularisation(self.label_smoothing, self.mixup)
-        if self.size > self.presize:
-            raise InputError(f"size ({self.size}) is larger than presize ({self.presize}): use a presize of at "
-                             f"least {self.size} (--presize), or leave presize out to keep the experiment's ratio")
-        if self.subset is not None:
-            _check_subset(self.subset)
-        if isinstance(self.classes, list):
-            object.__setattr__(self, "classes", tuple(self.classes))
-        if self.classes is not None and not isinstance(self.classes, tuple):
-            check_number("classes", self.classes)
-        if self.model not in MODELS:
-            raise InputError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.seed is not None:
-            check_number("seed", self.seed, low=0)
-        if self.num_workers is not None:
-            check_number("num_workers", self.num_workers, low=0)
-        for k in ("flip", "zero_gamma", "fast_data", "deterministic"):
-            if not isinstance(getattr(self, k), bool):
-                raise InputError(f"{k} must be True or False, got {getattr(self, k)!r}")
-
-    @property
-    def book(self) -> dict:
-        return {"accuracy": list(self.book_accuracy), "valid_loss": list(self.book_valid_loss),
-                "epoch_time": self.book_epoch_time}  # fmt: skip
-
-    @property
-    def settings(self) -> dict:
-        "The options, as results.json records them."
-        return {"name": self.name, "model": self.model, **{k: getattr(self, k) for k in OPTIONS if k != "model"}}
-
-
-OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(Experiment) if f.metadata.get("option"))
-
-
-# The book's numbers, from its 14_resnet notebook (see SPEC.md).
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
-    Experiment("cnn", "fully convolutional CNN (5 stride-2 ConvLayers)", "cnn",
-               book_accuracy=(0.3254, 0.5078, 0.5717, 0.6392, 0.6591),
-               book_valid_loss=(2.1551, 1.5868, 1.2955, 1.1393, 1.0926), book_epoch_time=7),
-    Experiment("res_cnn", "ResBlock CNN (one stride-2 ResBlock per step)", "res_cnn",
-               book_accuracy=(0.3732, 0.4392, 0.5073, 0.6448, 0.6678),
-               book_valid_loss=(1.8455, 1.7787, 1.5965, 1.1030, 1.0380), book_epoch_time=8.5),
-    Experiment("double_res_cnn", "double ResBlock CNN (stride-2 then stride-1 ResBlock)", "double_res_cnn",
-               book_accuracy=(0.3552, 0.5027, 0.5885, 0.6632, 0.6927),
-               book_valid_loss=(1.8646, 1.5968, 1.3045, 1.0651, 0.9636), book_epoch_time=12),
-    Experiment("resnet18", "ResNet-18 with the bag-of-tricks stem", "resnet18",
-               book_accuracy=(0.4138, 0.5182, 0.6507, 0.6843, 0.7572),
-               book_valid_loss=(1.8284, 1.5727, 1.0861, 0.9682, 0.7826), book_epoch_time=13),
-    # Bottlenecks only pay off on bigger images and longer training: the chapter moves to 224 px, 20 epochs.
-    Experiment("resnet50", "bottleneck ResNet-50 at 224 px, 20 epochs", "resnet50",
-               data="imagenette-320", presize=320, size=224, epochs=20,
-               book_accuracy=(0.5141, 0.3975, 0.3870, 0.3962, 0.6138, 0.4227, 0.5287, 0.6665, 0.6504, 0.6749,
-                              0.6764, 0.7139, 0.7417, 0.8069, 0.8586, 0.8464, 0.8619, 0.8535, 0.8759, 0.8726),
-               book_valid_loss=(), book_epoch_time=32),
-    # Not in the chapter: ResNet-34 (basic blocks, [3,4,6,3]) matches ResNet-50's FLOPs, for the bottleneck claim.
-    Experiment("resnet34", "ResNet-34 (basic blocks, ResNet-50's layout and compute)", "resnet34"),
-    # Exercise 1: fully convolutional MNIST nets on fastai's MNIST_TINY (3s and 7s), with and without the pool.
-    # Digits are not mirror-symmetric, so no flips; the net is tiny and the data set 709 images, so bs 64.
-    Experiment("mnist_pool", "MNIST: 3 stride-2 convs + adaptive average pool", "mnist_pool",
-               data="mnist-tiny", presize=28, size=28, bs=64, epochs=5, flip=False),
-    Experiment("mnist_flat", "MNIST: 5 stride-2 convs to 1x1, flattened, no pool", "mnist_flat",
-               data="mnist-tiny", presize=28, size=28, bs=64, epochs=5, flip=False),
-    # Claim 5, degradation: He et al.'s CIFAR-sized nets (6n+2 layers, 16-32-64 wide) on Imagenette
-    # at 32 px, on 200 images per class so that each trains in minutes on a CPU.
-    *[Experiment(f"{kind}{depth}", f"{depth}-layer {'residual' if kind == 'res' else 'plain'} net at 32 px",
-                 f"{kind}{depth}", presize=40, size=32, subset=200, epochs=5, lr=3e-3)
-      for kind in ("plain", "res") for depth in (20, 56)],
-]}  # fmt: skip
-CHAPTER = ("cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet50")  # the five with the book's numbers
-
-
-def list_experiments() -> list[str]:
-    return list(EXPERIMENTS)
-
-
-def get_experiment(name: str | Experiment) -> Experiment:
-    "The registered experiment called `name` (an `Experiment` passes through)."
-    if isinstance(name, Experiment):
-        return name
-    if name not in EXPERIMENTS:
-        raise InputError(f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
+    def after_fit(self):
+        if self.learn.logger is getattr(self, "log", None):
+            self.learn.logger = self.inner
 
 
 class RunHistory(Callback):
@@ -189,26 +80,6 @@ class RunHistory(Callback):
         self.results.history.append(row)
         if self.folder is not None:
             self.results.save(self.folder, plot=False)
-
-
-def configure(name: str | Experiment, verbose: bool = True, **overrides) -> Experiment:
-    """The experiment `name` with `overrides` (any of `OPTIONS`; None keeps the experiment's value), checked.
-
-    A larger `size` without a `presize` keeps the experiment's presize/size ratio (160/128 in the chapter),
-    and says so."""
-    exp = get_experiment(name)
-    unknown = sorted(set(overrides) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
-                         f"the settings are {', '.join(OPTIONS)}")  # fmt: skip
-    given = {k: v for k, v in overrides.items() if v is not None}
-    size = given.get("size")
-    if "presize" not in given and isinstance(size, int) and not isinstance(size, bool) and size > exp.presize:
-        given["presize"] = round(size * exp.presize / exp.size)
-        if verbose:
-            print(f"resnets: presize {given['presize']} for size {size} (the experiment's ratio "
-                  f"{exp.presize}/{exp.size}; --presize chooses another)")  # fmt: skip
-    return replace(exp, **given)
 
 
 def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
@@ -244,8 +115,14 @@ def _check_input_size(model, exp: Experiment) -> None:
 
 
 def _check_free(out: str | os.PathLike) -> None:
-    if (Path(out) / "results.json").exists():
-        raise RunExists(f"{out} already holds a run's results.json: choose another output folder or remove it")
+    if not (Path(out) / "results.json").exists():
+        return
+    done = load_results(out)
+    if not done.finished and (Path(out) / CHECKPOINT).exists():
+        n, total = len(done.history), done.settings.get("epochs", "?")
+        raise RunExists(f"{out} holds an unfinished run ({n} of {total} epochs): continue it with resume=True "
+                        "(--resume), or choose another output folder", folder=out, unfinished=True)  # fmt: skip
+    raise RunExists(f"{out} already holds a finished run: choose another output folder or remove it", folder=out)
 
 
 def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
@@ -283,6 +160,12 @@ def run(
     world, rank = num_distrib(), rank_distrib()
     if world > 1 and (resume or exp.fast_data):
         raise InputError("distributed runs (torchrun / accelerate launch) support neither --resume nor --fast-data yet")
+    if world > 1:
+        try:
+            import accelerate  # noqa: F401  (fastai's distrib_ctx is built on it: without, a bare NameError)
+        except ImportError:
+            raise InputError("distributed runs need Hugging Face Accelerate: pip install 'resnets[distributed]'") \
+                from None
     set_deterministic(exp.deterministic)
     learn, exp = build(exp, verbose=rank == 0)
     dls = learn.dls
@@ -304,7 +187,8 @@ def run(
     if state is not None:
         checkpoint.restore(learn)
         print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
-    run_cbs = [RunHistory(results, folder, checkpoint.start_epoch), checkpoint, StopOnNaN(folder)]
+    run_cbs = [RunHistory(results, folder, checkpoint.start_epoch), checkpoint, StopOnNaN(folder),
+               EpochLog(checkpoint.start_epoch)]
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
@@ -313,6 +197,14 @@ def run(
         more = f" and --resume to continue {folder}" if folder is not None else ""
         msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"
         raise MemoryError(msg) from None
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (written atomically); say how to go on
+        done = len(results.history)
+        if folder is None or not (folder / CHECKPOINT).exists():
+            raise RunInterrupted(f"interrupted before the first epoch of {exp.name} finished: nothing to resume") \
+                from None
+        raise RunInterrupted(f"interrupted after {done} of {exp.epochs} epochs; {folder / CHECKPOINT} keeps the last "
+                             f"one: continue with run({exp.name!r}, out={str(folder)!r}, resume=True, ...)",
+                             folder=folder) from None  # fmt: skip
     finally:  # results.learn goes on as a plain Learner: more training in a notebook writes nothing into the run
         learn.remove_cbs(run_cbs)
     if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
@@ -342,10 +234,11 @@ def _check_same_settings(saved: dict, now: dict, out) -> None:
         raise InputError(f"cannot resume {out} with different settings ({shown}): use the run's own options")
 
 
-def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, **overrides):
+def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, progress: bool = True, **overrides):
     "Run fastai's `lr_find` for an experiment; saves the plot as lr_find.png in `out` when given."
     learn, _ = build(name, **overrides)
-    suggestion = learn.lr_find(show_plot=out is not None)
+    with contextlib.nullcontext() if progress else learn.no_bar():
+        suggestion = learn.lr_find(show_plot=out is not None)
     if out is not None:
         import matplotlib.pyplot as plt
 

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import load_checkpoint, load_failure
 from .data import IMAGENETTE_NAMES
-from .errors import InputError, MissingFile
+from .errors import InputError, MissingFile, check_number
 from .fastdata import preprocess
 from .models import create_model
 
@@ -84,6 +84,7 @@ class Predictor:
 
     def predict(self, img, k: int = 5) -> list[tuple[str, str, float]]:
         "The k most probable classes: (class folder name, human-readable name, probability), best first."
+        check_number("k", k)
         probs = self.probabilities(img)
         top = probs.topk(min(k, len(probs)))
         return [(self.vocab[i], self.names[self.vocab[i]], float(p)) for p, i in zip(top.values, top.indices)]

@@ -35,12 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders, Datasets
-from fastai.data.transforms import Categorize, DisplayedTransform, IntToFloatTensor, Normalize, parent_label
+from fastai.data.transforms import Categorize, DisplayedTransform, IntToFloatTensor, Normalize
 from fastai.torch_core import TensorImage
 from fastai.vision.all import imagenet_stats
 from fastai.vision.augment import RandTransform
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
+
+from .data import class_label
 
 __all__ = ["cache_folder", "load_square", "resize_valid", "preprocess", "build_cache", "CachedImage",
            "ChapterAugment", "fast_dataloaders"]  # fmt: skip
@@ -250,7 +252,7 @@ def fast_dataloaders(items: list[Path], valid_name: str, presize: int, resize: i
     files = [Path(f) for f in items if Path(f).parent.parent.name in ("train", valid_name)]  # as GrandparentSplitter
     images = build_cache(files, presize)
     splits = [[i for i, f in enumerate(files) if f.parent.parent.name == name] for name in ("train", valid_name)]
-    dsets = Datasets(files, tfms=[[CachedImage(presize, files, images)], [parent_label, Categorize()]], splits=splits)
+    dsets = Datasets(files, tfms=[[CachedImage(presize, files, images)], [class_label, Categorize()]], splits=splits)
     after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip),
                    Normalize.from_stats(*imagenet_stats)]  # fmt: skip
     return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)

@@ -110,11 +110,31 @@ class Results:
         "Median seconds per epoch (train + validate)."
         return statistics.median(h["time"] for h in self.history) if self.history else None
 
+    def book_differences(self) -> list[str]:
+        """The settings of this run that are not the book's (for an experiment the book ran), as "name value (book
+        value)": a 3-class, 20-image run is not compared with the book's 10-class figure. Settings a results file
+        does not record are not counted."""
+        from .config import EXPERIMENTS
+
+        exp, s = EXPERIMENTS.get(self.experiment), self.settings
+        if exp is None or not exp.book_accuracy:
+            return []
+        now = {**s, "size": self.size}
+        book = {k: getattr(exp, k) for k in _BOOK_SETTINGS}
+        if isinstance(now.get("classes"), list):
+            now["classes"] = tuple(now["classes"])
+        diffs = [f"{k} {now[k]} (book {'all' if v is None else v})" for k, v in book.items()
+                 if k in now and now[k] != v and not (k == "subset" and now[k] is None)]  # fmt: skip
+        if now.get("n_classes") not in (None, 10):
+            diffs.append(f"{now['n_classes']} classes (book 10)")
+        return diffs
+
     @property
     def book_accuracy(self) -> float | None:
-        "The book's accuracy at this run's last epoch (its final one if this run is longer)."
+        """The book's accuracy at this run's last epoch (its final one if this run is longer); None when the book
+        has no figure for the experiment or this run's settings are not the book's (`book_differences`)."""
         book, n = self.book.get("accuracy") or [], len(self.history)
-        return book[min(n, len(book)) - 1] if book and n else None
+        return book[min(n, len(book)) - 1] if book and n and not self.book_differences() else None
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self) if f.name != "learn"}, indent=2)
@@ -160,8 +180,10 @@ class Results:
             f"{self.experiment}: accuracy {self.accuracy:.4f} after {len(self.history)} epoch(s) "
             f"at {self.size} px, {self.epoch_time:.1f} s/epoch on {self.device}"
         )
-        ref = self.book_accuracy
-        if ref is not None:
+        ref, differ = self.book_accuracy, self.book_differences()
+        if differ:
+            line += f" | not compared with the book (settings differ: {', '.join(differ)})"
+        elif ref is not None:
             n, n_book = len(self.history), len(self.book["accuracy"])
             at = f"epoch {n}" if n <= n_book else f"{n_book} epochs"
             line += f" | book: {ref:.4f} at {at} ({100 * (self.accuracy - ref):+.1f} points)"
@@ -170,6 +192,10 @@ class Results:
         if not self.finished:
             line += " [unfinished]"
         return line
+
+
+# What must equal the chapter's experiment for its figure to compare (data-path choice and precision don't).
+_BOOK_SETTINGS = ("size", "presize", "bs", "lr", "subset", "classes", "label_smoothing", "mixup", "zero_gamma", "flip")
 
 
 def load_results(path: str | os.PathLike) -> Results:
@@ -186,16 +212,23 @@ def load_results(path: str | os.PathLike) -> Results:
 
 
 def compare(runs: list[Results | str | os.PathLike]) -> str:
-    "A text table of several runs against the book: final accuracy, difference, seconds per epoch."
-    rows = [r if isinstance(r, Results) else load_results(r) for r in runs]
-    head = f"{'experiment':<16}{'epochs':>7}{'size':>6}{'accuracy':>10}{'book':>8}{'diff':>8}{'s/epoch':>9}  device"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        acc, ref, nan = r.accuracy, r.book_accuracy, float("nan")
-        lines.append(
-            f"{r.experiment:<16}{len(r.history):>7}{r.size or '':>6}"
-            f"{acc if acc is not None else nan:>10.4f}{ref if ref is not None else nan:>8.4f}"
-            f"{100 * (acc - ref) if acc is not None and ref is not None else nan:>+8.1f}"
-            f"{r.epoch_time if r.epoch_time is not None else nan:>9.1f}  {r.device}"
-        )
-    return "\n".join(lines)
+    """A text table of several runs against the book: run folder, final accuracy, the book's at the same epoch and
+    the difference (only where the settings are the book's; a note says which differ), seconds per epoch."""
+    rows = [(str(r), load_results(r)) if not isinstance(r, Results) else (r.folder or "-", r) for r in runs]
+    width = max([len("run"), *(len(f) for f, _ in rows)])
+    head = (f"{'run':<{width}}  {'experiment':<16}{'epochs':>7}{'size':>6}{'accuracy':>10}{'book':>8}{'diff':>8}"
+            f"{'s/epoch':>9}  device")  # fmt: skip
+    lines, notes = [head, "-" * len(head)], []
+    dash = "\u2013"  # "–": nothing to show
+    for folder, r in rows:
+        acc, ref, t = r.accuracy, r.book_accuracy, r.epoch_time
+        def cell(v, fmt: str, w: int) -> str:
+            return f"{dash:>{w}}" if v is None else f"{format(v, fmt):>{w}}"
+        diff = 100 * (acc - ref) if acc is not None and ref is not None else None
+        lines.append(f"{folder:<{width}}  {r.experiment:<16}{len(r.history):>7}{r.size or dash:>6}"
+                     f"{cell(acc, '.4f', 10)}{cell(ref, '.4f', 8)}{cell(diff, '+.1f', 8)}{cell(t, '.1f', 9)}  "
+                     f"{r.device or dash}")  # fmt: skip
+        differ = r.book_differences()
+        if differ:
+            notes.append(f"{folder}: not the book's settings, so not compared: {', '.join(differ)}")
+    return "\n".join(lines + ([""] + notes if notes else []))

@@ -23,72 +23,13 @@ from matplotlib.ticker import MaxNLocator
 
 from .bench import bench_models, count_flops
 from .checkpoint import CHECKPOINT
+from .config import STUDIES, Arm, Study, configure, get_study, list_studies
 from .errors import InputError
-from .experiments import configure, run
+from .experiments import run
 from .models import create_model
 from .results import Results, atomic_write, load_results, save_figure
 
 __all__ = ["Arm", "Study", "STUDIES", "get_study", "list_studies", "run_study", "StudyResults"]
-
-
-@dataclass(frozen=True)
-class Arm:
-    "One side of a comparison: a registered experiment and the `run()` options that differ from it."
-
-    label: str
-    experiment: str
-    options: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    claim: str  # what the study is meant to show, in one sentence
-    arms: tuple[Arm, ...]
-    seeds: tuple[int, ...] = (42,)
-    curve: str = "train_loss"  # the per-epoch value the claim is about (plotted beside accuracy)
-    throughput: bool = False  # also time a training step of each arm's model on synthetic images
-
-
-_SMALL_RESNET = dict(size=64, presize=80)  # ResNets at 64 px: 4x cheaper than the chapter's 128 px
-STUDIES: dict[str, Study] = {s.name: s for s in [
-    Study("degradation",
-          "a deeper plain net reaches a higher training loss than a shallower one; with shortcuts it does not "
-          "(He et al. 2015, figure 1)",
-          (Arm("plain-20", "plain20"), Arm("plain-56", "plain56"), Arm("res-20", "res20"), Arm("res-56", "res56"))),
-    Study("zero_gamma",
-          "residual branches whose last BatchNorm starts at gamma 0 train better at high learning rates than "
-          "with gamma 1",
-          tuple(Arm(f"gamma {0 if zg else 1}, lr {lr:g}", "resnet18",
-                    dict(**_SMALL_RESNET, subset=(100, 50), lr=lr, zero_gamma=zg))
-                for lr in (3e-3, 3e-2, 1e-1) for zg in (True, False)),
-          seeds=(1, 2)),
-    Study("bottleneck",
-          "at matched compute, bottleneck blocks (ResNet-50) against basic blocks (ResNet-34): parameters, "
-          "counted FLOPs, throughput and accuracy",
-          (Arm("basic (resnet34)", "resnet34", dict(**_SMALL_RESNET, subset=200)),
-           Arm("bottleneck (resnet50)", "resnet50",
-               dict(**_SMALL_RESNET, subset=200, epochs=5, data="imagenette-160"))),
-          curve="valid_loss", throughput=True),
-    Study("regularisation",
-          "label smoothing and MixUp together against plain cross-entropy for ResNet-18 over 10 epochs",
-          (Arm("baseline", "resnet18", dict(**_SMALL_RESNET, epochs=10)),
-           Arm("label smoothing 0.1 + mixup 0.4", "resnet18",
-               dict(**_SMALL_RESNET, epochs=10, label_smoothing=0.1, mixup=0.4))),
-          curve="valid_loss"),
-]}  # fmt: skip
-
-
-def list_studies() -> list[str]:
-    return list(STUDIES)
-
-
-def get_study(name: str | Study) -> Study:
-    if isinstance(name, Study):
-        return name
-    if name not in STUDIES:
-        raise InputError(f"unknown study {name!r}: choose one of {', '.join(STUDIES)}")
-    return STUDIES[name]
 
 
 @dataclass

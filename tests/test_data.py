@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ from fastai.data.external import fastai_cfg
 from fastai.vision.all import Resize, imagenet_stats
 
 from conftest import make_tree, save_image
-from resnets import DataError, find_items, get_data, resolve_source
+from resnets import IMAGENETTE_NAMES, DataError, find_items, get_data, resolve_source
 
 
 def tiny(path, **kw):
@@ -124,7 +126,7 @@ def test_subset_and_classes_are_deterministic(tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(resize=0), "resize must be a positive integer"), (dict(bs=-1), "bs must"),
+    (dict(resize=0), "resize must be an integer >= 1"), (dict(bs=-1), "bs must"),
     (dict(resize=64), "larger than presize"), (dict(bad_images="ignore"), "bad_images"),
 ])  # fmt: skip
 def test_bad_arguments(tree, kw, match):
@@ -147,14 +149,39 @@ def fastai_home(tmp_path, monkeypatch):
     fastai_cfg.cache_clear()
 
 
-def test_failed_download_says_how_to_use_a_local_copy(fastai_home):
+def test_failed_download_says_how_to_use_a_local_copy(fastai_home, tmp_path):
     # port 9 (discard) on localhost refuses at once: the same path as having no network
-    with pytest.raises(DataError, match=r"could not download .*--data /path/to/imagenette2-160") as e:
-        resolve_source("http://127.0.0.1:9/imagenette2-160.tgz")
-    assert f"put the extracted folder at {fastai_home / 'data' / 'imagenette2-160'}" in str(e.value)
+    with pytest.raises(DataError, match=r"could not download .*get_data\('/path/to/nosuchset'\)") as e:
+        resolve_source("http://127.0.0.1:9/nosuchset.tgz")
+    assert f"in $RESNETS_DATA or at {fastai_home / 'data' / 'nosuchset'}" in str(e.value)
+    # from the command line, the hint is the command the user ran, with --data; nothing but the error on stderr
+    cmd = [sys.executable, "-m", "resnets", "run", "cnn", "--data", "http://127.0.0.1:9/nosuchset.tgz",
+           "--epochs", "1"]  # fmt: skip
+    env = {**os.environ, "FASTAI_HOME": str(fastai_home)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "resnets run cnn --epochs 1 --data /path/to/nosuchset" in p.stderr, p.stderr
+    assert "\u2588" not in p.stdout + p.stderr, "no stray progress-bar block"
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path,
+                       env={**env, "RESNETS_DATA_HINT": "make run DATA=/path/to/{folder}"})  # what make sets
+    assert "make run DATA=/path/to/nosuchset" in p.stderr, p.stderr
 
 
-def test_names_and_urls_use_fastais_data_folder_without_network(fastai_home, imagenette):
+def test_one_lookup_finds_a_local_copy_before_downloading(tmp_path, monkeypatch, imagenette):
+    from resnets.data import data_folders
+
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "imagenette2-160").symlink_to(imagenette)
+    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "sets"))
+    assert resolve_source("imagenette-160") == tmp_path / "sets" / "imagenette2-160"
+    assert data_folders()[0] == tmp_path / "sets"
+    monkeypatch.delenv("RESNETS_DATA")
+    if (data_folders()[-1] / "imagenette2-160").is_dir():  # a checkout beside the project's shared data
+        assert resolve_source("imagenette-160") == data_folders()[-1] / "imagenette2-160"
+
+
+def test_names_and_urls_use_fastais_data_folder_without_network(fastai_home, imagenette, monkeypatch):
+    monkeypatch.setattr("resnets.data.data_folders", lambda: [])  # no local copy: fastai's own folder
     expect = fastai_home / "data" / "imagenette2-160"
     expect.parent.mkdir(parents=True)
     expect.symlink_to(imagenette)
@@ -165,7 +192,7 @@ def test_names_and_urls_use_fastais_data_folder_without_network(fastai_home, ima
 def test_real_imagenette(imagenette):
     dls = get_data(imagenette, presize=160, resize=128, bs=64)
     assert (len(dls.train_ds), len(dls.valid_ds)) == (9469, 3925)
-    assert dls.c == 10 and dls.vocab[0] == "n01440764" and dls.vocab[-1] == "n03888257"
+    assert dls.c == 10 and list(dls.vocab) == sorted(IMAGENETTE_NAMES.values()), "readable names, not WordNet ids"
     x, y = dls.one_batch()
     assert x.shape == (64, 3, 128, 128) and y.shape == (64,)
     dls.show_batch(max_n=4)  # the chapter shows a batch of 4

@@ -1,0 +1,262 @@
+"""Every setting of the library, declared once and importable without torch: the experiments and studies.
+
+`Experiment` is a frozen record of every setting a run needs (model, data, sizes, schedule,
+regularisation, precision, seed ...) and the book's per-epoch reference (validation accuracy and loss,
+seconds per epoch on the authors' 2020 GPU). `configure(name, **overrides)` applies overrides with one
+`replace`, and the record checks itself; the command line's options are made from the same fields
+(`OPTIONS`). A `Study` is a set of arms, each a registered experiment with a few settings changed.
+Nothing here imports torch or fastai, so `resnets --help` and a bad option answer at once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+
+from .errors import InputError, check_number
+
+__all__ = ["PRECISIONS", "Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments",
+           "configure", "check_regularisation", "check_subset", "Arm", "Study", "STUDIES", "get_study",
+           "list_studies"]  # fmt: skip
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+
+
+def check_regularisation(label_smoothing: float = 0.0, mixup: float = 0.0) -> None:
+    "Raise a ValueError naming the problem if label smoothing or MixUp's alpha is out of range."
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if not number(label_smoothing) or not 0 <= label_smoothing < 1:
+        raise InputError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    if not number(mixup) or mixup < 0:
+        raise InputError(f"mixup must be a number >= 0 (the alpha of MixUp's Beta distribution; 0: off), got {mixup!r}")
+
+
+def check_subset(subset) -> tuple[int, int]:
+    pair = (subset, subset) if isinstance(subset, int) else tuple(subset) if isinstance(subset, list | tuple) else ()
+    if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair):
+        raise InputError(f"subset must be N or (N_train, N_valid) images per class, each >= 1; got {subset!r}")
+    return pair
+
+
+def _parse_classes(s: str) -> int | list[str]:
+    return int(s) if s.isdigit() else [c for c in s.split(",") if c]
+
+
+def _option(default, help: str, type=None, flag: str | None = None, **cli):
+    "A setting of an experiment: its default, and how the command line and the docs describe it."
+    return field(default=default, metadata={"option": True, "help": help, "type": type, "flag": flag, "cli": cli})
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: every setting a run needs, checked when the record is made. `configure` and `run` take
+    overrides of the `OPTIONS` fields; the command line's options are made from the same fields."""
+
+    name: str
+    title: str = ""
+    model: str = _option("resnet18", "the network (a name of resnets.models.MODELS)", str, metavar="MODEL")
+    data: str | os.PathLike = _option("imagenette-160", "a folder with train/ and val/, a name (imagenette-160, "
+                                      "...) or a URL", str, metavar="PATH")  # fmt: skip
+    presize: int = _option(160, "size images are first resized (and cropped) to, before augmentation", int,
+                           metavar="PX")  # fmt: skip
+    size: int = _option(128, "training image size in pixels (the chapter's `resize`)", int, metavar="PX")
+    bs: int = _option(128, "batch size", int, metavar="N")
+    subset: int | tuple[int, int] | None = _option(None, "at most N images per class in each split (a fixed "
+                                                   "sample)", int, metavar="N")  # fmt: skip
+    classes: int | tuple[str, ...] | None = _option(None, "the first N classes, or a comma-separated list of class "
+                                                    "folders", _parse_classes, metavar="N|a,b")  # fmt: skip
+    epochs: int = _option(5, "number of epochs", int, metavar="N")
+    lr: float = _option(3e-3, "maximum learning rate of the one-cycle schedule", float, metavar="LR")
+    flip: bool = _option(True, "random horizontal flips in the augmentation (--no-flip for digits)", bool)
+    label_smoothing: float = _option(0.0, "label smoothing eps, e.g. 0.1 (0: off)", float, metavar="EPS")
+    mixup: float = _option(0.0, "MixUp with this Beta alpha, e.g. 0.4 (0: off)", float, metavar="ALPHA")
+    zero_gamma: bool = _option(True, "start each residual branch's last BatchNorm at 0 (--no-zero-gamma: at 1)", bool)
+    fast_data: bool = _option(False, "decode the images once into a uint8 cache and augment whole batches "
+                              "(much faster on CPU; resnets.fastdata)", bool)  # fmt: skip
+    precision: str = _option("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32", str, choices=PRECISIONS)
+    seed: int | None = _option(42, "random seed", int, metavar="N")
+    num_workers: int | None = _option(None, "DataLoader worker processes (the chapter's pipeline)", int,
+                                      flag="--workers", metavar="N")  # fmt: skip
+    deterministic: bool = _option(False, "deterministic GPU kernels too (slower; CPU runs repeat with the same "
+                                  "seed anyway)", bool)  # fmt: skip
+    book_accuracy: tuple[float, ...] = ()
+    book_valid_loss: tuple[float, ...] = ()
+    book_epoch_time: float | None = None  # seconds per epoch on the authors' 2020 GPU
+
+    def __post_init__(self):
+        for k in ("presize", "size"):
+            check_number(k, getattr(self, k), low=16)
+        for k in ("bs", "epochs"):
+            check_number(k, getattr(self, k))
+        check_number("lr", self.lr, kind=(int, float), low=0, strict=True)
+        check_regularisation(self.label_smoothing, self.mixup)
+        if self.size > self.presize:
+            raise InputError(f"size ({self.size}) is larger than presize ({self.presize}): use a presize of at "
+                             f"least {self.size} (--presize), or leave presize out to keep the experiment's ratio")
+        if self.subset is not None:
+            check_subset(self.subset)
+        if isinstance(self.classes, list):
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if self.classes is not None and not isinstance(self.classes, tuple):
+            check_number("classes", self.classes)
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.seed is not None:
+            check_number("seed", self.seed, low=0)
+        if self.num_workers is not None:
+            check_number("num_workers", self.num_workers, low=0)
+        for k in ("flip", "zero_gamma", "fast_data", "deterministic"):
+            if not isinstance(getattr(self, k), bool):
+                raise InputError(f"{k} must be True or False, got {getattr(self, k)!r}")
+
+    @property
+    def book(self) -> dict:
+        return {"accuracy": list(self.book_accuracy), "valid_loss": list(self.book_valid_loss),
+                "epoch_time": self.book_epoch_time}  # fmt: skip
+
+    @property
+    def settings(self) -> dict:
+        "The options, as results.json records them."
+        return {"name": self.name, "model": self.model, **{k: getattr(self, k) for k in OPTIONS if k != "model"}}
+
+
+OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(Experiment) if f.metadata.get("option"))
+
+
+# The book's numbers, from its 14_resnet notebook (see SPEC.md).
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("cnn", "fully convolutional CNN (5 stride-2 ConvLayers)", "cnn",
+               book_accuracy=(0.3254, 0.5078, 0.5717, 0.6392, 0.6591),
+               book_valid_loss=(2.1551, 1.5868, 1.2955, 1.1393, 1.0926), book_epoch_time=7),
+    Experiment("res_cnn", "ResBlock CNN (one stride-2 ResBlock per step)", "res_cnn",
+               book_accuracy=(0.3732, 0.4392, 0.5073, 0.6448, 0.6678),
+               book_valid_loss=(1.8455, 1.7787, 1.5965, 1.1030, 1.0380), book_epoch_time=8.5),
+    Experiment("double_res_cnn", "double ResBlock CNN (stride-2 then stride-1 ResBlock)", "double_res_cnn",
+               book_accuracy=(0.3552, 0.5027, 0.5885, 0.6632, 0.6927),
+               book_valid_loss=(1.8646, 1.5968, 1.3045, 1.0651, 0.9636), book_epoch_time=12),
+    Experiment("resnet18", "ResNet-18 with the bag-of-tricks stem", "resnet18",
+               book_accuracy=(0.4138, 0.5182, 0.6507, 0.6843, 0.7572),
+               book_valid_loss=(1.8284, 1.5727, 1.0861, 0.9682, 0.7826), book_epoch_time=13),
+    # Bottlenecks only pay off on bigger images and longer training: the chapter moves to 224 px, 20 epochs.
+    Experiment("resnet50", "bottleneck ResNet-50 at 224 px, 20 epochs", "resnet50",
+               data="imagenette-320", presize=320, size=224, epochs=20,
+               book_accuracy=(0.5141, 0.3975, 0.3870, 0.3962, 0.6138, 0.4227, 0.5287, 0.6665, 0.6504, 0.6749,
+                              0.6764, 0.7139, 0.7417, 0.8069, 0.8586, 0.8464, 0.8619, 0.8535, 0.8759, 0.8726),
+               book_valid_loss=(), book_epoch_time=32),
+    # Not in the chapter: ResNet-34 (basic blocks, [3,4,6,3]) matches ResNet-50's FLOPs, for the bottleneck claim.
+    Experiment("resnet34", "ResNet-34 (basic blocks, ResNet-50's layout and compute)", "resnet34"),
+    # Exercise 1: fully convolutional MNIST nets on fastai's MNIST_TINY (3s and 7s), with and without the pool.
+    # Digits are not mirror-symmetric, so no flips; the net is tiny and the data set 709 images, so bs 64.
+    Experiment("mnist_pool", "MNIST: 3 stride-2 convs + adaptive average pool", "mnist_pool",
+               data="mnist-tiny", presize=28, size=28, bs=64, epochs=5, flip=False),
+    Experiment("mnist_flat", "MNIST: 5 stride-2 convs to 1x1, flattened, no pool", "mnist_flat",
+               data="mnist-tiny", presize=28, size=28, bs=64, epochs=5, flip=False),
+    # Claim 5, degradation: He et al.'s CIFAR-sized nets (6n+2 layers, 16-32-64 wide) on Imagenette
+    # at 32 px, on 200 images per class so that each trains in minutes on a CPU.
+    *[Experiment(f"{kind}{depth}", f"{depth}-layer {'residual' if kind == 'res' else 'plain'} net at 32 px",
+                 f"{kind}{depth}", presize=40, size=32, subset=200, epochs=5, lr=3e-3)
+      for kind in ("plain", "res") for depth in (20, 56)],
+]}  # fmt: skip
+CHAPTER = ("cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet50")  # the five with the book's numbers
+
+
+def list_experiments() -> list[str]:
+    return list(EXPERIMENTS)
+
+
+def get_experiment(name: str | Experiment) -> Experiment:
+    "The registered experiment called `name` (an `Experiment` passes through)."
+    if isinstance(name, Experiment):
+        return name
+    if name not in EXPERIMENTS:
+        raise InputError(f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def configure(name: str | Experiment, verbose: bool = True, **overrides) -> Experiment:
+    """The experiment `name` with `overrides` (any of `OPTIONS`; None keeps the experiment's value), checked.
+
+    A larger `size` without a `presize` keeps the experiment's presize/size ratio (160/128 in the chapter),
+    and says so."""
+    exp = get_experiment(name)
+    unknown = sorted(set(overrides) - set(OPTIONS))
+    if unknown:
+        raise InputError(f"unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
+                         f"the settings are {', '.join(OPTIONS)}")  # fmt: skip
+    given = {k: v for k, v in overrides.items() if v is not None}
+    size = given.get("size")
+    if "presize" not in given and isinstance(size, int) and not isinstance(size, bool) and size > exp.presize:
+        given["presize"] = round(size * exp.presize / exp.size)
+        if verbose:
+            print(f"resnets: presize {given['presize']} for size {size} (the experiment's ratio "
+                  f"{exp.presize}/{exp.size}; --presize chooses another)")  # fmt: skip
+    if "model" in given:  # the registered experiments' models are tested; a chosen one is checked here
+        from .models import MODELS
+
+        if given["model"] not in MODELS:
+            raise InputError(f"unknown model {given['model']!r}: choose one of {', '.join(MODELS)}")
+    return replace(exp, **given)
+
+
+@dataclass(frozen=True)
+class Arm:
+    "One side of a comparison: a registered experiment and the `run()` options that differ from it."
+
+    label: str
+    experiment: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    claim: str  # what the study is meant to show, in one sentence
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...] = (42,)
+    curve: str = "train_loss"  # the per-epoch value the claim is about (plotted beside accuracy)
+    throughput: bool = False  # also time a training step of each arm's model on synthetic images
+
+
+_SMALL_RESNET = dict(size=64, presize=80)  # ResNets at 64 px: 4x cheaper than the chapter's 128 px
+STUDIES: dict[str, Study] = {s.name: s for s in [
+    Study("degradation",
+          "a deeper plain net reaches a higher training loss than a shallower one; with shortcuts it does not "
+          "(He et al. 2015, figure 1)",
+          (Arm("plain-20", "plain20"), Arm("plain-56", "plain56"), Arm("res-20", "res20"), Arm("res-56", "res56"))),
+    Study("zero_gamma",
+          "residual branches whose last BatchNorm starts at gamma 0 train better at high learning rates than "
+          "with gamma 1",
+          tuple(Arm(f"gamma {0 if zg else 1}, lr {lr:g}", "resnet18",
+                    dict(**_SMALL_RESNET, subset=(100, 50), lr=lr, zero_gamma=zg))
+                for lr in (3e-3, 3e-2, 1e-1) for zg in (True, False)),
+          seeds=(1, 2)),
+    Study("bottleneck",
+          "at matched compute, bottleneck blocks (ResNet-50) against basic blocks (ResNet-34): parameters, "
+          "counted FLOPs, throughput and accuracy",
+          (Arm("basic (resnet34)", "resnet34", dict(**_SMALL_RESNET, subset=200)),
+           Arm("bottleneck (resnet50)", "resnet50",
+               dict(**_SMALL_RESNET, subset=200, epochs=5, data="imagenette-160"))),
+          curve="valid_loss", throughput=True),
+    Study("regularisation",
+          "label smoothing and MixUp together against plain cross-entropy for ResNet-18 over 10 epochs",
+          (Arm("baseline", "resnet18", dict(**_SMALL_RESNET, epochs=10)),
+           Arm("label smoothing 0.1 + mixup 0.4", "resnet18",
+               dict(**_SMALL_RESNET, epochs=10, label_smoothing=0.1, mixup=0.4))),
+          curve="valid_loss"),
+]}  # fmt: skip
+
+
+def list_studies() -> list[str]:
+    return list(STUDIES)
+
+
+def get_study(name: str | Study) -> Study:
+    if isinstance(name, Study):
+        return name
+    if name not in STUDIES:
+        raise InputError(f"unknown study {name!r}: choose one of {', '.join(STUDIES)}")
+    return STUDIES[name]
+
+
