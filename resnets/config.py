@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 
 from .errors import InputError, check_number
 
-__all__ = ["PRECISIONS", "Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments",
-           "configure", "check_regularisation", "check_subset", "Arm", "Study", "STUDIES", "get_study",
-           "list_studies"]  # fmt: skip
+__all__ = ["parse_seconds", "PRECISIONS", "Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment",
+           "list_experiments", "configure", "check_regularisation", "check_subset", "Arm", "Study", "STUDIES",
+           "get_study", "list_studies"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
@@ -42,6 +42,23 @@ def check_subset(subset) -> tuple[int, int]:
 
 def _parse_classes(s: str) -> int | list[str]:
     return int(s) if s.isdigit() else [c for c in s.split(",") if c]
+
+
+def _parse_sizes(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(",") if x)
+
+
+def parse_seconds(s: str | float | int) -> float:
+    "A duration: seconds as a number, or a string like 90, 90s, 10m, 1.5h."
+    if isinstance(s, int | float) and not isinstance(s, bool):
+        return float(s)
+    text = str(s).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    try:
+        return float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise InputError(f"a duration must be seconds or a number with s, m or h (90, 90s, 10m, 1.5h), got {s!r}") \
+            from None
 
 
 def _option(default, help: str, type=None, flag: str | None = None, **cli):
@@ -73,6 +90,17 @@ class Experiment:
     label_smoothing: float = _option(0.0, "label smoothing eps, e.g. 0.1 (0: off)", float, metavar="EPS")
     mixup: float = _option(0.0, "MixUp with this Beta alpha, e.g. 0.4 (0: off)", float, metavar="ALPHA")
     zero_gamma: bool = _option(True, "start each residual branch's last BatchNorm at 0 (--no-zero-gamma: at 1)", bool)
+    sizes: tuple[int, ...] = _option((), "progressive resizing: training sizes over the epochs, each for an equal "
+                                     "share of them, e.g. 64,96,128 (default: `size` throughout)", _parse_sizes,
+                                     metavar="PX,PX,...")  # fmt: skip
+    test_size: int | None = _option(None, "size of the validation images (default: the last training size); "
+                                    "larger tests at a higher resolution than training", int, metavar="PX")  # fmt: skip
+    tta: bool = _option(False, "score the final model on each validation image and its mirror image, averaged "
+                        "(test-time augmentation)", bool)  # fmt: skip
+    holdout: float = _option(0.0, "score on this fraction of the training images, held out with a fixed seed, "
+                             "instead of the validation set (to choose settings)", float, metavar="FRAC")  # fmt: skip
+    budget: float | None = _option(None, "seconds (or 10m, 1h) for the whole run: the epochs are fitted to this "
+                                   "machine's measured speed", parse_seconds, metavar="TIME")  # fmt: skip
     fast_data: bool = _option(False, "decode the images once into a uint8 cache and augment whole batches "
                               "(much faster on CPU; resnets.fastdata)", bool)  # fmt: skip
     precision: str = _option("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32", str, choices=PRECISIONS)
@@ -97,6 +125,18 @@ class Experiment:
                              f"least {self.size} (--presize), or leave presize out to keep the experiment's ratio")
         if self.subset is not None:
             check_subset(self.subset)
+        object.__setattr__(self, "sizes", tuple(self.sizes))
+        for k, v in [*(("sizes", v) for v in self.sizes), ("test_size", self.test_size)]:
+            if v is not None:
+                check_number(k, v, low=16)
+                if v > self.presize:
+                    raise InputError(f"{k} ({v}) is larger than presize ({self.presize}): use --presize {v} or more")
+        if not (isinstance(self.holdout, int | float) and not isinstance(self.holdout, bool) and
+                0 <= self.holdout < 1):  # fmt: skip
+            raise InputError(f"holdout must be a fraction in [0, 1), e.g. 0.1, got {self.holdout!r}")
+        if self.budget is not None:
+            object.__setattr__(self, "budget", parse_seconds(self.budget))
+            check_number("budget", self.budget, kind=(int, float), low=0, strict=True)
         if isinstance(self.classes, list):
             object.__setattr__(self, "classes", tuple(self.classes))
         if self.classes is not None and not isinstance(self.classes, tuple):
@@ -107,7 +147,7 @@ class Experiment:
             check_number("seed", self.seed, low=0)
         if self.num_workers is not None:
             check_number("num_workers", self.num_workers, low=0)
-        for k in ("flip", "zero_gamma", "fast_data", "deterministic"):
+        for k in ("flip", "zero_gamma", "fast_data", "deterministic", "tta"):
             if not isinstance(getattr(self, k), bool):
                 raise InputError(f"{k} must be True or False, got {getattr(self, k)!r}")
 
@@ -115,6 +155,16 @@ class Experiment:
     def book(self) -> dict:
         return {"accuracy": list(self.book_accuracy), "valid_loss": list(self.book_valid_loss),
                 "epoch_time": self.book_epoch_time}  # fmt: skip
+
+    def train_size(self, epoch: int, epochs: int | None = None) -> int:
+        "The training image size in `epoch` (0-based) of `epochs` (default: this record's): `sizes` stretched."
+        n = epochs or self.epochs
+        return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // n)] if self.sizes else self.size
+
+    @property
+    def valid_size(self) -> int:
+        "The size the validation images are scored at."
+        return self.test_size or (self.sizes[-1] if self.sizes else self.size)
 
     @property
     def settings(self) -> dict:

@@ -24,7 +24,6 @@ from fastai.data.all import (
     CategoryBlock,
     DataBlock,
     DataLoaders,
-    GrandparentSplitter,
     Normalize,
     URLs,
     get_image_files,
@@ -39,7 +38,7 @@ from .config import check_subset
 from .errors import InputError, check_number
 
 __all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "DataError", "data_folders", "resolve_source", "find_items",
-           "get_data"]
+           "get_data", "set_image_size"]
 
 SOURCES: dict[str, str] = {
     "imagenette-160": URLs.IMAGENETTE_160,
@@ -60,7 +59,7 @@ IMAGENETTE_NAMES: dict[str, str] = {
 }  # fmt: skip
 
 
-def class_label(f) -> str:
+def class_label(f: Path | str) -> str:  # the annotation matters: fastai's transforms dispatch on it
     "A file's class: the name of its folder, with Imagenette's WordNet ids as readable names (n01440764: tench)."
     name = parent_label(f)
     return IMAGENETTE_NAMES.get(name, name)
@@ -214,6 +213,26 @@ def _per_class(files: list[Path], n: int) -> list[Path]:
     return sorted(f for fs in by_class.values() for f in (fs if len(fs) <= n else rng.sample(fs, n)))
 
 
+def _holdout(train: list[Path], fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    "The training files split into (train, held out): `fraction` of each class, the same files every time."
+    by_class: dict[str, list[Path]] = {}
+    for f in train:
+        by_class.setdefault(parent_label(f), []).append(f)
+    rng, held = random.Random(seed), set()
+    for files in by_class.values():
+        held.update(rng.sample(files, max(1, round(fraction * len(files)))))
+    return [f for f in train if f not in held], [f for f in train if f in held]
+
+
+def _split(items: list[Path], valid_name: str, holdout: float) -> tuple[list[Path], list[Path]]:
+    "(training files, validation files): by grandparent folder, as fastai's GrandparentSplitter (deeper files in\n"
+    "neither), or with `holdout` a fixed fraction of the training files in place of the validation set."
+    train = [f for f in items if f.parent.parent.name == "train"]
+    if holdout:
+        return _holdout(train, holdout)
+    return train, [f for f in items if f.parent.parent.name == valid_name]
+
+
 def get_data(
     source: str | os.PathLike = "imagenette-160",
     presize: int = 160,
@@ -228,11 +247,13 @@ def get_data(
     bad_images: str = "skip",
     flip: bool = True,
     fast: bool = False,
+    holdout: float = 0.0,
 ) -> DataLoaders:
     """The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats.
 
     `fast=True`: the same images decoded once into a uint8 cache and augmented in batches on the training
-    device (resnets.fastdata); several times faster where decoding and augmentation bound the training."""
+    device (resnets.fastdata); several times faster where decoding and augmentation bound the training.
+    `holdout`: validate on this fraction of the training images (a fixed sample per class), not on val/."""
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
         check_number(k, v)
     if resize > presize:
@@ -241,20 +262,38 @@ def get_data(
         raise InputError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
     path = resolve_source(source)
     items, valid_name = find_items(path, valid_name, classes, subset, check_images, bad_images)
+    train, valid = _split(items, valid_name, holdout)
     if fast:
         from .fastdata import fast_dataloaders
 
-        dls = fast_dataloaders(items, valid_name, presize, resize, bs, flip=flip, device=device)
-        dls.path = path
-        return dls
-    dblock = DataBlock(
-        blocks=(ImageBlock, CategoryBlock),
-        splitter=GrandparentSplitter(valid_name=valid_name),
-        get_y=class_label,  # readable names in show_batch, plots, results and predictions
-        item_tfms=Resize(presize),
-        batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip), Normalize.from_stats(*imagenet_stats)],
-    )
-    kw = {} if num_workers is None else {"num_workers": num_workers}
-    dls = dblock.dataloaders(items, bs=bs, device=device, **kw)
+        dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device)
+    else:
+        held = set(valid)
+        dblock = DataBlock(
+            blocks=(ImageBlock, CategoryBlock),
+            splitter=lambda files: ([i for i, f in enumerate(files) if f not in held],
+                                    [i for i, f in enumerate(files) if f in held]),  # fmt: skip
+            get_y=class_label,  # readable names in show_batch, plots, results and predictions
+            item_tfms=Resize(presize),
+            batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip),
+                        Normalize.from_stats(*imagenet_stats)],  # fmt: skip
+        )
+        kw = {} if num_workers is None else {"num_workers": num_workers}
+        dls = dblock.dataloaders(train + valid, bs=bs, device=device, **kw)
     dls.path = path
     return dls
+
+
+def set_image_size(dls: DataLoaders, size: int) -> None:
+    """Change the size the batch augmentation resizes to (progressive resizing, testing at a higher resolution), on
+    both pipelines: fastai's RandomResizedCropGPU and ChapterAugment. The training and validation loaders share
+    their transforms, so a run sets it before each phase (resnets.experiments.ImageSizes)."""
+    from fastai.vision.augment import RandomResizedCropGPU
+
+    from .fastdata import ChapterAugment
+
+    for t in [*dls.train.after_batch.fs, *dls.valid.after_batch.fs]:
+        if isinstance(t, ChapterAugment):
+            t.size = size
+        elif isinstance(t, RandomResizedCropGPU):
+            t.size = (size, size)

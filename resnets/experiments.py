@@ -4,26 +4,29 @@ path behind Python, CLI and notebooks. Every epoch is recorded, checkpointed and
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastcore.foundation import L
 
 from .checkpoint import CHECKPOINT, Checkpoint, StopOnNaN, load_checkpoint, set_deterministic
 from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_experiment, list_experiments
-from .data import get_data
+from .data import get_data, set_image_size
 from .errors import InputError, RunExists, RunInterrupted
 from .learner import accuracy_metric, get_learner, top_5_metric
 from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
 __all__ = ["Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments", "configure",
-           "build", "run", "lr_find"]
+           "build", "run", "lr_find", "plan_budget", "flip_tta_accuracy"]
 
 
 class EpochLog(Callback):
@@ -65,8 +68,9 @@ class RunHistory(Callback):
 
     order = Recorder.order + 1  # after the Recorder has written the epoch's values
 
-    def __init__(self, results: Results, folder: Path | None, start_epoch: int = 0):
+    def __init__(self, results: Results, folder: Path | None, start_epoch: int = 0, started: float | None = None):
         self.results, self.folder, self.start_epoch = results, folder, start_epoch
+        self.started = time.perf_counter() if started is None else started  # the run's start, for `elapsed`
 
     def before_epoch(self):
         self.start = time.perf_counter()
@@ -77,6 +81,7 @@ class RunHistory(Callback):
         names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
         row = {"epoch": self.epoch, **{n: float(v) for n, v in zip(names, self.learn.final_record)}}
         row["time"] = time.perf_counter() - self.start
+        row["elapsed"] = time.perf_counter() - self.started  # since the command started (this call's, on resume)
         self.results.history.append(row)
         if self.folder is not None:
             self.results.save(self.folder, plot=False)
@@ -90,8 +95,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     if exp.seed is not None:  # each rank its own augmentation draws, reproducibly (seed + rank, as timm does); DDP
         # copies rank 0's initial weights to every rank. CPU runs repeat exactly; on a GPU kernels may still vary.
         set_seed(exp.seed + rank_distrib())
-    dls = get_data(exp.data, exp.presize, exp.size, exp.bs, classes=exp.classes, subset=exp.subset,
-                   num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data)  # fmt: skip
+    dls = get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
+                   num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout)  # fmt: skip
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
@@ -101,9 +106,117 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
+    cbs = [ImageSizes(exp), *L(cbs)]
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose)  # fmt: skip
     return learn, exp
+
+
+class ImageSizes(Callback):
+    """Sets the batch augmentation's size before each phase: the epoch's training size (progressive resizing,
+    `sizes` stretched over the fit's epochs) and the validation size (`test_size`)."""
+
+    order = -20  # before anything draws a batch
+
+    def __init__(self, exp: Experiment):
+        self.exp = exp
+
+    def before_train(self):
+        set_image_size(self.dls, self.exp.train_size(self.epoch, self.n_epoch))
+
+    def before_validate(self):
+        set_image_size(self.dls, self.exp.valid_size)
+
+    def after_fit(self):
+        set_image_size(self.dls, self.exp.valid_size)  # predict, get_preds, Interpretation: as validated
+
+
+def _device_autocast(learn):
+    "The autocast the learner trains under (fp16/bf16 on CUDA), for evaluation outside fastai's loop."
+    if learn.precision == "fp32" or learn.dls.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if learn.precision == "fp16" else torch.bfloat16)
+
+
+@torch.no_grad()
+def flip_tta_accuracy(learn) -> float:
+    "Validation accuracy with each image's and its mirror image's class probabilities averaged."
+    model, hits, n = learn.model.eval(), 0, 0
+    with _device_autocast(learn):
+        for xb, yb in learn.dls.valid:
+            x = xb.as_subclass(torch.Tensor)
+            p = model(x).float().softmax(1) + model(x.flip(-1)).float().softmax(1)
+            hits += (p.argmax(1) == yb.as_subclass(torch.Tensor)).sum().item()
+            n += len(yb)
+    return hits / max(n, 1)
+
+
+def _time_steps(learn, size: int, steps: int = 3) -> float:
+    "Seconds per training step at `size`: a copy of the model and optimiser, timed on real batches (after one)."
+    import copy
+
+    set_image_size(learn.dls, size)
+    model = copy.deepcopy(learn.model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)  # the step's cost, not fastai's bookkeeping
+    it, times = iter(learn.dls.train), []
+    for i in range(steps + 1):
+        xb, yb = (t.as_subclass(torch.Tensor) for t in next(it))
+        start = time.perf_counter()
+        with _device_autocast(learn):
+            loss = torch.nn.functional.cross_entropy(model(xb).float(), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if learn.dls.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    del it
+    return sorted(times)[len(times) // 2]
+
+
+@torch.no_grad()
+def _time_validation(learn, size: int, batches: int = 2) -> float:
+    "Seconds for a whole validation pass at `size`, from the first few batches."
+    set_image_size(learn.dls, size)
+    model, it, n, start = learn.model.eval(), iter(learn.dls.valid), 0, time.perf_counter()
+    with _device_autocast(learn):
+        for _ in range(min(batches, len(learn.dls.valid))):
+            xb, _ = next(it)
+            model(xb.as_subclass(torch.Tensor))
+            n += len(xb)
+    del it
+    return (time.perf_counter() - start) / max(n, 1) * len(learn.dls.valid_ds)
+
+
+def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]:
+    """The experiment with as many epochs as fit in `exp.budget` seconds, given `spent` already: each training size
+    of the schedule and the validation are timed here, on this machine; one-cycle then spans the epochs that fit."""
+    start = time.perf_counter()
+    n_batches = len(learn.dls.train)
+    sizes = sorted(set(exp.sizes or (exp.size,)))
+    step = {sz: _time_steps(learn, sz) for sz in sizes}
+    valid = _time_validation(learn, exp.valid_size) * 1.1  # metrics and bookkeeping on top of the forward passes
+    set_image_size(learn.dls, exp.train_size(0))
+    overhead = 0.5  # per epoch: results.json, checkpoint, plot
+    final = 2 * valid if exp.tta else 0.0
+
+    def predicted(epochs: int) -> float:
+        train = sum(step[exp.train_size(e, epochs)] * n_batches for e in range(epochs))
+        return train + epochs * (valid + overhead) + final
+
+    left = exp.budget - spent - (time.perf_counter() - start)
+    epochs = 0
+    while predicted(epochs + 1) <= left:
+        epochs += 1
+    least = spent + (time.perf_counter() - start) + predicted(1)
+    if epochs == 0:
+        raise InputError(f"a budget of {exp.budget:.0f} s is too small for one epoch of {exp.name} here: set-up took "
+                         f"{spent:.0f} s and one epoch takes about {predicted(1):.0f} s, so at least "
+                         f"--budget {math.ceil(least)}")  # fmt: skip
+    plan = {"budget": exp.budget, "epochs": epochs, "predicted_s": spent + (time.perf_counter() - start) +
+            predicted(epochs), "step_s": {str(k): v for k, v in step.items()}, "valid_s": valid}  # fmt: skip
+    return replace(exp, epochs=epochs), plan
 
 
 def _check_input_size(model, exp: Experiment) -> None:
@@ -168,9 +281,18 @@ def run(
                 from None
     set_deterministic(exp.deterministic)
     learn, exp = build(exp, verbose=rank == 0)
-    dls = learn.dls
+    dls, plan = learn.dls, None
+    if exp.budget is not None and state is not None:  # a resumed budget run keeps the schedule it planned
+        exp, plan = replace(exp, epochs=state["settings"]["epochs"]), state["settings"].get("budget_plan")
+    elif exp.budget is not None:
+        exp, plan = plan_budget(learn, exp, time.perf_counter() - start)
+        if rank == 0:
+            print(f"resnets: {plan['epochs']} epoch(s) fit the budget of {exp.budget:.0f} s on this machine "
+                  f"(predicted {plan['predicted_s']:.0f} s in all)")  # fmt: skip
     settings = {**exp.settings, "data": str(dls.path), "precision": learn.precision, "n_train": len(dls.train_ds),
                 "n_valid": len(dls.valid_ds), "n_classes": dls.c, "argv": sys.argv}  # fmt: skip
+    if plan is not None:
+        settings["budget_plan"] = plan
     if world > 1:
         settings.update(world_size=world)
     results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
@@ -187,7 +309,7 @@ def run(
     if state is not None:
         checkpoint.restore(learn)
         print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
-    run_cbs = [RunHistory(results, folder, checkpoint.start_epoch), checkpoint, StopOnNaN(folder),
+    run_cbs = [RunHistory(results, folder, checkpoint.start_epoch, start), checkpoint, StopOnNaN(folder),
                EpochLog(checkpoint.start_epoch)]
     learn.add_cbs(run_cbs)
     try:
@@ -209,6 +331,8 @@ def run(
         learn.remove_cbs(run_cbs)
     if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
+    if exp.tta:
+        results.tta_accuracy = flip_tta_accuracy(learn)
     results.finished = True
     results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
     if folder is not None:

@@ -63,7 +63,7 @@ def load_square(img, size: int) -> np.ndarray:
         side = int(m * size)
         left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
         im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        return np.array(im, dtype=np.uint8)  # a writable copy
     finally:
         if not isinstance(img, Image.Image):
             im.close()
@@ -107,7 +107,8 @@ def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None =
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
             with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
                 it = pool.map(_decode, [(f, size) for f in files], chunksize=64)
-                for i, img in enumerate(progress_bar(it, total=len(files), display=sys.stdout.isatty())):
+                bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file
+                for i, img in enumerate(bar):
                     arr[i] = img
             arr.flush()
             del arr
@@ -180,7 +181,7 @@ class ChapterAugment(RandTransform):
 
     def _grid(self, mat: torch.Tensor) -> torch.Tensor:
         "The sampling grid of (n, 3, 3) homographies over the output's align_corners=True coordinates."
-        key = (mat.device, mat.dtype)
+        key = (mat.device, mat.dtype, self.size)  # the size changes with progressive resizing
         if key not in self._base:
             lin = torch.linspace(-1, 1, self.size, device=mat.device, dtype=mat.dtype)
             ys, xs = torch.meshgrid(lin, lin, indexing="ij")
@@ -245,14 +246,15 @@ class ChapterAugment(RandTransform):
         return {**self.__dict__, "_base": {}}
 
 
-def fast_dataloaders(items: list[Path], valid_name: str, presize: int, resize: int, bs: int, flip: bool = True,
+def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize: int, bs: int, flip: bool = True,
                      device=None, min_scale: float = 0.5) -> DataLoaders:  # fmt: skip
-    """fastai DataLoaders over the validated files of `find_items` (train/..., `valid_name`/...): images from the
-    uint8 cache, labels from their folders, the chapter's augmentation as one fused batch transform."""
-    files = [Path(f) for f in items if Path(f).parent.parent.name in ("train", valid_name)]  # as GrandparentSplitter
-    images = build_cache(files, presize)
-    splits = [[i for i, f in enumerate(files) if f.parent.parent.name == name] for name in ("train", valid_name)]
-    dsets = Datasets(files, tfms=[[CachedImage(presize, files, images)], [class_label, Categorize()]], splits=splits)
+    """fastai DataLoaders over validated training and validation files: images from the uint8 cache, labels from
+    their folders, the chapter's augmentation as one fused batch transform."""
+    files = [Path(f) for f in [*train, *valid]]
+    cached = sorted(set(files))  # one cache for the same images however they are split
+    images = build_cache(cached, presize)
+    splits = [list(range(len(train))), list(range(len(train), len(files)))]
+    dsets = Datasets(files, tfms=[[CachedImage(presize, cached, images)], [class_label, Categorize()]], splits=splits)
     after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip),
                    Normalize.from_stats(*imagenet_stats)]  # fmt: skip
     return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)

@@ -23,13 +23,11 @@ from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
 
+from .config import PRECISIONS, check_regularisation
 from .errors import InputError
 
 __all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
            "accuracy_metric", "top_5_metric", "ValidLoss", "get_learner"]
-
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
     "Fraction of rows whose target is among the `k` highest scores (k is capped at the number of classes)."
@@ -90,17 +88,6 @@ def choose_precision(precision: str, device: torch.device | str) -> tuple[str, s
     return precision, f"training in {precision}{' mixed precision' if precision != 'fp32' else ''} on cuda"
 
 
-def check_regularisation(label_smoothing: float = 0.0, mixup: float = 0.0) -> None:
-    "Raise a ValueError naming the problem if label smoothing or MixUp's alpha is out of range."
-    def number(v) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
-
-    if not number(label_smoothing) or not 0 <= label_smoothing < 1:
-        raise InputError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-    if not number(mixup) or mixup < 0:
-        raise InputError(f"mixup must be a number >= 0 (the alpha of MixUp's Beta distribution; 0: off), got {mixup!r}")
-
-
 def get_learner(
     dls: DataLoaders,
     model: nn.Module,
@@ -118,9 +105,10 @@ def get_learner(
     chosen, why = choose_precision(precision, dls.device)
     check_regularisation(label_smoothing, mixup)
     if loss_func is None:
-        # fastai's flat cross-entropy is torch's with `y_int`, which MixUp needs to mix losses, not labels.
-        loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing) if label_smoothing or mixup \
-            else nn.CrossEntropyLoss()
+        # fastai's flat cross-entropy is torch's plus what fastai's tools read from the loss: `activation` (softmax,
+        # for predict and get_preds), `decodes` (argmax, for show_results and Interpretation), and `y_int`, which
+        # MixUp needs to mix losses, not labels. torch's own loss has none of them.
+        loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing)
     cbs = [*L(cbs), *([MixUp(mixup)] if mixup else [])]
     learn = Learner(dls, model, loss_func=loss_func, metrics=metrics if metrics is not None else accuracy_metric(),
                     cbs=cbs, **kwargs)  # fmt: skip

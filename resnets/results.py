@@ -92,6 +92,7 @@ class Results:
     book: dict = field(default_factory=dict)  # the chapter's per-epoch accuracy / valid_loss, epoch_time
     finished: bool = False
     folder: str | None = None  # where it was saved
+    tta_accuracy: float | None = None  # the final model's, with flip test-time augmentation (`tta`)
     # The trained fastai Learner, in the process that trained it (not saved): show_results, Interpretation, predict.
     learn: object = field(default=None, repr=False, compare=False)
 
@@ -189,6 +190,10 @@ class Results:
             line += f" | book: {ref:.4f} at {at} ({100 * (self.accuracy - ref):+.1f} points)"
             if self.book.get("epoch_time"):
                 line += f", {self.book['epoch_time']} s/epoch on a 2020 GPU"
+        if self.tta_accuracy is not None:
+            line += f" | with flip TTA {self.tta_accuracy:.4f}"
+        if self.finished and self.wall_time:
+            line += f" | {self.wall_time:.0f} s in all"
         if not self.finished:
             line += " [unfinished]"
         return line

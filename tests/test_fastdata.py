@@ -139,7 +139,9 @@ def test_fast_loaders_match_the_chapters(imagenette):
     x, y = fast.train.one_batch()
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
     labels = torch.cat([yb for _, yb in fast.valid])  # not shuffled: sorted files, class by class
-    assert labels.tolist() == [0] * 8 + [1] * 8
+    assert labels.tolist() == torch.cat([yb for _, yb in stock.valid]).tolist()
+    assert sorted(labels.tolist()) == [0] * 8 + [1] * 8
+    assert list(fast.vocab) == ["English springer", "tench"], "readable names, sorted"
 
 
 def test_an_image_one_folder_deeper_is_skipped_as_the_chapter_does(tmp_path):

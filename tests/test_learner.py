@@ -4,6 +4,7 @@ import pytest
 import torch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import AvgLoss
+from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import apply
 from fastcore.basics import noop
 from torch import nn
@@ -35,7 +36,8 @@ def test_learner_on_cpu_one_line_no_fastai_warnings(tree, capsys):
     assert not [w for w in caught if "autocast" in str(w.message).lower() or "GradScaler" in str(w.message)]
     assert learn.precision == "fp32"
     assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
-    assert isinstance(learn.loss_func, nn.CrossEntropyLoss)
+    # fastai's flat loss (softmax activation, argmax decodes) that predict, show_results and Interpretation need
+    assert isinstance(learn.loss_func, CrossEntropyLossFlat) and isinstance(learn.loss_func.func, nn.CrossEntropyLoss)
     assert [m.name for m in learn.metrics] == ["accuracy"]
 
 

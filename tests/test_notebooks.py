@@ -22,12 +22,15 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
         params["mnist_data"] = str(mnist_tiny)
     if "seeds = None" in nb.read_text():
         params["seeds"] = [0]
+    if "num_workers = None" in nb.read_text():  # 16 images: worker processes cost more than they save
+        params["num_workers"] = 0
     out = papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, cwd=str(tmp_path),
                                      kernel_name="python3", progress_bar=False)  # fmt: skip
     # a failing cell raises PapermillExecutionError above
     text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
     if "run(" in nb.read_text():
-        assert "accuracy" in text and "book:" in text, "the run printed its summary against the book"
+        # the tiny subset is not the book's setting, so the summary says why it is not set beside the book's figure
+        assert "accuracy" in text and "not compared with the book" in text, "the run printed its summary"
         assert list(tmp_path.glob("runs/*/results.json")), "the run saved its results"
     if "run_study(" in nb.read_text():
         assert len(list(tmp_path.glob("runs/study-*/study.json"))) == 4, "every study saved its table"
