@@ -18,6 +18,7 @@ import io
 import os
 import random
 import sys
+from functools import partial
 from pathlib import Path
 
 from fastai.data.all import (
@@ -37,8 +38,8 @@ from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats
 from .config import check_subset
 from .errors import InputError, check_number
 
-__all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "DataError", "data_folders", "resolve_source", "find_items",
-           "get_data", "set_image_size"]
+__all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "table_label", "DataError", "data_folders", "resolve_source",
+           "find_items", "find_split", "get_data", "set_image_size"]
 
 SOURCES: dict[str, str] = {
     "imagenette-160": URLs.IMAGENETTE_160,
@@ -62,6 +63,12 @@ IMAGENETTE_NAMES: dict[str, str] = {
 def class_label(f: Path | str) -> str:  # the annotation matters: fastai's transforms dispatch on it
     "A file's class: the name of its folder, with Imagenette's WordNet ids as readable names (n01440764: tench)."
     name = parent_label(f)
+    return IMAGENETTE_NAMES.get(name, name)
+
+
+def table_label(f: Path | str, table: dict) -> str:
+    "A file's class from a table of labels (a CSV's label column), Imagenette's ids as readable names."
+    name = table[Path(f)]
     return IMAGENETTE_NAMES.get(name, name)
 
 
@@ -103,6 +110,11 @@ def _download(url: str) -> Path:
 
 def resolve_source(source: str | os.PathLike) -> Path:
     "A local folder, a short name from `SOURCES` or a fastai URL -> the extracted folder on disk."
+    if isinstance(source, os.PathLike | str) and Path(source).expanduser().suffix.lower() == ".csv":
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DataError(f"no CSV file at {path}: pass an existing CSV of image paths and labels, or a folder")
+        return path
     if isinstance(source, os.PathLike) or (isinstance(source, str) and Path(source).expanduser().is_dir()):
         path = Path(source).expanduser()
         if not path.is_dir():
@@ -204,11 +216,121 @@ def find_items(
     return items, valid_name
 
 
-def _per_class(files: list[Path], n: int) -> list[Path]:
+def check_valid_pct(valid_pct) -> None:
+    if isinstance(valid_pct, bool) or not isinstance(valid_pct, int | float) or not 0 < valid_pct < 1:
+        raise InputError(f"valid_pct must be a fraction between 0 and 1 (e.g. 0.2), got {valid_pct!r}")
+
+
+def _random_split(files: list[Path], label: dict, valid_pct: float, seed: int) -> tuple[list[Path], list[Path]]:
+    "A seeded split, `valid_pct` of each class to validation (at least one image each way): the same every run."
+    check_valid_pct(valid_pct)
+    by_class: dict[str, list[Path]] = {}
+    for f in files:
+        by_class.setdefault(label[f], []).append(f)
+    single = sorted(c for c, fs in by_class.items() if len(fs) < 2)
+    if single:
+        raise DataError(f"class{'es' * (len(single) > 1)} with a single image: {', '.join(single[:5])}: a split "
+                        "needs at least two images of each class (one to train on, one to check); add images or "
+                        "remove the class")  # fmt: skip
+    rng, valid = random.Random(seed), set()
+    for c in sorted(by_class):
+        fs = by_class[c]
+        valid.update(rng.sample(fs, min(len(fs) - 1, max(1, round(valid_pct * len(fs))))))
+    return [f for f in files if f not in valid], [f for f in files if f in valid]
+
+
+def _read_csv(csv: Path, label_col: str | None) -> tuple[list[Path], dict, dict | None]:
+    """fastai's `from_csv` form: a column of image paths (relative to the CSV's folder; the first column, or one
+    called path/name/fname/file), a label column (`label_col`, default the second), an optional `is_valid`."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(csv)
+    except Exception as e:
+        raise DataError(f"{csv} cannot be read as a CSV ({type(e).__name__}: {e})") from e
+    cols = list(df.columns)
+    if len(cols) < 2:
+        raise DataError(f"{csv} has {len(cols)} column(s): it needs image paths and labels (and may have is_valid)")
+    path_col = next((c for c in ("path", "name", "fname", "file", "filename") if c in cols), cols[0])
+    label_col = label_col or next(c for c in cols if c not in (path_col, "is_valid"))
+    if label_col not in cols:
+        raise DataError(f"no column {label_col!r} in {csv}: its columns are {', '.join(map(str, cols))} "
+                        "(choose one with --label-col)")  # fmt: skip
+    files = [(csv.parent / str(p)).resolve() for p in df[path_col]]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        shown = ", ".join(str(f) for f in missing[:3])
+        raise DataError(f"{len(missing)} of {len(files)} files named in {csv} are missing (paths are read relative "
+                        f"to {csv.parent}): {shown}{' ...' if len(missing) > 3 else ''}")  # fmt: skip
+    labels = dict(zip(files, (str(v) for v in df[label_col])))
+    is_valid = None
+    if "is_valid" in cols:
+        is_valid = {f: str(v).strip().lower() in ("true", "1", "yes") for f, v in zip(files, df["is_valid"])}
+    return files, labels, is_valid
+
+
+def find_split(
+    path: str | os.PathLike,
+    valid_name: str | None = None,
+    classes: list[str] | int | None = None,
+    subset: int | tuple[int, int] | None = None,
+    check_images: bool = True,
+    bad_images: str = "skip",
+    valid_pct: float = 0.2,
+    label_col: str | None = None,
+    seed: int = 42,
+) -> tuple[list[Path], list[Path], dict | None]:
+    """(training files, validation files, labels) from any of the layouts `get_data` takes; labels is None where
+    a file's class is its folder's name (`class_label`), else a table for `table_label`."""
+    path = Path(path)
+    if path.is_dir() and (path / "train").is_dir():  # train/ and val/ (or valid/)
+        items, valid_name = find_items(path, valid_name, classes, subset, check_images, bad_images)
+        train = [f for f in items if f.parent.parent.name == "train"]
+        return train, [f for f in items if f.parent.parent.name == valid_name], None
+    if path.is_file():  # a CSV of paths and labels
+        files, table, is_valid = _read_csv(path, label_col)
+    else:  # a folder of class folders, no split
+        if not path.is_dir():
+            raise DataError(f"no folder at {path}")
+        files = sorted(f for f in get_image_files(path) if f.parent.parent == path)
+        if not files:
+            raise DataError(f"no images under {path}: expected train/<class>/ and val/<class>/ folders, or one "
+                            "folder of images per class, or a CSV of image paths and labels")  # fmt: skip
+        table, is_valid = {f: parent_label(f) for f in files}, None
+    if check_images:
+        bad = set(_bad_images(files))
+        if bad:
+            msg = f"{len(bad)} of {len(files)} image files cannot be read: " + ", ".join(map(str, sorted(bad)[:5]))
+            if bad_images == "raise":
+                raise DataError(msg + ". Remove or replace them, or pass bad_images='skip' to train without them.")
+            print(f"resnets: skipping {msg}")
+            files = [f for f in files if f not in bad]
+    if classes is not None:
+        names = sorted(set(table.values()))
+        keep = names[:classes] if isinstance(classes, int) else list(classes)
+        unknown = sorted(set(keep) - set(names))
+        if unknown:
+            raise DataError(f"unknown classes {unknown}: {path} has {', '.join(names)}")
+        files = [f for f in files if table[f] in keep]
+    if is_valid is None:
+        train, valid = _random_split(files, table, valid_pct, seed)
+    else:
+        train, valid = [f for f in files if not is_valid[f]], [f for f in files if is_valid[f]]
+        unseen = sorted({table[f] for f in valid} - {table[f] for f in train})
+        if unseen:
+            raise DataError(f"classes with validation images but none to train on: {', '.join(unseen[:5])}: "
+                            "every class needs training images (is_valid False)")  # fmt: skip
+    if subset is not None:
+        n_train, n_valid = check_subset(subset)
+        train, valid = _per_class(train, n_train, table), _per_class(valid, n_valid, table)
+    return train, valid, table
+
+
+def _per_class(files: list[Path], n: int, table: dict | None = None) -> list[Path]:
     "At most `n` files of each class, the same ones every time (a fixed-seed sample of the sorted list)."
     by_class: dict[str, list[Path]] = {}
     for f in files:
-        by_class.setdefault(parent_label(f), []).append(f)
+        by_class.setdefault(table[f] if table is not None else parent_label(f), []).append(f)
     rng = random.Random(0)
     return sorted(f for fs in by_class.values() for f in (fs if len(fs) <= n else rng.sample(fs, n)))
 
@@ -222,15 +344,6 @@ def _holdout(train: list[Path], fraction: float, seed: int = 0) -> tuple[list[Pa
     for files in by_class.values():
         held.update(rng.sample(files, max(1, round(fraction * len(files)))))
     return [f for f in train if f not in held], [f for f in train if f in held]
-
-
-def _split(items: list[Path], valid_name: str, holdout: float) -> tuple[list[Path], list[Path]]:
-    "(training files, validation files): by grandparent folder, as fastai's GrandparentSplitter (deeper files in\n"
-    "neither), or with `holdout` a fixed fraction of the training files in place of the validation set."
-    train = [f for f in items if f.parent.parent.name == "train"]
-    if holdout:
-        return _holdout(train, holdout)
-    return train, [f for f in items if f.parent.parent.name == valid_name]
 
 
 def get_data(
@@ -248,9 +361,15 @@ def get_data(
     flip: bool = True,
     fast: bool = False,
     holdout: float = 0.0,
+    valid_pct: float = 0.2,
+    label_col: str | None = None,
+    seed: int = 42,
 ) -> DataLoaders:
     """The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats.
 
+    `source`: a folder with train/ and val/ (or valid/), a folder of class folders (a seeded `valid_pct` split),
+    a CSV of image paths and labels in fastai's from_csv form (`label_col`; `is_valid` if it has one, else the
+    split), a data set's name or a URL. Images of any size and shape are resized and cropped as fastai's Resize.
     `fast=True`: the same images decoded once into a uint8 cache and augmented in batches on the training
     device (resnets.fastdata); several times faster where decoding and augmentation bound the training.
     `holdout`: validate on this fraction of the training images (a fixed sample per class), not on val/."""
@@ -260,27 +379,31 @@ def get_data(
         raise InputError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
     if bad_images not in ("skip", "raise"):
         raise InputError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
+    check_valid_pct(valid_pct)
     path = resolve_source(source)
-    items, valid_name = find_items(path, valid_name, classes, subset, check_images, bad_images)
-    train, valid = _split(items, valid_name, holdout)
+    train, valid, table = find_split(path, valid_name, classes, subset, check_images, bad_images, valid_pct,
+                                     label_col, seed)  # fmt: skip
+    if holdout:
+        train, valid = _holdout(train, holdout)
+    label = class_label if table is None else partial(table_label, table=table)
     if fast:
         from .fastdata import fast_dataloaders
 
-        dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device)
+        dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label)
     else:
         held = set(valid)
         dblock = DataBlock(
             blocks=(ImageBlock, CategoryBlock),
             splitter=lambda files: ([i for i, f in enumerate(files) if f not in held],
                                     [i for i, f in enumerate(files) if f in held]),  # fmt: skip
-            get_y=class_label,  # readable names in show_batch, plots, results and predictions
+            get_y=label,  # readable names in show_batch, plots, results and predictions
             item_tfms=Resize(presize),
             batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip),
                         Normalize.from_stats(*imagenet_stats)],  # fmt: skip
         )
         kw = {} if num_workers is None else {"num_workers": num_workers}
         dls = dblock.dataloaders(train + valid, bs=bs, device=device, **kw)
-    dls.path = path
+    dls.path = path if path.is_dir() else path.parent
     return dls
 
 

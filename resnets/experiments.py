@@ -96,7 +96,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         # copies rank 0's initial weights to every rank. CPU runs repeat exactly; on a GPU kernels may still vary.
         set_seed(exp.seed + rank_distrib())
     dls = get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
-                   num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout)  # fmt: skip
+                   num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout,
+                   valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed)
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip

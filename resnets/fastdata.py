@@ -247,14 +247,14 @@ class ChapterAugment(RandTransform):
 
 
 def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize: int, bs: int, flip: bool = True,
-                     device=None, min_scale: float = 0.5) -> DataLoaders:  # fmt: skip
-    """fastai DataLoaders over validated training and validation files: images from the uint8 cache, labels from
-    their folders, the chapter's augmentation as one fused batch transform."""
+                     device=None, min_scale: float = 0.5, label=class_label) -> DataLoaders:  # fmt: skip
+    """fastai DataLoaders over validated training and validation files: images from the uint8 cache, labels by
+    `label` (their folders' names by default), the chapter's augmentation as one fused batch transform."""
     files = [Path(f) for f in [*train, *valid]]
     cached = sorted(set(files))  # one cache for the same images however they are split
     images = build_cache(cached, presize)
     splits = [list(range(len(train))), list(range(len(train), len(files)))]
-    dsets = Datasets(files, tfms=[[CachedImage(presize, cached, images)], [class_label, Categorize()]], splits=splits)
+    dsets = Datasets(files, tfms=[[CachedImage(presize, cached, images)], [label, Categorize()]], splits=splits)
     after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip),
                    Normalize.from_stats(*imagenet_stats)]  # fmt: skip
     return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)

@@ -18,7 +18,7 @@ from functools import partial
 from fastai.layers import ConvLayer, Flatten
 from torch import Tensor, nn
 
-from .errors import InputError
+from .errors import InputError, check_number
 from .layers import ResBlock, stem
 
 __all__ = [
@@ -39,8 +39,7 @@ __all__ = [
 
 def _check_positive(**kw: int) -> None:
     for k, v in kw.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"{k} must be a positive integer, got {v!r}")
+        check_number(k, v)
 
 
 # What replaces each stride-2 step of the chapter's first CNN (experiments 1, 2 and 3).

@@ -14,7 +14,8 @@ BOOK_FINAL = {"cnn": 0.6591, "res_cnn": 0.6678, "double_res_cnn": 0.6927, "resne
 
 def test_registry_is_the_chapters_five_experiments_then_the_exercises():
     assert list(CHAPTER) == list(BOOK_FINAL) == list_experiments()[:5]
-    assert list_experiments()[5:] == ["resnet34", "mnist_pool", "mnist_flat", "plain20", "plain56", "res20", "res56"]
+    assert list_experiments()[5:] == ["resnet34", "mnist_pool", "mnist_flat", "plain20", "plain56", "res20", "res56",
+                                      "speedrun", "speedrun10"]
     assert all(not EXPERIMENTS[n].book_accuracy for n in list_experiments()[5:])
     for name, acc in BOOK_FINAL.items():
         e = get_experiment(name)

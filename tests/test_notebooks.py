@@ -10,7 +10,7 @@ NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
 
 
 def test_one_notebook_per_chapter_section_then_the_exercises():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.slow
@@ -30,7 +30,9 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
     if "run(" in nb.read_text():
         # the tiny subset is not the book's setting, so the summary says why it is not set beside the book's figure
-        assert "accuracy" in text and "not compared with the book" in text, "the run printed its summary"
+        assert "accuracy" in text, "the run printed its summary"
+        if "speedrun" not in nb.stem:  # the speedrun has no book figure of its own
+            assert "not compared with the book" in text, "at the tiny settings the summary says why not"
         assert list(tmp_path.glob("runs/*/results.json")), "the run saved its results"
     if "run_study(" in nb.read_text():
         assert len(list(tmp_path.glob("runs/study-*/study.json"))) == 4, "every study saved its table"

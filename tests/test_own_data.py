@@ -1,0 +1,91 @@
+"""Your own images: a folder of class folders (a seeded split), a CSV of labels, photos of any shape, clear errors."""
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import IMAGENETTE, save_image
+from resnets import DataError, InputError, get_data
+
+KW = dict(presize=32, resize=24, bs=4)
+
+
+def _class_folders(root, sizes=((48, 40), (30, 60), (100, 50), (64, 64), (40, 90)), classes=("cat", "dog", "owl")):
+    "root/<class>/*.jpg, photos of several shapes (none of them squares but one)."
+    for c in classes:
+        for i, size in enumerate(sizes):
+            save_image(root / c / f"{c}{i}.jpg", size=size, seed=hash((c, i)) % 2**32)
+    return root
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_folder_of_class_folders_gets_a_seeded_split(tmp_path, fast, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    root = _class_folders(tmp_path / "photos")
+    dls = get_data(root, valid_pct=0.4, fast=fast, **KW)
+    assert list(dls.vocab) == ["cat", "dog", "owl"] and dls.c == 3
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (9, 6), "2 of each class's 5 to validation"
+    again = get_data(root, valid_pct=0.4, fast=fast, **KW)
+    assert dls.valid_ds.items == again.valid_ds.items, "the same images in validation with the same seed"
+    other = get_data(root, valid_pct=0.4, fast=fast, seed=7, **KW)
+    assert sorted(other.valid_ds.items) != sorted(dls.valid_ds.items)
+    x, y = dls.train.one_batch()
+    assert x.shape == (4, 3, 24, 24)
+
+
+def test_photos_of_any_shape_validate_as_fastais_resize_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    root = _class_folders(tmp_path / "photos")
+    stock, fast = (get_data(root, valid_pct=0.4, fast=f, **KW) for f in (False, True))
+    (xs, ys), (xf, yf) = stock.valid.one_batch(), fast.valid.one_batch()
+    assert torch.equal(ys, yf) and xs.shape == xf.shape == (4, 3, 24, 24)
+    assert (xs - xf).abs().max() < 1e-4, "centre crop and resize as fastai's Resize, on non-square images too"
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_noisy_imagenette_csv_with_a_chosen_label_column(imagenette, tmp_path, fast, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    csv = imagenette / "noisy_imagenette.csv"
+    df = pd.read_csv(csv)
+    dls = get_data(csv, label_col="noisy_labels_5", classes=2, subset=(12, 6), fast=fast, **KW)
+    table = dict(zip(df.path, df.noisy_labels_5))
+    assert all(f.parent.parent.name == "val" for f in dls.valid_ds.items), "is_valid says which"
+    assert all(f.parent.parent.name == "train" for f in dls.train_ds.items)
+    names = {"n01440764": "tench", "n02102040": "English springer"}
+    for f, (_, y) in zip(dls.train_ds.items, dls.train_ds):
+        rel = f"{f.parent.parent.name}/{f.parent.name}/{f.name}"
+        assert dls.vocab[int(y)] == names.get(table[rel], table[rel]), "the label is the column's, not the folder's"
+
+
+def test_noisy_labels_differ_from_the_folders():
+    "The 5 % column really is noisy: the CSV test above reads it, not the folder names."
+    if not (IMAGENETTE / "noisy_imagenette.csv").exists():
+        pytest.skip("no noisy_imagenette.csv")
+    df = pd.read_csv(IMAGENETTE / "noisy_imagenette.csv")
+    folder = df.path.str.split("/").str[1]
+    assert 0.03 < (folder != df.noisy_labels_5).mean() < 0.07 and (folder == df.noisy_labels_0).all()
+
+
+def _csv(tmp_path, rows, cols=("name", "label", "is_valid")):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=list(cols)).to_csv(path, index=False)
+    return path
+
+
+def test_clear_errors_for_own_data(tmp_path):
+    root = _class_folders(tmp_path / "photos")
+    rows = [(f"photos/{c}/{c}{i}.jpg", c, i == 0) for c in ("cat", "dog") for i in range(3)]
+    with pytest.raises(DataError, match=r"2 of 8 files named in .* are missing .*relative to"):
+        get_data(_csv(tmp_path, rows + [("photos/cat/nope.jpg", "cat", False), ("x.jpg", "dog", False)]), **KW)
+    with pytest.raises(DataError, match=r"no column 'species' in .*: its columns are name, label, is_valid"):
+        get_data(_csv(tmp_path, rows), label_col="species", **KW)
+    with pytest.raises(DataError, match="validation images but none to train on: owl"):
+        get_data(_csv(tmp_path, rows + [("photos/owl/owl0.jpg", "owl", True)]), **KW)
+    lonely = _csv(tmp_path, [r[:2] for r in rows] + [("photos/owl/owl0.jpg", "owl")], cols=("name", "label"))
+    with pytest.raises(DataError, match="a single image: owl"):
+        get_data(lonely, **KW)
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(InputError, match="valid_pct must be a fraction between 0 and 1"):
+            get_data(root, valid_pct=bad, **KW)
+    with pytest.raises(DataError, match="no CSV file at"):
+        get_data(tmp_path / "missing.csv", **KW)

@@ -1,0 +1,97 @@
+"""The speedrun's pieces: progressive resizing, a larger test size, flip TTA, a held-out split, training to a budget."""
+
+import time
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from conftest import TINY
+from resnets import InputError, build, configure, get_data, run
+from resnets.experiments import flip_tta_accuracy
+
+
+class _Sizes(Callback):
+    "Records the image size of each epoch's training and validation batches."
+
+    def before_fit(self):
+        self.seen = {}
+
+    def after_pred(self):
+        self.seen.setdefault((self.epoch, self.training), set()).add(self.x.shape[-1])
+
+
+def test_sizes_stretch_over_the_epochs_and_validation_uses_the_test_size(imagenette):
+    exp = configure("cnn", verbose=False, epochs=4, sizes=(32, 48), test_size=56, presize=64)
+    assert [exp.train_size(e) for e in range(4)] == [32, 32, 48, 48] and exp.valid_size == 56
+    assert [exp.train_size(e, 3) for e in range(3)] == [32, 32, 48], "stretched to whatever number of epochs"
+    probe = _Sizes()
+    kw = {**TINY, "epochs": 4, "presize": 64, "size": 48}
+    learn, _ = build("cnn", data=imagenette, cbs=probe, verbose=False, **kw, fast_data=True, sizes=(32, 48),
+                     test_size=56)  # fmt: skip
+    with learn.no_bar():
+        learn.fit_one_cycle(4, 1e-3)
+    assert {k: v for k, v in probe.seen.items() if k[1]} == {(0, True): {32}, (1, True): {32}, (2, True): {48},
+                                                             (3, True): {48}}  # fmt: skip
+    assert all(v == {56} for k, v in probe.seen.items() if not k[1])
+    x, _ = learn.dls.valid.one_batch()
+    assert x.shape[-1] == 56, "after fit the loaders stay at the size validation used (predict, Interpretation)"
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_test_size_on_both_pipelines(imagenette, fast):
+    learn, _ = build("cnn", data=imagenette, verbose=False, **{**TINY, "presize": 48}, fast_data=fast, test_size=40)
+    preds, _ = learn.get_preds()
+    assert preds.shape == (16, 2)
+    x, _ = learn.dls.valid.one_batch()
+    assert x.shape[-1] == 40
+
+
+def test_bad_schedule_settings_are_clear():
+    with pytest.raises(InputError, match=r"sizes \(200\) is larger than presize \(160\)"):
+        configure("cnn", sizes=(200, 128), presize=160)
+    with pytest.raises(InputError, match="sizes must end at the training size"):
+        configure("cnn", sizes=(64, 96), size=128)
+    with pytest.raises(InputError, match="holdout must be a fraction"):
+        configure("cnn", holdout=1.5)
+    with pytest.raises(InputError, match="a duration must be"):
+        configure("cnn", budget="ten minutes")
+    assert configure("cnn", budget="10m").budget == 600 and configure("cnn", budget="90s").budget == 90
+
+
+def test_holdout_scores_on_training_images_only(imagenette):
+    dls = get_data(imagenette, presize=40, resize=32, bs=8, classes=2, subset=(40, 8), holdout=0.25)
+    train, valid = dls.train_ds.items, dls.valid_ds.items
+    assert all(f.parent.parent.name == "train" for f in train + valid), "val/ untouched"
+    assert len(valid) == 20 and len(train) == 60 and not set(train) & set(valid)
+    again = get_data(imagenette, presize=40, resize=32, bs=8, classes=2, subset=(40, 8), holdout=0.25, fast=True)
+    assert sorted(again.valid_ds.items) == sorted(valid), "the same images held out every time, on both paths"
+
+
+def test_flip_tta_averages_an_image_and_its_mirror(imagenette):
+    learn, _ = build("cnn", data=imagenette, verbose=False, **TINY)
+    model = learn.model.eval()
+    hits = 0
+    with torch.no_grad():
+        for xb, yb in learn.dls.valid:
+            x = xb.as_subclass(torch.Tensor)
+            p = model(x).softmax(1) + model(torch.flip(x, [3])).softmax(1)
+            hits += (p.argmax(1) == yb.as_subclass(torch.Tensor)).sum().item()
+    assert flip_tta_accuracy(learn) == hits / 16
+    r = run("cnn", data=imagenette, save=False, progress=False, tta=True, **TINY)
+    assert r.tta_accuracy is not None and 0 <= r.tta_accuracy <= 1 and "flip TTA" in r.summary()
+
+
+@pytest.mark.slow
+def test_a_budget_fits_the_epochs_and_is_kept(imagenette, tmp_path):
+    kw = dict(data=imagenette, classes=2, subset=(48, 16), size=32, presize=40, bs=8, progress=False)
+    budget = 20.0
+    start = time.perf_counter()
+    r = run("cnn", out=tmp_path / "b", budget=budget, **kw)
+    took = time.perf_counter() - start
+    plan = r.settings["budget_plan"]
+    assert plan["epochs"] == r.settings["epochs"] == len(r.history) >= 1, "the computed schedule is the one run"
+    assert took <= budget * 1.25 + 2, f"{took:.1f} s for a {budget:.0f} s budget (tolerance 25 % + 2 s)"
+    assert abs(plan["predicted_s"] - r.wall_time) < 0.5 * budget, (plan, r.wall_time)
+    with pytest.raises(InputError, match=r"too small for one epoch .* at least --budget \d+"):
+        run("cnn", save=False, budget=0.5, **kw)
