@@ -76,9 +76,6 @@ class Experiment:
     model: str = _option("resnet18", "the network (a name of resnets.models.MODELS)", str, metavar="MODEL")
     data: str | os.PathLike = _option("imagenette-160", "a folder with train/ and val/, a name (imagenette-160, "
                                       "...) or a URL", str, metavar="PATH")  # fmt: skip
-    valid_pct: float = _option(0.2, "for a folder of class folders, or a CSV without is_valid: the fraction of each "
-                               "class held out for validation (a seeded split)", float, metavar="FRAC")  # fmt: skip
-    label_col: str | None = _option(None, "for a CSV: the column of labels (default: the second)", str, metavar="COL")
     presize: int = _option(160, "size images are first resized (and cropped) to, before augmentation", int,
                            metavar="PX")  # fmt: skip
     size: int = _option(128, "training image size in pixels (the chapter's `resize`)", int, metavar="PX")
@@ -87,6 +84,9 @@ class Experiment:
                                                    "sample)", int, metavar="N")  # fmt: skip
     classes: int | tuple[str, ...] | None = _option(None, "the first N classes, or a comma-separated list of class "
                                                     "folders", _parse_classes, metavar="N|a,b")  # fmt: skip
+    valid_pct: float = _option(0.2, "for a folder of class folders, or a CSV without is_valid: the fraction of each "
+                               "class held out for validation (a seeded split)", float, metavar="FRAC")  # fmt: skip
+    label_col: str | None = _option(None, "for a CSV: the column of labels (default: the second)", str, metavar="COL")
     epochs: int = _option(5, "number of epochs", int, metavar="N")
     lr: float = _option(3e-3, "maximum learning rate of the one-cycle schedule", float, metavar="LR")
     flip: bool = _option(True, "random horizontal flips in the augmentation (--no-flip for digits)", bool)

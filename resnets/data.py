@@ -202,18 +202,21 @@ def find_items(
         n_train, n_valid = check_subset(subset)
         split = {"train": _per_class(split["train"], n_train), valid_name: _per_class(split[valid_name], n_valid)}
     items = split["train"] + split[valid_name]
-    if check_images:
-        bad = _bad_images(items)
-        if bad:
-            shown = "\n  ".join(str(f) for f in bad[:5])
-            msg = f"{len(bad)} of {len(items)} image files cannot be read (corrupt, truncated or not images)"
-            msg += f":\n  {shown}"
-            if bad_images == "raise":
-                raise DataError(msg + "\nRemove or replace them, or pass bad_images='skip' to train without them.")
-            print(f"resnets: skipping {msg}")
-            bad = set(bad)
-            items = [f for f in items if f not in bad]
-    return items, valid_name
+    return (_readable(items, bad_images) if check_images else items), valid_name
+
+
+def _readable(files: list[Path], bad_images: str = "skip") -> list[Path]:
+    "The files that open as images; the others are skipped with a message naming the first few, or an error."
+    bad = _bad_images(files)
+    if not bad:
+        return files
+    shown = "\n  ".join(str(f) for f in bad[:5])
+    msg = f"{len(bad)} of {len(files)} image files cannot be read (corrupt, truncated or not images):\n  {shown}"
+    if bad_images == "raise":
+        raise DataError(msg + "\nRemove or replace them, or pass bad_images='skip' to train without them.")
+    print(f"resnets: skipping {msg}")
+    bad = set(bad)
+    return [f for f in files if f not in bad]
 
 
 def check_valid_pct(valid_pct) -> None:
@@ -298,13 +301,7 @@ def find_split(
                             "folder of images per class, or a CSV of image paths and labels")  # fmt: skip
         table, is_valid = {f: parent_label(f) for f in files}, None
     if check_images:
-        bad = set(_bad_images(files))
-        if bad:
-            msg = f"{len(bad)} of {len(files)} image files cannot be read: " + ", ".join(map(str, sorted(bad)[:5]))
-            if bad_images == "raise":
-                raise DataError(msg + ". Remove or replace them, or pass bad_images='skip' to train without them.")
-            print(f"resnets: skipping {msg}")
-            files = [f for f in files if f not in bad]
+        files = _readable(files, bad_images)
     if classes is not None:
         names = sorted(set(table.values()))
         keep = names[:classes] if isinstance(classes, int) else list(classes)
@@ -415,7 +412,8 @@ def set_image_size(dls: DataLoaders, size: int) -> None:
 
     from .fastdata import ChapterAugment
 
-    for t in [*dls.train.after_batch.fs, *dls.valid.after_batch.fs]:
+    loaders = [getattr(dl, "dl", dl) for dl in (dls.train, dls.valid)]  # a distributed run wraps each loader
+    for t in [t for dl in loaders for t in getattr(getattr(dl, "after_batch", None), "fs", [])]:
         if isinstance(t, ChapterAugment):
             t.size = size
         elif isinstance(t, RandomResizedCropGPU):

@@ -46,7 +46,7 @@ class EpochLog(Callback):
                 if row and isinstance(row[0], int) and row[0] < self.start_epoch:
                     return
                 return self.inner(row)
-            if row[0] < self.start_epoch:
+            if row[0] < self.start_epoch or rank_distrib() > 0:  # resumed epochs; other ranks: rank 0 reports
                 return
             if not widths:  # the header, once, above the first row
                 names = self.recorder.metric_names
@@ -121,6 +121,10 @@ class ImageSizes(Callback):
 
     def __init__(self, exp: Experiment):
         self.exp = exp
+
+    def before_fit(self):
+        if not (self.exp.sizes or self.exp.test_size):  # one size throughout: nothing to change
+            self.run = False
 
     def before_train(self):
         set_image_size(self.dls, self.exp.train_size(self.epoch, self.n_epoch))

@@ -62,8 +62,9 @@ def test_missing_folder(tmp_path):
 
 
 def test_no_train_folder(tree):
-    os.rename(tree / "train", tree / "training")
-    with pytest.raises(DataError, match=r"no `train/` folder.*expected train/ and val/"):
+    os.rename(tree / "train", tree / "training")  # neither train/ + val/, nor images in class folders
+    with pytest.raises(DataError, match=r"no images under .*expected train/<class>/ and val/<class>/ folders, or one "
+                       "folder of images per class"):  # fmt: skip
         tiny(tree)
 
 

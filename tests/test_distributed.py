@@ -36,7 +36,8 @@ def test_two_ranks_train_once_with_metrics_over_the_whole_validation_set(imagene
     assert p.returncode == 0, p.stdout + p.stderr
     # both ranks trained, each on half of every epoch; only rank 0 printed the summary and wrote the folder
     assert "rank 1 of 2 trained" in p.stderr, p.stderr
-    assert p.stdout.count("saved ") == 1 and p.stdout.count("accuracy ") == 1, p.stdout
+    assert p.stdout.count("saved ") == 1 and p.stdout.count("cnn: accuracy ") == 1, p.stdout
+    assert p.stdout.count("train_loss") == 1, "one header: rank 0 reports the epochs"
     assert sorted(x.name for x in (tmp_path / "runs").iterdir()) == ["cnn-ddp"]
     r = load_results(out)
     assert r.finished and len(r.history) == 2 and r.settings["world_size"] == 2 and r.settings["n_valid"] == 21

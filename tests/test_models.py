@@ -147,7 +147,8 @@ def test_c_in_and_n_out():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(layers=[2, 0, 2, 2]), "positive"), (dict(layers=[]), "1 to 4"), (dict(layers=[1] * 5), "1 to 4"),
+    (dict(layers=[2, 0, 2, 2]), "each entry of layers must be an integer >= 1"),
+    (dict(layers=[]), "1 to 4"), (dict(layers=[1] * 5), "1 to 4"),
     (dict(layers="2222"), "list"), (dict(layers=[2, 2], expansion=0), "expansion"),
     (dict(layers=[2, 2], n_out=0), "n_out"),
 ])  # fmt: skip
