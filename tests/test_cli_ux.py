@@ -24,8 +24,9 @@ def _cli(*args, **kw):
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(imagenette, tmp_path):
     out = tmp_path / "r"
     args = ["run", "cnn", "--data", str(imagenette), *TINY_CLI, "--epochs", "40", "--out", str(out)]
+    # a shell that starts the tests in the background (nohup ... &) hands them SIGINT ignored: restore the default
     p = subprocess.Popen([sys.executable, "-m", "resnets", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)  # fmt: skip
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 300
     while not (out / CHECKPOINT).exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
