@@ -179,48 +179,59 @@ def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
     return out
 
 
-def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, **kw) -> dict:
-    """Where a training step's time goes, for each pipeline: waiting for the batch, forward + loss, backward, step.
-
-    Times `batches` steps (fewer if the epoch is shorter) of the experiment's own Learner (model, loss,
-    optimiser) after `warmup` untimed ones, synchronising the GPU between stages so each stage is charged
-    its own time."""
-    from .experiments import build
+def step_stages(model, opt, loss_func, dl, batches: int, warmup: int = 1, cast=None) -> tuple[dict, int]:
+    """Seconds spent per stage of `batches` training steps, after `warmup` untimed ones: waiting for the batch
+    (loading and augmentation), forward + loss, backward, optimiser step; and the images timed. The GPU is
+    synchronised between stages so each is charged its own time. `cast`: a context manager factory (autocast)."""
+    import contextlib
 
     def sync():
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
+    model.train()
+    stages, it, n = dict.fromkeys(("data", "forward", "backward", "step"), 0.0), iter(dl), 0
+    for i in range(warmup + batches):
+        t0 = time.perf_counter()
+        xb, yb = (t.as_subclass(torch.Tensor) for t in next(it))  # fastai's tensor types, as plain tensors
+        sync()
+        t1 = time.perf_counter()
+        with (cast or contextlib.nullcontext)():
+            loss = loss_func(model(xb).float(), yb)
+        sync()
+        t2 = time.perf_counter()
+        loss.backward()
+        sync()
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad()
+        sync()
+        t4 = time.perf_counter()
+        if i >= warmup:
+            n += len(xb)
+            for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                stages[k] += dt
+    del it
+    return stages, n
+
+
+def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, **kw) -> dict:
+    """Where a training step's time goes, for each pipeline: waiting for the batch, forward + loss, backward, step.
+
+    Times `batches` steps (fewer if the epoch is shorter) of the experiment's own Learner (model, loss,
+    optimiser) after `warmup` untimed ones (`step_stages`)."""
+    from .experiments import build
+
     out = {"experiment": experiment, "batches": batches}
     for fast in (False, True):
         learn, _ = build(experiment, data=data, fast_data=fast, verbose=False, **kw)
         learn.create_opt()
-        model, dl = learn.model.train(), learn.dls.train
+        dl = learn.dls.train
         if len(dl) <= warmup:
             raise InputError(f"{len(dl)} training batches leave none to time after {warmup} warm-up ones: "
                              "use more data or a smaller batch size")  # fmt: skip
         batches = out["batches"] = min(batches, len(dl) - warmup)
-        stages, it, n = dict.fromkeys(("data", "forward", "backward", "step"), 0.0), iter(dl), 0
-        for i in range(warmup + batches):
-            t0 = time.perf_counter()
-            xb, yb = (t.as_subclass(torch.Tensor) for t in next(it))  # fastai's tensor types, as plain tensors
-            sync()
-            t1 = time.perf_counter()
-            loss = learn.loss_func(model(xb), yb)
-            sync()
-            t2 = time.perf_counter()
-            loss.backward()
-            sync()
-            t3 = time.perf_counter()
-            learn.opt.step()
-            learn.opt.zero_grad()
-            sync()
-            t4 = time.perf_counter()
-            if i >= warmup:
-                n += len(xb)
-                for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    stages[k] += dt
-        del it
+        stages, n = step_stages(learn.model, learn.opt, learn.loss_func, dl, batches, warmup)
         total = sum(stages.values())
         key = "fast" if fast else "stock"
         out[key] = {"images_per_s": n / total, **{f"{k}_fraction": v / total for k, v in stages.items()}}

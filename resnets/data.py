@@ -332,17 +332,6 @@ def _per_class(files: list[Path], n: int, table: dict | None = None) -> list[Pat
     return sorted(f for fs in by_class.values() for f in (fs if len(fs) <= n else rng.sample(fs, n)))
 
 
-def _holdout(train: list[Path], fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
-    "The training files split into (train, held out): `fraction` of each class, the same files every time."
-    by_class: dict[str, list[Path]] = {}
-    for f in train:
-        by_class.setdefault(parent_label(f), []).append(f)
-    rng, held = random.Random(seed), set()
-    for files in by_class.values():
-        held.update(rng.sample(files, max(1, round(fraction * len(files)))))
-    return [f for f in train if f not in held], [f for f in train if f in held]
-
-
 def get_data(
     source: str | os.PathLike = "imagenette-160",
     presize: int = 160,
@@ -380,8 +369,8 @@ def get_data(
     path = resolve_source(source)
     train, valid, table = find_split(path, valid_name, classes, subset, check_images, bad_images, valid_pct,
                                      label_col, seed)  # fmt: skip
-    if holdout:
-        train, valid = _holdout(train, holdout)
+    if holdout:  # a fixed sample of each class's training images (seed 0), whatever the run's seed
+        train, valid = _random_split(train, table or {f: parent_label(f) for f in train}, holdout, seed=0)
     label = class_label if table is None else partial(table_label, table=table)
     if fast:
         from .fastdata import fast_dataloaders

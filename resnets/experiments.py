@@ -157,27 +157,20 @@ def flip_tta_accuracy(learn) -> float:
 
 
 def _time_steps(learn, size: int, steps: int = 3) -> float:
-    "Seconds per training step at `size`: a copy of the model and optimiser, timed on real batches (after one)."
+    """Seconds per training step at `size`, data loading and augmentation included: a copy of the model (the run's
+    own is not touched), timed on real batches by the benchmarks' `step_stages`."""
     import copy
 
+    from .bench import step_stages
+
     set_image_size(learn.dls, size)
-    model = copy.deepcopy(learn.model).train()
+    model = copy.deepcopy(learn.model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-9)  # the step's cost, not fastai's bookkeeping
-    it, times = iter(learn.dls.train), []
-    for i in range(steps + 1):
-        xb, yb = (t.as_subclass(torch.Tensor) for t in next(it))
-        start = time.perf_counter()
-        with _device_autocast(learn):
-            loss = torch.nn.functional.cross_entropy(model(xb).float(), yb)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if learn.dls.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
-    del it
-    return sorted(times)[len(times) // 2]
+    warmup = 1 if len(learn.dls.train) > 1 else 0
+    steps = max(1, min(steps, len(learn.dls.train) - warmup))
+    stages, _ = step_stages(model, opt, torch.nn.functional.cross_entropy, learn.dls.train, steps, warmup,
+                            cast=lambda: _device_autocast(learn))  # fmt: skip
+    return sum(stages.values()) / steps
 
 
 @torch.no_grad()
