@@ -22,12 +22,14 @@ _MODULES = {
                "bottleneck_convs", "stem"],
     "learner": ["accuracy_metric", "choose_precision", "get_learner", "top_5_accuracy", "top_5_metric",
                 "top_k_accuracy"],
-    "models": ["MODELS", "ChapterCNN", "DepthNet", "ResNet", "cnn_block", "create_model", "list_models", "resnet18",
-               "resnet34", "resnet50", "resnet101", "resnet152"],
+    "models": ["MODELS", "ChapterCNN", "DepthNet", "ResNet", "cnn_block", "create_model", "list_models", "resnet10",
+               "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
     "experiments": ["build", "lr_find", "run"],
     "results": ["Results", "compare", "load_results"],
     "export": ["Predictor", "export", "export_torchscript", "load"],
     "studies": ["StudyResults", "run_study"],
+    "interpret": ["Interpretation", "interpret", "interpret_run"],
+    "finetune": ["body_head_splitter", "load_body"],
 }  # fmt: skip
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = ["__version__", *_WHERE]

@@ -160,7 +160,7 @@ class Checkpoint(Callback):
         if self.folder is None or self.epoch < self.start_epoch:
             return
         smooth, scaler = self.recorder.smooth_loss, getattr(self.learn, "scaler", None)
-        _atomic_save({"epoch": self.epoch, "model": _unwrap(self.learn.model).state_dict(),
+        _atomic_save({"epoch": len(self.results.history) - 1, "model": _unwrap(self.learn.model).state_dict(),
                       "opt": _plain(self.learn.opt.state_dict()), "rng": _rng_state(self.dls),
                       "scaler": scaler.state_dict() if scaler is not None else None,
                       "smooth_loss": _plain((smooth.count, smooth.val)),

@@ -65,7 +65,7 @@ def add_options(p: argparse.ArgumentParser, only=None, skip=()) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
-    commands = "{list,run,lr-find,compare,study,export,predict,bench}"
+    commands = "{list,run,lr-find,compare,interpret,study,export,predict,bench}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands)
     sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
     p = sub.add_parser("run", help="train an experiment, then compare with the book",
@@ -84,6 +84,11 @@ def parser() -> argparse.ArgumentParser:
                    help="progress bars (default: only when writing to a terminal)")
     p = sub.add_parser("compare", help="a table of several runs against the book")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
+    p = sub.add_parser("interpret", help="redraw a run's confusion matrix and top losses, and print its per-class "
+                       "accuracy")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
+    p.add_argument("-k", type=int, default=9, help="how many of the worst-predicted images to show (default 9)")
+    p.add_argument("--data", help="the run's images, if they have moved since it was trained")
     p = sub.add_parser("study", help="run a study (several experiments compared): " + ", ".join(STUDIES))
     p.add_argument("name", choices=list(STUDIES), metavar="NAME", help=f"one of: {', '.join(STUDIES)}")
     p.add_argument("--out", help="folder for the runs, study.json and study.png (default: runs/study-NAME); "
@@ -96,10 +101,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
     p.add_argument("--out", help="the model file (default: RUN_DIR/model.resnets)")
     p.add_argument("--torchscript", metavar="FILE", help="also a TorchScript file of the network")
+    p.add_argument("--onnx", metavar="FILE", help="also an ONNX file (class names and preprocessing in its metadata; "
+                   "`resnets predict FILE.onnx` runs it with onnxruntime)")  # fmt: skip
     p.add_argument("--check", nargs="*", default=[], metavar="IMAGE",
-                   help="images on which the TorchScript outputs are compared with the model's")  # fmt: skip
+                   help="images on which the TorchScript / ONNX outputs are compared with the model's")  # fmt: skip
     p = sub.add_parser("predict", help="the top-5 classes of images, with names and probabilities")
-    p.add_argument("model", metavar="MODEL", help="a file written by `resnets export`")
+    p.add_argument("model", metavar="MODEL", help="a file written by `resnets export` (.resnets, or .onnx: run by "
+                   "onnxruntime)")  # fmt: skip
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5, at least 1)")
     p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, conv1x1")
@@ -255,10 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             print(found.table())
             print(f"saved {found.folder}/study.json and study.png")
         elif args.command == "export":
-            from .export import export, export_torchscript, load
+            from .export import ONNX_OPSET, export, export_onnx, export_torchscript, load
 
             path = export(args.run_dir, args.out)
             print(f"saved {path}")
+            if args.onnx:
+                diff = export_onnx(load(path), args.onnx, args.check)
+                print(f"saved {args.onnx} (ONNX opset {ONNX_OPSET}): largest difference of onnxruntime's logits from "
+                      f"the model's on {len(args.check)} image(s): {diff:.2e}")  # fmt: skip
             if args.torchscript:
                 diff = export_torchscript(load(path), args.torchscript, args.check)
                 print(f"saved {args.torchscript}: largest difference from the model on {len(args.check)} image(s): "
@@ -275,6 +287,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
         elif args.command == "compare":
             print(compare(args.runs))
+        elif args.command == "interpret":
+            from .interpret import interpret_run
+
+            check_number("k", args.k)
+            per_class = interpret_run(args.run_dir, k=args.k, data=args.data)
+            width = max(map(len, per_class))
+            for c, acc in sorted(per_class.items(), key=lambda kv: kv[1]):
+                print(f"  {c:<{width}}  {acc:7.2%}")
+            print(f"saved {args.run_dir}/confusion_matrix.png and top_losses.png")
         elif args.command == "bench":
             _bench(args)
     except RunExists as e:

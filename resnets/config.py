@@ -74,6 +74,8 @@ class Experiment:
     name: str
     title: str = ""
     model: str = _option("resnet18", "the network (a name of resnets.models.MODELS)", str, metavar="MODEL")
+    width: float = _option(1.0, "a ResNet's widths times this, e.g. 0.5 for half the channels (about a quarter of "
+                           "the compute)", float, metavar="X")  # fmt: skip
     data: str | os.PathLike = _option("imagenette-160", "a folder with train/ and val/, a name (imagenette-160, "
                                       "...) or a URL", str, metavar="PATH")  # fmt: skip
     presize: int = _option(160, "size images are first resized (and cropped) to, before augmentation", int,
@@ -102,6 +104,12 @@ class Experiment:
                         "(test-time augmentation)", bool)  # fmt: skip
     holdout: float = _option(0.0, "score on this fraction of the training images, held out with a fixed seed, "
                              "instead of the validation set (to choose settings)", float, metavar="FRAC")  # fmt: skip
+    init: str | None = _option(None, "start from an earlier run's weights (its --out folder, or a file from `resnets "
+                               "export`): its body, a new head for these classes, then fastai's fine_tune (the head "
+                               "alone for freeze_epochs, then every layer, the body at lower learning rates)", str,
+                               metavar="RUN_DIR")  # fmt: skip
+    freeze_epochs: int = _option(1, "with init: epochs that train the new head alone, before `epochs` of the whole "
+                                 "network", int, metavar="N")  # fmt: skip
     budget: float | None = _option(None, "seconds (or 10m, 1h) for the whole run: the epochs are fitted to this "
                                    "machine's measured speed", parse_seconds, metavar="TIME")  # fmt: skip
     fast_data: bool = _option(False, "decode the images once into a uint8 cache and augment whole batches "
@@ -121,7 +129,13 @@ class Experiment:
             check_number(k, getattr(self, k), low=16)
         for k in ("bs", "epochs"):
             check_number(k, getattr(self, k))
+        check_number("freeze_epochs", self.freeze_epochs, low=0)
+        if self.init is not None:
+            object.__setattr__(self, "init", str(self.init))
+            if self.budget is not None:
+                raise InputError("init (fine-tuning) does not take a budget yet: give --epochs instead of --budget")
         check_number("lr", self.lr, kind=(int, float), low=0, strict=True)
+        check_number("width", self.width, kind=(int, float), low=0, strict=True)
         check_regularisation(self.label_smoothing, self.mixup)
         if self.size > self.presize:
             raise InputError(f"size ({self.size}) is larger than presize ({self.presize}): use a presize of at "
@@ -312,6 +326,13 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
           (Arm("baseline", "resnet18", dict(**_SMALL_RESNET, epochs=10)),
            Arm("label smoothing 0.1 + mixup 0.4", "resnet18",
                dict(**_SMALL_RESNET, epochs=10, label_smoothing=0.1, mixup=0.4))),
+          curve="valid_loss"),
+    Study("noisy",
+          "training on noisy labels (noisy_imagenette.csv: 0 %, 5 % and 50 % of the training labels changed) costs "
+          "accuracy on the clean validation labels, much more at 50 % than at 5 %",
+          tuple(Arm(f"{p} % noisy labels", "speedrun",
+                    dict(data="imagenette-160/noisy_imagenette.csv", label_col=f"noisy_labels_{p}"))
+                for p in (0, 5, 50)),
           curve="valid_loss"),
 ]}  # fmt: skip
 

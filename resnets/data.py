@@ -109,7 +109,11 @@ def _download(url: str) -> Path:
 
 
 def resolve_source(source: str | os.PathLike) -> Path:
-    "A local folder, a short name from `SOURCES` or a fastai URL -> the extracted folder on disk."
+    """A local folder, a short name from `SOURCES` or a fastai URL -> the extracted folder on disk; a name then a path
+    (`imagenette-160/noisy_imagenette.csv`) -> that file or folder inside the data set."""
+    if isinstance(source, str) and source.split("/", 1)[0] in SOURCES and "/" in source.strip("/"):
+        name, rest = source.split("/", 1)
+        return resolve_source(str(resolve_source(name) / rest))
     if isinstance(source, os.PathLike | str) and Path(source).expanduser().suffix.lower() == ".csv":
         path = Path(source).expanduser()
         if not path.is_file():

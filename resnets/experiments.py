@@ -22,6 +22,7 @@ from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_ex
 from .data import get_data, set_image_size
 from .errors import InputError, RunExists, RunInterrupted
 from .learner import accuracy_metric, get_learner, top_5_metric
+from .finetune import body_head_splitter, load_body
 from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -79,7 +80,8 @@ class RunHistory(Callback):
         if self.epoch < self.start_epoch:  # skipped when resuming: already in the history
             return
         names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
-        row = {"epoch": self.epoch, **{n: float(v) for n, v in zip(names, self.learn.final_record)}}
+        # numbered on from the run's earlier epochs: fine_tune's second fit counts from 0 again
+        row = {"epoch": len(self.results.history), **{n: float(v) for n, v in zip(names, self.learn.final_record)}}
         row["time"] = time.perf_counter() - self.start
         row["elapsed"] = time.perf_counter() - self.started  # since the command started (this call's, on resume)
         self.results.history.append(row)
@@ -101,15 +103,18 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
-    model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma)
+    model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width)
     _check_input_size(model, exp)
+    if exp.init is not None:
+        load_body(model, exp.init, exp.model, exp.width)
     if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (PERFORMANCE.md), same accuracy;
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
     cbs = [ImageSizes(exp), *L(cbs)]
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
-                        label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose)  # fmt: skip
+                        label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
+                        splitter=body_head_splitter)  # fmt: skip
     return learn, exp
 
 
@@ -263,6 +268,8 @@ def run(
     run in `out` from its last checkpoint with the same settings (a fresh start if it has none)."""
     start = time.perf_counter()
     exp = configure(name, verbose=rank_distrib() == 0, **overrides)
+    if resume and exp.init is not None:
+        raise InputError("a fine-tuning run (init) cannot be resumed yet: start it again (it is short)")
     if resume and (out is None or not save):
         raise InputError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
     state = load_checkpoint(out) if resume else None
@@ -312,7 +319,10 @@ def run(
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
-            learn.fit_one_cycle(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
+            if exp.init is not None:  # fastai's schedule: the new head alone, then every layer (the body slower)
+                learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs)
+            else:
+                learn.fit_one_cycle(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
     except torch.cuda.OutOfMemoryError as e:
         more = f" and --resume to continue {folder}" if folder is not None else ""
         msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"
@@ -331,6 +341,10 @@ def run(
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
     if exp.tta:
         results.tta_accuracy = flip_tta_accuracy(learn)
+    if folder is not None:  # confusion matrix, top losses, per-class accuracy
+        from .interpret import interpret
+
+        results.per_class_accuracy = interpret(learn, folder)
     results.finished = True
     results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
     if folder is not None:

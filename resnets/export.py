@@ -3,6 +3,8 @@
   export(run_dir)         -> run_dir/model.resnets: weights, architecture, class names and preprocessing
   load(path).predict(img) -> top-5 (class, human name, probability) for an image path, PIL image or array
   export_torchscript(...) -> a TorchScript file of the same network, checked against it on real images
+  export_onnx(...)        -> an ONNX file of the network (opset ONNX_OPSET), its class names and preprocessing
+                             in the file's metadata; `load("m.onnx")` predicts with onnxruntime
 
 Preprocessing is the validation pipeline of training: the image resized (shortest side) and centre
 cropped to presize, resized to the training size, scaled to [0, 1] and normalised with ImageNet stats.
@@ -10,6 +12,7 @@ cropped to presize, resized to the training size, scaled to [0, 1] and normalise
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -25,9 +28,12 @@ from .errors import InputError, MissingFile, check_number
 from .fastdata import preprocess
 from .models import create_model
 
-__all__ = ["FORMAT", "export", "load", "Predictor", "export_torchscript"]
+__all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchscript", "export_onnx"]
 
 FORMAT = "resnets-model-v1"
+ONNX_OPSET = 18  # onnxruntime 1.16 (2023) and later run it
+_ONNX_META = ("format", "model", "width", "n_out", "vocab", "names", "presize", "resize", "stats", "experiment",
+              "epochs_trained")  # what an ONNX file carries of the model file, as JSON in its metadata
 
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -44,7 +50,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
     out = Path(out) if out is not None else run_dir / "model.resnets"
     size = s["size"] if "size" in s else s["resize"]  # the option was `resize` in runs of earlier versions
-    torch.save({"format": FORMAT, "model": s["model"], "n_out": len(vocab), "state_dict": state["model"],
+    torch.save({"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0), "n_out": len(vocab), "state_dict": state["model"],
                 "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
                 "presize": s["presize"], "resize": size, "stats": [list(v) for v in imagenet_stats],
                 "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
@@ -79,8 +85,12 @@ class Predictor:
         return preprocess(_read_image(img), self.meta["presize"], self.meta["resize"], self.meta["stats"])
 
     @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        "The network's outputs for a batch of preprocessed images."
+        return self.model(x)
+
     def probabilities(self, img) -> torch.Tensor:
-        return self.model(self.preprocess(img)).softmax(1)[0]
+        return self.logits(self.preprocess(img)).softmax(1)[0]
 
     def predict(self, img, k: int = 5) -> list[tuple[str, str, float]]:
         "The k most probable classes: (class folder name, human-readable name, probability), best first."
@@ -90,11 +100,42 @@ class Predictor:
         return [(self.vocab[i], self.names[self.vocab[i]], float(p)) for p, i in zip(top.values, top.indices)]
 
 
+class OnnxPredictor(Predictor):
+    "A Predictor whose network runs in onnxruntime, from a file written by `export_onnx`."
+
+    def __init__(self, session, meta: dict):
+        self.session, self.model, self.meta = session, None, meta
+        self.vocab, self.names = meta["vocab"], meta["names"]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"image": x.numpy()})[0])
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError("ONNX models need onnxruntime (and onnx to write them): pip install 'resnets[onnx]'") \
+            from None
+    return onnxruntime
+
+
 def load(path: str | os.PathLike) -> Predictor:
-    "Load a file written by `export` (or `resnets export`)."
+    "Load a file written by `export` (or `resnets export`), or an ONNX file from `export_onnx` (run by onnxruntime)."
     path = Path(path)
     if not path.is_file():
         raise MissingFile(f"no model file at {path}: create one with `resnets export RUN_DIR`")
+    if path.suffix == ".onnx":
+        ort = _onnxruntime()
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise InputError(f"{path} is not an ONNX model onnxruntime can run ({e})") from e
+        props = session.get_modelmeta().custom_metadata_map
+        if props.get("format") != json.dumps(FORMAT):
+            raise InputError(f"{path} was not written by `resnets export --onnx`: it has no class names or "
+                             "preprocessing to predict with")  # fmt: skip
+        return OnnxPredictor(session, {k: json.loads(v) for k, v in props.items() if k in _ONNX_META})
     try:  # tensors and plain values only (all an exported file holds): a crafted file must not run its code
         meta = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -105,9 +146,41 @@ def load(path: str | os.PathLike) -> Predictor:
         raise InputError(f"{path} is not a readable resnets model file ({why})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
-    model = create_model(meta["model"], n_out=meta["n_out"])
+    model = create_model(meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0))
     model.load_state_dict(meta["state_dict"])
     return Predictor(model, meta)
+
+
+def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> float:
+    """Write the network (normalised images in, logits out, any batch size) as ONNX opset `ONNX_OPSET`, with the
+    class names and preprocessing in its metadata; returns the largest difference of onnxruntime's logits from the
+    eager model's on `images`."""
+    try:
+        import onnx
+    except ImportError:
+        raise InputError("writing ONNX needs the onnx package: pip install 'resnets[onnx]'") from None
+    size, out = predictor.meta["resize"], Path(out)
+    model = predictor.model.to(memory_format=torch.contiguous_format)
+    with warnings.catch_warnings():  # the exporter's notes on its own internals are not the user's business
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(out), input_names=["image"],
+                          output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+    proto = onnx.load(str(out))
+    for k in _ONNX_META:
+        if k in predictor.meta:
+            proto.metadata_props.add(key=k, value=json.dumps(predictor.meta[k]))
+    proto.metadata_props.add(key="preprocessing", value=(
+        f"RGB; shortest side resized to {predictor.meta['presize']} and centre-cropped square; resized to {size} "
+        f"(bilinear); scaled to [0, 1]; normalised per channel with mean {predictor.meta['stats'][0]} and std "
+        f"{predictor.meta['stats'][1]}; NCHW float32"))  # fmt: skip
+    onnx.save(proto, str(out))
+    loaded, diffs = load(out), [0.0]
+    with torch.no_grad():
+        for img in images:
+            x = predictor.preprocess(img)
+            diffs.append((loaded.logits(x) - predictor.model(x)).abs().max().item())
+    return max(diffs)
 
 
 def export_torchscript(predictor: Predictor, out: str | os.PathLike, images=()) -> float:

@@ -114,10 +114,10 @@ class ResBlock(nn.Module):
         return F.relu(self.convs(x) + self.idconv(self.pool(x)))
 
 
-def stem(*sizes: int) -> list[nn.Module]:
-    "The bag-of-tricks stem, `stem(3, 32, 32, 64)`: 3x3 ConvLayers (the first stride 2), then a max-pool."
+def stem(*sizes: int, pool: bool = True) -> list[nn.Module]:
+    "The bag-of-tricks stem, `stem(3, 32, 32, 64)`: 3x3 ConvLayers (the first stride 2), then (`pool`) a max-pool."
     if len(sizes) < 2:
         raise InputError(f"stem needs at least an input and an output width, got {sizes}")
     convs = [ConvLayer(ni, nf, stride=2 if i == 0 else 1) for i, (ni, nf) in enumerate(zip(sizes, sizes[1:]))]
-    return [*convs, nn.MaxPool2d(kernel_size=3, stride=2, padding=1)]
+    return [*convs, nn.MaxPool2d(kernel_size=3, stride=2, padding=1)] if pool else convs
 

@@ -26,6 +26,7 @@ __all__ = [
     "ChapterCNN",
     "ResNet",
     "DepthNet",
+    "resnet10",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -112,7 +113,7 @@ class ChapterCNN(_Sequential):
 
 
 class ResNet(_Sequential):
-    "Stem, four stages of residual blocks (widths 64, 64e, 128e, 256e, 512e), pool, flatten, linear."
+    "Stem, up to four stages of residual blocks (widths 64e, 128e, 256e, 512e by default), pool, flatten, linear."
 
     def __init__(
         self,
@@ -122,20 +123,30 @@ class ResNet(_Sequential):
         c_in: int = 3,
         conv_path: str | None = None,
         zero_gamma: bool = True,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        stem_widths: tuple[int, ...] = (32, 32, 64),
+        stem_pool: bool = True,
     ):
+        """`widths`: each stage's width (times `expansion`); `stem_widths`: the stem's 3x3 convs (the first with
+        stride 2), followed by a stride-2 max-pool unless `stem_pool=False` (which keeps 4x the grid, for small
+        images)."""
         _check_positive(n_out=n_out, expansion=expansion, c_in=c_in)
         if not isinstance(layers, list | tuple) or not 1 <= len(layers) <= 4:
             raise InputError(f"layers must be a list of 1 to 4 positive ints (blocks per stage), got {layers!r}")
         for n in layers:
             _check_positive(**{"each entry of layers": n})
+        for w in (*widths, *stem_widths):
+            _check_positive(**{"each width": w})
+        if len(widths) < len(layers):
+            raise InputError(f"widths needs one width per stage: {len(layers)} stages, widths {tuple(widths)}")
         conv_path = conv_path or ("basic" if expansion == 1 else "bottleneck")
-        self.block_szs = [64] + [w * expansion for w in (64, 128, 256, 512)][: len(layers)]
+        self.block_szs = [stem_widths[-1]] + [w * expansion for w in widths][: len(layers)]
         stages = [
             self._make_stage(ni, nf, n_blocks, stride=1 if i == 0 else 2, conv_path=conv_path, zero_gamma=zero_gamma)
             for i, (ni, nf, n_blocks) in enumerate(zip(self.block_szs, self.block_szs[1:], layers))
         ]
         super().__init__(
-            *stem(c_in, 32, 32, 64),
+            *stem(c_in, *stem_widths, pool=stem_pool),
             *stages,
             nn.AdaptiveAvgPool2d(1),
             Flatten(),
@@ -170,9 +181,18 @@ def _depth_net(n: int, residual: bool, n_out: int = 10, c_in: int = 3, zero_gamm
     return DepthNet(n_out, n, residual, c_in=c_in, zero_gamma=zero_gamma)
 
 
-def _resnet(layers, expansion, n_out=10, **kw): return ResNet(n_out, layers, expansion, **kw)  # noqa: E704
+def _scaled(widths: tuple[int, ...], width: float) -> tuple[int, ...]:
+    return tuple(max(1, round(w * width)) for w in widths)
 
 
+def _resnet(layers, expansion, n_out=10, width: float = 1.0, **kw) -> ResNet:
+    "A ResNet with the chapter's widths (stem 32, 32, 64; stages 64 ... 512) times `width`."
+    check_number("width", width, kind=(int, float), low=0, strict=True)
+    return ResNet(n_out, layers, expansion, widths=_scaled((64, 128, 256, 512), width),
+                  stem_widths=_scaled((32, 32, 64), width), **kw)  # fmt: skip
+
+
+def resnet10(n_out: int = 10, **kw) -> ResNet:  return _resnet([1, 1, 1, 1], 1, n_out, **kw)   # noqa: E704
 def resnet18(n_out: int = 10, **kw) -> ResNet:  return _resnet([2, 2, 2, 2], 1, n_out, **kw)   # noqa: E704
 def resnet34(n_out: int = 10, **kw) -> ResNet:  return _resnet([3, 4, 6, 3], 1, n_out, **kw)   # noqa: E704
 def resnet50(n_out: int = 10, **kw) -> ResNet:  return _resnet([3, 4, 6, 3], 4, n_out, **kw)   # noqa: E704
@@ -184,6 +204,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn":            partial(ChapterCNN, block="conv"),
     "res_cnn":        partial(ChapterCNN, block="res"),
     "double_res_cnn": partial(ChapterCNN, block="double_res"),
+    "resnet10":       resnet10,
     "resnet18":       resnet18,
     "resnet34":       resnet34,
     "resnet50":       resnet50,
@@ -206,8 +227,15 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
-def create_model(name: str, n_out: int = 10, c_in: int = 3, **kw) -> nn.Module:
-    "Build a registered model by name, e.g. `create_model('resnet18', n_out=10)`."
+RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # the ones `width` scales
+
+
+def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, **kw) -> nn.Module:
+    "Build a registered model by name, e.g. `create_model('resnet18', n_out=10)`; `width` scales a ResNet's widths."
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    if width != 1:
+        if name not in RESNETS:
+            raise InputError(f"width scales the ResNets only ({', '.join(RESNETS)}), not {name!r}: leave it at 1")
+        kw["width"] = width
     return MODELS[name](n_out=n_out, c_in=c_in, **kw)

@@ -93,6 +93,7 @@ class Results:
     finished: bool = False
     folder: str | None = None  # where it was saved
     tta_accuracy: float | None = None  # the final model's, with flip test-time augmentation (`tta`)
+    per_class_accuracy: dict = field(default_factory=dict)  # the final model's, by class name (resnets.interpret)
     # The trained fastai Learner, in the process that trained it (not saved): show_results, Interpretation, predict.
     learn: object = field(default=None, repr=False, compare=False)
 

@@ -1,5 +1,6 @@
 """Export a trained run to one file, predict from it (Python and CLI), TorchScript equal to eager, clear errors."""
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from conftest import TINY
 from resnets import IMAGENETTE_NAMES, InputError, MissingFile, export, export_torchscript, load, run
 from resnets.checkpoint import CHECKPOINT, load_checkpoint
 from resnets.data import find_items
-from resnets.export import FORMAT
+from resnets.export import FORMAT, ONNX_OPSET, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,49 @@ def test_torchscript_matches_the_model_on_real_images(mnist_run, mnist_tiny, tmp
         traced = torch.jit.load(str(tmp_path / "m.pt"))
     best = predictor.predict(images[0])[0][0]
     assert traced(predictor.preprocess(images[0])).argmax().item() == predictor.vocab.index(best)
+
+
+ONNX_TOLERANCE = 1e-4  # largest |logit difference| accepted between onnxruntime and eager torch (fp32 both)
+
+
+def test_onnx_matches_the_model_on_real_images_and_carries_its_preprocessing(mnist_run, mnist_tiny, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    predictor = load(export(mnist_run.folder, tmp_path / "m.resnets"))
+    images = sorted((mnist_tiny / "valid" / "3").glob("*.png"))[:10] + sorted((mnist_tiny / "valid" / "7").glob(
+        "*.png"))[:10]  # fmt: skip
+    diff = export_onnx(predictor, tmp_path / "m.onnx", images)
+    assert 0 < diff < ONNX_TOLERANCE, "compared on real images (and not all identical by accident)"
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert proto.opset_import[0].version == ONNX_OPSET
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["vocab"]) == predictor.vocab and "centre-cropped" in meta["preprocessing"]
+    onnx_predictor = load(tmp_path / "m.onnx")
+    assert onnx_predictor.model is None, "onnxruntime runs it, not torch"
+    batch = torch.cat([predictor.preprocess(i) for i in images[:3]])
+    torch.testing.assert_close(onnx_predictor.logits(batch), predictor.logits(batch), atol=ONNX_TOLERANCE, rtol=0)
+    for img in images:
+        (c1, _, p1), (c2, _, p2) = predictor.predict(img, k=1)[0], onnx_predictor.predict(img, k=1)[0]
+        assert c1 == c2 and abs(p1 - p2) < 1e-4
+
+
+def test_onnx_from_the_command_line(mnist_run, mnist_tiny, tmp_path):
+    pytest.importorskip("onnxruntime")
+    img = str(sorted((mnist_tiny / "valid" / "7").glob("*.png"))[0])
+    p = subprocess.run([sys.executable, "-m", "resnets", "export", str(mnist_run.folder), "--out",
+                        str(tmp_path / "m.resnets"), "--onnx", str(tmp_path / "m.onnx"), "--check", img],
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0 and f"ONNX opset {ONNX_OPSET}" in p.stdout, p.stderr
+    outs = [subprocess.run([sys.executable, "-m", "resnets", "predict", str(tmp_path / f), img, "-k", "2"],
+                           capture_output=True, text=True).stdout for f in ("m.resnets", "m.onnx")]  # fmt: skip
+    assert outs[0] == outs[1] and outs[0].count("%") == 2, outs
+    import onnx
+
+    plain = onnx.load(str(tmp_path / "m.onnx"))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    _refused(["predict", str(tmp_path / "plain.onnx"), img], "not written by `resnets export --onnx`")
 
 
 def test_imagenette_predictions_have_human_readable_names(imagenette, tmp_path):

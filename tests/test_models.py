@@ -15,9 +15,10 @@ def conv_bn(ni, nf, ks=3):  # ConvLayer: conv without bias, then BatchNorm (weig
     return ni * nf * ks * ks + 2 * nf
 
 
-def expected_resnet(layers, expansion, n_out=10, c_in=3):
-    total = conv_bn(c_in, 32) + conv_bn(32, 32) + conv_bn(32, 64)
-    szs = [64] + [w * expansion for w in (64, 128, 256, 512)]
+def expected_resnet(layers, expansion, n_out=10, c_in=3, width=1):
+    s1, s2, s3 = (round(w * width) for w in (32, 32, 64))
+    total = conv_bn(c_in, s1) + conv_bn(s1, s2) + conv_bn(s2, s3)
+    szs = [s3] + [round(w * width) * expansion for w in (64, 128, 256, 512)]
     for stage, n in enumerate(layers):
         for i in range(n):
             ni, nf = (szs[stage] if i == 0 else szs[stage + 1]), szs[stage + 1]
@@ -56,7 +57,7 @@ ONE_SIZE = {"mnist_flat": 28}  # flattens its last grid, so it takes one input s
 
 EXPECTED = {
     "cnn": expected_cnn("conv"), "res_cnn": expected_cnn("res"), "double_res_cnn": expected_cnn("double_res"),
-    "resnet18": expected_resnet([2, 2, 2, 2], 1), "resnet34": expected_resnet([3, 4, 6, 3], 1),
+    "resnet10": expected_resnet([1, 1, 1, 1], 1), "resnet18": expected_resnet([2, 2, 2, 2], 1), "resnet34": expected_resnet([3, 4, 6, 3], 1),
     "resnet50": expected_resnet([3, 4, 6, 3], 4), "resnet101": expected_resnet([3, 4, 23, 3], 4),
     "resnet152": expected_resnet([3, 8, 36, 3], 4),
     "mnist_pool": expected_plain([16, 32, 64]), "mnist_flat": expected_plain([8, 16, 32, 64, 64]),
@@ -128,6 +129,41 @@ def test_resnet_structure():
     assert isinstance(r18[4][0].idconv, nn.Identity), "64 -> 64 first stage has no 1x1 conv"
     # most parameters late: the chapter's 256 -> 512 3x3 conv
     assert r18[7][0].convs[0][0].weight.numel() == 1_179_648
+
+
+@pytest.mark.parametrize("name,width", [("resnet18", 0.5), ("resnet10", 0.75), ("resnet50", 0.25)])
+def test_width_scales_every_width_of_a_resnet(name, width):
+    layers, expansion = {"resnet18": ([2, 2, 2, 2], 1), "resnet10": ([1, 1, 1, 1], 1),
+                         "resnet50": ([3, 4, 6, 3], 4)}[name]  # fmt: skip
+    m = create_model(name, width=width)
+    assert n_params(m) == expected_resnet(layers, expansion, width=width)
+    assert m[-1].in_features == round(512 * width) * expansion
+    assert m(torch.randn(2, 3, 40, 40)).shape == (2, 10)
+
+
+def test_resnet10_is_fastais_xresnet_with_one_block_per_stage():
+    from fastai.vision.models.xresnet import ResBlock as FastaiResBlock, XResNet
+
+    assert n_params(create_model("resnet10")) == n_params(XResNet(FastaiResBlock, 1, [1, 1, 1, 1], n_out=10))
+
+
+def test_stem_settings():
+    m = ResNet(10, [1, 1], widths=(16, 24), stem_widths=(8, 16), stem_pool=False)
+    assert [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)][:2] == [8, 16]
+    assert not any(isinstance(c, nn.MaxPool2d) for c in m.modules())
+    body = m[:-3]
+    assert body(torch.randn(1, 3, 32, 32)).shape == (1, 24, 8, 8), "no max-pool: 32 -> 16 (stem) -> 8 (stage 2)"
+    pooled = ResNet(10, [1, 1], widths=(16, 24), stem_widths=(8, 16))[:-3]
+    assert pooled(torch.randn(1, 3, 32, 32)).shape == (1, 24, 4, 4)
+
+
+def test_width_is_for_resnets_only():
+    with pytest.raises(ValueError, match="width scales the ResNets only"):
+        create_model("cnn", width=0.5)
+    with pytest.raises(ValueError, match="width must be"):
+        create_model("resnet18", width=0)
+    with pytest.raises(ValueError, match="one width per stage"):
+        ResNet(10, [1, 1, 1], widths=(8, 16))
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])

@@ -1,0 +1,61 @@
+"""Starting from an earlier run's weights (`init`): its body into a new model whose head fits the new classes.
+
+`load_body(model, source, ...)` copies every weight of an earlier run (a run folder, or a model file written by
+`resnets export`) except its last linear layer, the head, which stays freshly made for this run's classes.
+`body_head_splitter` splits the library's models into those two parameter groups, so fastai's `freeze`,
+`fine_tune` and discriminative learning rates (`slice(lo, hi)`) work on them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastai.torch_core import params
+from torch import nn
+
+from .errors import InputError, MissingFile
+
+__all__ = ["body_head_splitter", "read_weights", "load_body"]
+
+
+def body_head_splitter(model: nn.Module) -> list:
+    "Two parameter groups: everything before the last linear layer (the body), and that layer (the head)."
+    model = getattr(model, "module", model)
+    return [params(model[:-1]), params(model[-1])]
+
+
+def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
+    "The state dict and the settings (`model`, `width`) of a run folder's checkpoint or of an exported model file."
+    from .checkpoint import load_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        state = load_checkpoint(path)
+        if state is None:
+            raise MissingFile(f"{path} has no checkpoint.pth to start from: pass the --out folder of a finished "
+                              "`resnets run`, or a file written by `resnets export`")  # fmt: skip
+        s = state["settings"]
+        return state["model"], {"model": s["model"], "width": s.get("width", 1.0), "vocab": state.get("vocab")}
+    if not path.is_file():
+        raise MissingFile(f"nothing to start from at {path}: pass a run folder (--out of `resnets run`) or a file "
+                          "written by `resnets export`")  # fmt: skip
+    from .export import load
+
+    meta = load(path).meta
+    return meta["state_dict"], {"model": meta["model"], "width": meta.get("width", 1.0), "vocab": meta["vocab"]}
+
+
+def load_body(model: nn.Module, source: str | os.PathLike, model_name: str, width: float = 1.0) -> dict:
+    """Copy the weights of `source` into `model` (built as `model_name` at `width`), all but the head's; returns
+    the source's settings. A source of another architecture is an error naming the options that match it."""
+    state, found = read_weights(source)
+    if (found["model"], found["width"]) != (model_name, width):
+        raise InputError(f"{source} holds a {found['model']} (width {found['width']}), but this run builds a "
+                         f"{model_name} (width {width}): pass --model {found['model']} --width {found['width']}")
+    head = f"{len(model) - 1}."
+    body = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    if unexpected or any(not k.startswith(head) for k in missing):
+        raise InputError(f"{source} does not fit a {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return found

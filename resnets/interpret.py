@@ -1,0 +1,91 @@
+"""What a trained model gets wrong: fastai's `ClassificationInterpretation`, drawn into a run's folder.
+
+  confusion_matrix.png  actual class (rows) against predicted class (columns), on the validation images
+  top_losses.png        the validation images the model is most confidently wrong about (fastai's grid:
+                        predicted / actual / loss / probability of the actual class)
+  per-class accuracy    the share of each class's validation images predicted right, in results.json
+
+`interpret(learn, folder)` does this after every saved run, from one pass over the validation set;
+`resnets interpret RUN_DIR` redraws it from a run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from fastai.interpret import ClassificationInterpretation
+
+from .results import save_figure
+
+__all__ = ["Interpretation", "interpret", "interpret_run"]
+
+
+class Interpretation(ClassificationInterpretation):
+    "fastai's ClassificationInterpretation, from predictions made once (its confusion matrix does not predict again)."
+
+    @classmethod
+    def from_learner(cls, learn, ds_idx: int = 1, dl=None, act=None):
+        if dl is None:
+            dl = learn.dls[ds_idx].new(shuffle=False, drop_last=False)
+        preds, targs, losses = learn.get_preds(dl=dl, with_loss=True, act=act)
+        interp = cls(learn, dl, losses, act)
+        interp.preds, interp.targs = preds, targs
+        return interp
+
+    def confusion_matrix(self):
+        n = len(self.vocab)
+        return torch.bincount(self.targs.view(-1) * n + self.preds.argmax(-1).view(-1), minlength=n * n).view(n, n) \
+            .numpy()  # fmt: skip
+
+    def per_class_accuracy(self) -> dict[str, float]:
+        "Each class's share of its validation images predicted right (classes with no image left out)."
+        cm = self.confusion_matrix()
+        return {str(c): float(cm[i, i] / cm[i].sum()) for i, c in enumerate(self.vocab) if cm[i].sum()}
+
+
+def interpret(learn, folder: str | os.PathLike, k: int = 9) -> dict[str, float]:
+    "Write confusion_matrix.png and top_losses.png (the `k` worst) into `folder`; return the per-class accuracy."
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    with learn.no_bar():
+        interp = Interpretation.from_learner(learn)
+        n = len(interp.vocab)
+        interp.plot_confusion_matrix(figsize=(max(4, 0.6 * n + 2),) * 2, dpi=80)
+        save_figure(plt.gcf(), folder / "confusion_matrix.png")
+        plt.close("all")
+        interp.plot_top_losses(min(k, len(interp.losses)), nrows=3)
+        save_figure(plt.gcf(), folder / "top_losses.png")
+        plt.close("all")
+    return interp.per_class_accuracy()
+
+
+def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = None) -> dict[str, float]:
+    "Rebuild a saved run's Learner from its checkpoint and redraw its interpretation plots into its folder."
+    from .checkpoint import load_checkpoint
+    from .errors import MissingFile
+    from .experiments import build
+
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir) if run_dir.is_dir() else None
+    if state is None:
+        raise MissingFile(f"no trained run at {run_dir}: pass the --out folder of a `resnets run` (it holds "
+                          "checkpoint.pth)")  # fmt: skip
+    s = state["settings"]
+    from .config import OPTIONS
+
+    options = {k: v for k, v in s.items() if k in OPTIONS and k not in ("budget",)}
+    options["data"] = data or s["data"]
+    options["epochs"] = s["epochs"]
+    for key in ("sizes", "subset", "classes"):
+        if isinstance(options.get(key), list):
+            options[key] = tuple(options[key])
+    learn, _ = build(s["name"], verbose=False, **options)
+    learn.model.load_state_dict(state["model"])
+    from .data import set_image_size
+    from .config import configure
+
+    set_image_size(learn.dls, configure(s["name"], verbose=False, **options).valid_size)
+    return interpret(learn, run_dir, k)
