@@ -48,7 +48,8 @@ def time_run(recipe: str, seed: int, out: Path, data: str | None, extra: list[st
             "command": " ".join(["resnets", *cmd[3:]]), "wall_s": round(wall, 1), "startup_s": round(startup, 1),
             "accuracy": r["history"][-1]["accuracy"], "tta_accuracy": r.get("tta_accuracy"),
             "first_past_target_s": None if passed is None else round(passed, 1), "target": target,
-            "curve": [(round(t, 1), a) for t, a in curve], "settings": r["settings"]}  # fmt: skip
+            "curve": [(round(t, 1), a) for t, a in curve], "settings": r["settings"], "device": r["device"],
+            "versions": r["versions"]}  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path, target: float) -> None:
@@ -69,8 +70,11 @@ def plot(rows: list[dict], path: Path, target: float) -> None:
         if r.get("tta_accuracy"):
             ax.plot([t[-1], r["wall_s"]], [a[-1], r["tta_accuracy"]], ":", color=c, lw=1)
             ax.plot([r["wall_s"]], [r["tta_accuracy"]], "*", color=c, ms=8)
+    times = [t for r in rows for t, _ in r["curve"]]
+    if max(times) > 10 * min(times):  # minutes-long recipes beside much longer ones
+        ax.set_xscale("log")
     ax.axhline(target, color="grey", ls="--", lw=1)
-    ax.text(0, target + 0.005, f"the book's ResNet-18: {target:.1%}", color="grey", fontsize=8)
+    ax.text(min(times), target + 0.005, f"the book's ResNet-18: {target:.1%}", color="grey", fontsize=8)
     ax.set(xlabel="wall-clock seconds from the command's start", ylabel="validation accuracy",
            title="Accuracy against time on this machine (each epoch; * = final score with flip TTA)")  # fmt: skip
     ax.legend(fontsize=8, loc="lower right")
@@ -88,14 +92,14 @@ def main(argv=None) -> None:
     p.add_argument("extra", nargs="*", help="more `resnets run` options, after --")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    from resnets.results import describe_device, versions
+    from resnets.results import versions
 
     summary = a.out / "speedrun.json"
     rows = json.loads(summary.read_text())["runs"] if summary.exists() else []
     for seed in a.seeds:
         row = time_run(a.recipe, seed, a.out, a.data, a.extra, a.target)
         rows = [r for r in rows if (r["label"], r["seed"]) != (row["label"], row["seed"])] + [row]
-        summary.write_text(json.dumps({"machine": describe_device(), "cpus": os.cpu_count(), "versions": versions(),
+        summary.write_text(json.dumps({"machine": row["device"], "cpus": os.cpu_count(), "versions": versions(),
                                        "runs": rows}, indent=1))  # fmt: skip
         plot(rows, a.out / "speedrun.png", a.target)
         print(f"{row['label']} seed {seed}: {row['accuracy']:.4f} (TTA {row['tta_accuracy']}) in {row['wall_s']} s; "

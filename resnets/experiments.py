@@ -21,8 +21,8 @@ from .checkpoint import CHECKPOINT, Checkpoint, StopOnNaN, load_checkpoint, set_
 from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_experiment, list_experiments
 from .data import get_data, set_image_size
 from .errors import InputError, RunExists, RunInterrupted
-from .learner import accuracy_metric, get_learner, top_5_metric
 from .finetune import body_head_splitter, load_body
+from .learner import accuracy_metric, get_learner, top_5_metric
 from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -202,7 +202,7 @@ def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]
     valid = _time_validation(learn, exp.valid_size) * 1.1  # metrics and bookkeeping on top of the forward passes
     set_image_size(learn.dls, exp.train_size(0))
     overhead = 0.5  # per epoch: results.json, checkpoint, plot
-    final = 2 * valid if exp.tta else 0.0
+    final = (2 * valid if exp.tta else 0.0) + valid + 2.0  # flip TTA's two passes; interpretation's pass and plots
 
     def predicted(epochs: int) -> float:
         train = sum(step[exp.train_size(e, epochs)] * n_batches for e in range(epochs))

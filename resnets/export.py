@@ -50,7 +50,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
     out = Path(out) if out is not None else run_dir / "model.resnets"
     size = s["size"] if "size" in s else s["resize"]  # the option was `resize` in runs of earlier versions
-    torch.save({"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0), "n_out": len(vocab), "state_dict": state["model"],
+    torch.save({"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0), "n_out": len(vocab),
+                "state_dict": state["model"],
                 "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
                 "presize": s["presize"], "resize": size, "stats": [list(v) for v in imagenet_stats],
                 "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,

@@ -84,8 +84,8 @@ def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = Non
             options[key] = tuple(options[key])
     learn, _ = build(s["name"], verbose=False, **options)
     learn.model.load_state_dict(state["model"])
-    from .data import set_image_size
     from .config import configure
+    from .data import set_image_size
 
     set_image_size(learn.dls, configure(s["name"], verbose=False, **options).valid_size)
     return interpret(learn, run_dir, k)

@@ -57,7 +57,8 @@ ONE_SIZE = {"mnist_flat": 28}  # flattens its last grid, so it takes one input s
 
 EXPECTED = {
     "cnn": expected_cnn("conv"), "res_cnn": expected_cnn("res"), "double_res_cnn": expected_cnn("double_res"),
-    "resnet10": expected_resnet([1, 1, 1, 1], 1), "resnet18": expected_resnet([2, 2, 2, 2], 1), "resnet34": expected_resnet([3, 4, 6, 3], 1),
+    "resnet10": expected_resnet([1, 1, 1, 1], 1),
+    "resnet18": expected_resnet([2, 2, 2, 2], 1), "resnet34": expected_resnet([3, 4, 6, 3], 1),
     "resnet50": expected_resnet([3, 4, 6, 3], 4), "resnet101": expected_resnet([3, 4, 23, 3], 4),
     "resnet152": expected_resnet([3, 8, 36, 3], 4),
     "mnist_pool": expected_plain([16, 32, 64]), "mnist_flat": expected_plain([8, 16, 32, 64, 64]),
@@ -142,7 +143,8 @@ def test_width_scales_every_width_of_a_resnet(name, width):
 
 
 def test_resnet10_is_fastais_xresnet_with_one_block_per_stage():
-    from fastai.vision.models.xresnet import ResBlock as FastaiResBlock, XResNet
+    from fastai.vision.models.xresnet import ResBlock as FastaiResBlock
+    from fastai.vision.models.xresnet import XResNet
 
     assert n_params(create_model("resnet10")) == n_params(XResNet(FastaiResBlock, 1, [1, 1, 1, 1], n_out=10))
 

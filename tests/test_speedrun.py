@@ -47,6 +47,14 @@ def test_test_size_on_both_pipelines(imagenette, fast):
     assert x.shape[-1] == 40
 
 
+def test_a_size_given_alone_replaces_a_progressive_schedule(capsys):
+    sized = configure("speedrun10", size=32, presize=40)
+    assert sized.sizes == () and sized.size == 32 and sized.valid_size == 32
+    assert "size 32 throughout" in capsys.readouterr().out
+    assert configure("speedrun10", verbose=False).sizes, "the recipe itself keeps its schedule"
+    assert configure("speedrun10", verbose=False, sizes=(32, 40), presize=48).size == 40
+
+
 def test_bad_schedule_settings_are_clear():
     with pytest.raises(InputError, match=r"sizes \(200\) is larger than presize \(160\)"):
         configure("cnn", sizes=(200, 128), presize=160)

@@ -110,3 +110,24 @@ def test_every_setting_given_to_a_study_reaches_every_arm(tmp_path, monkeypatch)
         dict(fast_data=True, precision="fp32", flip=False, epochs=1, size=64)
     with pytest.raises(ValueError, match="unknown setting sise"):
         run_study("regularisation", tmp_path / "s", sise=1)
+
+
+def test_the_noisy_study_changes_only_the_training_labels(imagenette, tmp_path, monkeypatch):
+    from resnets.data import resolve_source
+
+    arms = get_study("noisy").arms
+    assert [a.options["label_col"] for a in arms] == ["noisy_labels_0", "noisy_labels_5", "noisy_labels_50"]
+    assert {a.experiment for a in arms} == {"speedrun"} and len({a.options["data"] for a in arms}) == 1
+    monkeypatch.setenv("RESNETS_DATA", str(imagenette.parent))
+    assert resolve_source(arms[0].options["data"]) == imagenette / "noisy_imagenette.csv"
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    found = run_study("noisy", tmp_path / "noisy", **{**TINY_STUDY, "subset": (16, 4)}, width=0.25, tta=False)
+    assert [r["arm"] for r in found.rows] == [a.label for a in arms]
+    from resnets.data import class_label
+
+    def wrong(ds):  # how many labels are not the image's folder (its true class)
+        return sum(ds.vocab[int(y)] != class_label(f) for f, (_, y) in zip(ds.items, ds))
+
+    clean, _, noisy = (found.runs[a.label][0].learn.dls for a in arms)
+    assert wrong(clean.train_ds) == 0 and wrong(noisy.train_ds) > 0, "50 % of the training labels changed"
+    assert wrong(noisy.valid_ds) == 0 and wrong(clean.valid_ds) == 0, "scored on the clean validation labels"

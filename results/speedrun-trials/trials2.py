@@ -16,6 +16,13 @@ TRIALS = {
     "S3-S2+progressive-48-64-10ep": dict(width=0.5, sizes=(48, 56, 64), epochs=10, lr=6e-3, label_smoothing=0.1),
     "S4-S3-in-8ep": dict(width=0.5, sizes=(48, 56, 64), epochs=8, lr=6e-3, label_smoothing=0.1),
     "A1-half-width-64px-5ep": dict(width=0.5, size=64, epochs=5, lr=3e-3),
+    "S5-S3-with-resnet10": dict(model="resnet10", width=0.5, sizes=(48, 56, 64), epochs=10, lr=6e-3,
+                                label_smoothing=0.1),
+    "S6-S3-with-presize-80": dict(width=0.5, presize=80, sizes=(48, 56, 64), epochs=10, lr=6e-3, label_smoothing=0.1),
+    "S7-S5-from-40px": dict(model="resnet10", width=0.5, sizes=(40, 48, 56, 64), epochs=10, lr=6e-3,
+                            label_smoothing=0.1),
+    "S8-S7-in-9ep": dict(model="resnet10", width=0.5, sizes=(40, 48, 56, 64), epochs=9, lr=6e-3,
+                         label_smoothing=0.1),
     "P1-half-width-64-80-96-12ep": dict(width=0.5, presize=128, sizes=(64, 80, 96), epochs=12, lr=6e-3,
                                         label_smoothing=0.1),
 }

@@ -1,0 +1,42 @@
+"""Does fine-tuning from an earlier run pay? Imagenette's first 5 classes train a network; the other 5 classes,
+with 50 training images each, are then learnt twice: fine-tuned from it (`init`, fastai's fine_tune), and
+trained from scratch with the same recipe, images, batch size and number of epochs. Both are scored on all the
+validation images of those 5 classes. Writes finetune.json beside this script.
+
+    python results/finetune/finetune.py [DATA]
+"""
+import json, sys, time
+from pathlib import Path
+
+import resnets
+from resnets.data import IMAGENETTE_NAMES
+
+D = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenette2-160"
+HERE, RECIPE, SEED = Path(__file__).parent, "speedrun", 42
+ids = sorted(IMAGENETTE_NAMES)
+FIRST, OTHER = tuple(ids[:5]), tuple(ids[5:])
+SMALL = dict(classes=OTHER, subset=(50, 1000), bs=32, epochs=8, seed=SEED)  # 50 training images a class
+
+
+def timed(name, **kw):
+    start = time.perf_counter()
+    r = resnets.run(RECIPE, data=D, out=HERE / name, progress=False, **kw)
+    return r, time.perf_counter() - start
+
+
+rows = {}
+base, t = timed("first-5-classes", classes=FIRST, seed=SEED)
+rows["first 5 classes, all their training images"] = (base, t)
+ft, t = timed("other-5-fine-tuned", init=str(HERE / "first-5-classes"), freeze_epochs=1, **SMALL)
+rows["other 5 classes, 50 images each: fine-tuned from it"] = (ft, t)
+scratch, t = timed("other-5-from-scratch", **{**SMALL, "epochs": SMALL["epochs"] + 1})
+rows["other 5 classes, 50 images each: from scratch (same epochs)"] = (scratch, t)
+out = {"recipe": RECIPE, "seed": SEED, "first": [IMAGENETTE_NAMES[c] for c in FIRST],
+       "other": [IMAGENETTE_NAMES[c] for c in OTHER], "versions": base.versions, "device": base.device,
+       "runs": [{"run": k, "n_train": r.settings["n_train"], "n_valid": r.settings["n_valid"],
+                 "epochs": len(r.history), "accuracy": r.accuracy, "tta_accuracy": r.tta_accuracy,
+                 "wall_s": round(t, 1), "folder": r.folder} for k, (r, t) in rows.items()]}
+(HERE / "finetune.json").write_text(json.dumps(out, indent=1))
+for row in out["runs"]:
+    print(f"{row['run']:<62} {row['n_train']:>5} train {row['n_valid']:>5} valid  {row['accuracy']:.4f} "
+          f"(TTA {row['tta_accuracy']})  {row['wall_s']:.0f} s")
