@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     report = {"run": str(a.run_dir), "model": eager.meta["model"], "width": eager.meta.get("width", 1.0),
               "image_size": eager.meta["resize"], "images": len(files), "threads": torch.get_num_threads(),
               "onnx_opset": ONNX_OPSET, "max_logit_diff": {"torchscript": ts_diff, "onnxruntime": onnx_diff},
-              "network_ms_per_image": network, "predict_ms_per_image": whole, "device": describe_device(),
+              "network_ms_per_image": network, "predict_ms_per_image": whole, "device": describe_device("cpu"),
               "versions": versions()}  # fmt: skip
     import onnxruntime
 

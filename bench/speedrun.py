@@ -1,6 +1,7 @@
 """Time recipes as a user runs them: `resnets run RECIPE --seed S`, one command per seed, from its start.
 
     python bench/speedrun.py OUT --recipe speedrun --seeds 0 1 2 [--data PATH] [--target 0.757] [-- MORE OPTIONS]
+    (e.g. `-- --fast-data`: any further options go to `resnets run` as they are)
 
 Each seed runs in its own process with an empty image cache (so decoding the images is timed too) and
 writes OUT/<label>-seed<S>/. The wall time is the command's, from its start to its exit after printing the
@@ -89,8 +90,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data")
     p.add_argument("--target", type=float, default=0.757, help="accuracy whose first passing is timed")
-    p.add_argument("extra", nargs="*", help="more `resnets run` options, after --")
-    a = p.parse_args(argv)
+    a, extra = p.parse_known_args(argv)  # the rest: more `resnets run` options (after --, or as they are)
+    a.extra = [x for x in extra if x != "--"]
     a.out.mkdir(parents=True, exist_ok=True)
     from resnets.results import versions
 

@@ -341,7 +341,8 @@ def run(
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
     if exp.tta:
         results.tta_accuracy = flip_tta_accuracy(learn)
-    if folder is not None:  # confusion matrix, top losses, per-class accuracy
+    if folder is not None and world <= 1:  # confusion matrix, top losses, per-class accuracy (distributed runs:
+        # the other ranks have gone; `resnets interpret RUN_DIR` draws them afterwards in one process)
         from .interpret import interpret
 
         results.per_class_accuracy = interpret(learn, folder)

@@ -22,6 +22,8 @@ __all__ = ["body_head_splitter", "read_weights", "load_body"]
 def body_head_splitter(model: nn.Module) -> list:
     "Two parameter groups: everything before the last linear layer (the body), and that layer (the head)."
     model = getattr(model, "module", model)
+    if not isinstance(model, nn.Sequential):  # a model of another shape: one group (fastai's default splitter)
+        return [params(model)]
     return [params(model[:-1]), params(model[-1])]
 
 

@@ -16,23 +16,43 @@ from pathlib import Path
 
 import torch
 from fastai.interpret import ClassificationInterpretation
+from fastcore.foundation import L
 
 from .results import save_figure
 
 __all__ = ["Interpretation", "interpret", "interpret_run"]
 
 
+def _inner(learn) -> bool:
+    "After a fit, predict as an inner validation; a Learner never fitted has no epoch log for that (nor state to keep)."
+    recorder = getattr(learn, "recorder", None)
+    return recorder is not None and "log" in recorder.__dict__
+
+
 class Interpretation(ClassificationInterpretation):
-    "fastai's ClassificationInterpretation, from predictions made once (its confusion matrix does not predict again)."
+    """fastai's ClassificationInterpretation, from predictions made once (its confusion matrix does not predict
+    again), and made as an inner validation: the Learner's state after training (its Recorder's history, its
+    iteration count) and its callbacks' fit events are left alone."""
 
     @classmethod
     def from_learner(cls, learn, ds_idx: int = 1, dl=None, act=None):
         if dl is None:
             dl = learn.dls[ds_idx].new(shuffle=False, drop_last=False)
-        preds, targs, losses = learn.get_preds(dl=dl, with_loss=True, act=act)
+        preds, targs, losses = learn.get_preds(dl=dl, with_loss=True, act=act, inner=_inner(learn))
         interp = cls(learn, dl, losses, act)
         interp.preds, interp.targs = preds, targs
         return interp
+
+    def __getitem__(self, idxs):
+        "Inputs, predictions, targets, decoded predictions and losses of the items at `idxs` (fastai's, inner)."
+        if isinstance(idxs, torch.Tensor):
+            idxs = idxs.tolist()
+        idxs = list(idxs) if isinstance(idxs, list | tuple | range) else [idxs]
+        items = getattr(self.dl.items, "iloc", L(self.dl.items))[idxs]
+        dl = self.learn.dls.test_dl(items, with_labels=True)
+        inps, preds, targs, decoded = self.learn.get_preds(dl=dl, with_input=True, with_decoded=True, act=self.act,
+                                                           reorder=False, inner=_inner(self.learn))  # fmt: skip
+        return inps, preds, targs, decoded, self.losses[idxs]
 
     def confusion_matrix(self):
         n = len(self.vocab)
