@@ -341,8 +341,9 @@ def run(
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
     if exp.tta:
         results.tta_accuracy = flip_tta_accuracy(learn)
-    if folder is not None and world <= 1:  # confusion matrix, top losses, per-class accuracy (distributed runs:
-        # the other ranks have gone; `resnets interpret RUN_DIR` draws them afterwards in one process)
+    trained_all = len(results.history) >= exp.epochs + (exp.freeze_epochs if exp.init else 0)
+    if folder is not None and world <= 1 and trained_all:  # confusion matrix, top losses, per-class accuracy
+        # (distributed runs: the other ranks have gone; `resnets interpret RUN_DIR` draws them in one process)
         from .interpret import interpret
 
         results.per_class_accuracy = interpret(learn, folder)

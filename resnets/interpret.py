@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import torch
+from fastai.callback.fp16 import MixedPrecision
 from fastai.interpret import ClassificationInterpretation
 from fastcore.foundation import L
 
@@ -24,9 +25,12 @@ __all__ = ["Interpretation", "interpret", "interpret_run"]
 
 
 def _inner(learn) -> bool:
-    "After a fit, predict as an inner validation; a Learner never fitted has no epoch log for that (nor state to keep)."
+    """Predictions are made as an inner validation; a Learner that never finished an epoch (a fresh one, or a fit
+    cancelled at its start) gets the empty epoch log its Recorder writes validation results into."""
     recorder = getattr(learn, "recorder", None)
-    return recorder is not None and "log" in recorder.__dict__
+    if recorder is not None and "log" not in recorder.__dict__:
+        recorder.log = L(0)
+    return True
 
 
 class Interpretation(ClassificationInterpretation):
@@ -70,7 +74,10 @@ def interpret(learn, folder: str | os.PathLike, k: int = 9) -> dict[str, float]:
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
-    with learn.no_bar():
+    # fastai's MixedPrecision drops its autocast after a fit, and an inner validation does not make a new one:
+    # the predictions here are made in fp32
+    mixed = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    with learn.no_bar(), learn.removed_cbs(mixed):
         interp = Interpretation.from_learner(learn)
         n = len(interp.vocab)
         interp.plot_confusion_matrix(figsize=(max(4, 0.6 * n + 2),) * 2, dpi=80)
