@@ -18,8 +18,10 @@ everything a fastai user relies on (`Datasets`, `TfmdDL`, `show_batch`, `get_pre
             `grid_sample` (align_corners=True, reflection padding, as fastai), then lighting.
             Validation resizes the presize square to the training size as fastai's crop does.
 
-One difference remains, for non-square images only: the training crop of the presize square is the
-centre one (fastai draws its position each epoch). Imagenette-160's images are all squares.
+Non-square images (a person's photos; Imagenette-160's are all squares) are also stored whole, their shorter
+side resized to presize, in a second cache file: a training image's presize square is then cropped from it at a
+position drawn per image and epoch as fastai's `Resize` draws it. fastai crops the original and then resizes, so
+those pixels differ from fastai's by interpolation only (tested); validation squares are fastai's exactly.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders, Datasets
-from fastai.data.transforms import Categorize, DisplayedTransform, IntToFloatTensor, Normalize
+from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
 from fastai.torch_core import TensorImage
 from fastai.vision.all import imagenet_stats
 from fastai.vision.augment import RandTransform
@@ -44,8 +47,8 @@ from PIL import Image
 
 from .data import class_label
 
-__all__ = ["cache_folder", "load_square", "resize_valid", "preprocess", "build_cache", "CachedImage",
-           "ChapterAugment", "fast_dataloaders"]  # fmt: skip
+__all__ = ["cache_folder", "load_square", "load_strip", "resize_valid", "preprocess", "build_cache", "build_strips",
+           "CachedImage", "ChapterAugment", "fast_dataloaders"]  # fmt: skip
 
 
 def cache_folder() -> Path:
@@ -67,6 +70,30 @@ def load_square(img, size: int) -> np.ndarray:
     finally:
         if not isinstance(img, Image.Image):
             im.close()
+
+
+def _strip_size(w: int, h: int, size: int) -> tuple[int, int]:
+    "An image's size with its shorter side resized to `size`, as (short, long) = (size, L)."
+    return size, max(size, round(max(w, h) * size / min(w, h)))
+
+
+def load_strip(img, size: int) -> np.ndarray:
+    """The whole image, its shorter side resized to `size` with PIL's bilinear filter, as uint8 (size, L, 3): a
+    portrait image is transposed to lie along the same axis as a landscape one."""
+    with Image.open(img) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        _, long = _strip_size(w, h, size)
+        arr = np.asarray(im.resize((long, size) if w >= h else (size, long), Image.BILINEAR), dtype=np.uint8)
+    return arr if w >= h else arr.transpose(1, 0, 2)
+
+
+def crop_strip(strip: np.ndarray, portrait: bool, pct: float) -> np.ndarray:
+    "The (size, size, 3) square at `pct` along a strip (0: top or left, 1: bottom or right), where Resize puts it."
+    size, long = strip.shape[:2]
+    start = int(pct * (long - size))
+    sq = strip[:, start : start + size]
+    return sq.transpose(1, 0, 2) if portrait else sq
 
 
 def resize_valid(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -118,20 +145,85 @@ def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None =
     return np.load(path, mmap_mode="r")
 
 
-class CachedImage(DisplayedTransform):
-    "An image file (or PIL image) -> its presize square as a uint8 TensorImage: from the cache when it holds it."
+def _decode_strip(args) -> np.ndarray:
+    return load_strip(*args)
 
-    def __init__(self, size: int, files=(), cache=None):
-        self.size, self.cache = size, cache
+
+def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None):
+    """The non-square images among `files`, whole, their shorter sides resized to `size` and laid side by side in one
+    uint8 array (size, total length, 3), memory-mapped from a cache file built once, and an index of them: rows of
+    (position in `files`, start, length, portrait). No images file when every image is a square (Imagenette)."""
+    folder = Path(folder) if folder is not None else cache_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"strips-{size}px-{len(files)}-{_cache_key(files, size)}"
+    index_path, path = folder / f"{stem}-index.npy", folder / f"{stem}.npy"
+    if not index_path.exists():  # written last: its presence means the strips are complete
+        rows, start = [], 0
+        for i, f in enumerate(files):
+            with Image.open(f) as im:  # reads the header only
+                w, h = im.size
+            if w != h:
+                long = _strip_size(w, h, size)[1]
+                rows.append((i, start, long, int(h > w)))
+                start += long
+        index = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        tmp, tmp_index = (p.with_suffix(f".{os.getpid()}.tmp") for p in (path, index_path))
+        try:
+            if len(index):
+                print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(size, start, 3))
+                with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+                    strips = pool.map(_decode_strip, [(files[i], size) for i in index[:, 0]], chunksize=16)
+                    for (_, s, n, _), strip in zip(index, strips):
+                        arr[:, s : s + n] = strip
+                arr.flush()
+                del arr
+                os.replace(tmp, path)
+            with open(tmp_index, "wb") as fh:
+                np.save(fh, index)
+            os.replace(tmp_index, index_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_index.unlink(missing_ok=True)
+    index = np.load(index_path)
+    return (np.load(path, mmap_mode="r") if len(index) else None), index
+
+
+class CachedImage(RandTransform):
+    """An image file (or PIL image) -> its presize square as a uint8 TensorImage, from the cache when it holds it.
+
+    As fastai's `Resize(presize)`: the centre square on validation; on training, a non-square image's square is
+    at a position drawn per image (uniform along its longer side)."""
+
+    split_idx, order = None, 0  # first: it reads the image
+
+    def __init__(self, size: int, files=(), cache=None, strips=None, index=None):
+        super().__init__()
+        self.size, self.cache, self.strips = size, cache, strips
         self.index = {Path(f): i for i, f in enumerate(files)} if cache is not None else {}
+        self.strip_of = {int(i): (int(s), int(n), bool(p)) for i, s, n, p in (index if strips is not None else ())}
+        self.pct = 0.5
+
+    def before_call(self, b, split_idx):
+        self.do, self.pct = True, 0.5 if split_idx else random.random()  # fastai's Resize draws as this
 
     def encodes(self, f: Path | str | Image.Image):
         i = self.index.get(f if isinstance(f, Path) else Path(f)) if not isinstance(f, Image.Image) else None
-        arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size)
+        if self.pct == 0.5 or isinstance(f, Image.Image):
+            arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size)
+        elif i is None:
+            with Image.open(f) as im:
+                portrait = im.size[1] > im.size[0]
+            arr = np.array(crop_strip(load_strip(f, self.size), portrait, self.pct))
+        elif i in self.strip_of:
+            start, n, portrait = self.strip_of[i]
+            arr = np.array(crop_strip(self.strips[:, start : start + n], portrait, self.pct))
+        else:  # a square: every position is the whole image
+            arr = np.array(self.cache[i])
         return TensorImage(torch.from_numpy(arr).permute(2, 0, 1))
 
     def __getstate__(self):  # an exported Learner carries the settings, not the (large) cache
-        return {**self.__dict__, "cache": None, "index": {}}
+        return {**self.__dict__, "cache": None, "index": {}, "strips": None, "strip_of": {}}
 
 
 def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
@@ -252,9 +344,10 @@ def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize:
     `label` (their folders' names by default), the chapter's augmentation as one fused batch transform."""
     files = [Path(f) for f in [*train, *valid]]
     cached = sorted(set(files))  # one cache for the same images however they are split
-    images = build_cache(cached, presize)
+    images, (strips, index) = build_cache(cached, presize), build_strips(cached, presize)
     splits = [list(range(len(train))), list(range(len(train), len(files)))]
-    dsets = Datasets(files, tfms=[[CachedImage(presize, cached, images)], [label, Categorize()]], splits=splits)
+    tfms = [[CachedImage(presize, cached, images, strips, index)], [label, Categorize()]]
+    dsets = Datasets(files, tfms=tfms, splits=splits)
     after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip),
                    Normalize.from_stats(*imagenet_stats)]  # fmt: skip
     return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)

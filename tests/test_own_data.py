@@ -1,5 +1,6 @@
 """Your own images: a folder of class folders (a seeded split), a CSV of labels, photos of any shape, clear errors."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -40,6 +41,68 @@ def test_photos_of_any_shape_validate_as_fastais_resize_does(tmp_path, monkeypat
     (xs, ys), (xf, yf) = stock.valid.one_batch(), fast.valid.one_batch()
     assert torch.equal(ys, yf) and xs.shape == xf.shape == (4, 3, 24, 24)
     assert (xs - xf).abs().max() < 1e-4, "centre crop and resize as fastai's Resize, on non-square images too"
+
+
+def _ramps(root, sizes=((90, 40), (40, 75), (61, 50))):
+    "Smooth photos (a ramp along each axis) of non-square shapes, landscape and portrait, in two classes."
+    from PIL import Image
+
+    for c in ("a", "b"):
+        for i, (w, h) in enumerate(sizes):
+            x, y = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+            arr = np.stack([x, y, np.full_like(x, 90 + 60 * i)], -1).round().astype(np.uint8)
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / c / f"{c}{i}.png")
+    return root
+
+
+def test_the_fast_path_crops_a_training_photo_where_fastais_resize_would(tmp_path, monkeypatch):
+    "Non-square photos: at every position along the longer side, the fast path's square is fastai's Resize crop."
+    from fastai.vision.all import PILImage, Resize
+
+    from resnets.fastdata import CachedImage, build_cache, build_strips, load_square
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    files = sorted(_ramps(tmp_path / "photos").rglob("*.png"))
+    tfm = CachedImage(32, files, build_cache(files, 32), *build_strips(files, 32))
+    for f in files:
+        for pct in (0.0, 0.3, 0.5, 0.77, 1.0):
+            ref = Resize(32)
+            ref.pcts = (pct, pct)
+            want = np.asarray(ref.encodes(PILImage.create(f)), dtype=float)
+            tfm.pct = pct
+            got = tfm.encodes(f).permute(1, 2, 0).numpy().astype(float)
+            assert np.abs(got - want).mean() < 2.0 and np.abs(got - want).max() <= 12, (f.name, pct)
+        tfm.before_call(None, split_idx=1)
+        assert np.array_equal(tfm.encodes(f).permute(1, 2, 0).numpy(), load_square(f, 32)), "validation: exact"
+    ends = []
+    for pct in (0.0, 1.0):
+        tfm.pct = pct
+        ends.append(tfm.encodes(files[0]).float())
+    assert (ends[1][0] - ends[0][0]).mean() > 60, "the two ends of a landscape photo's ramp are far apart"
+
+
+def test_training_crops_move_every_epoch_as_fastais_do(tmp_path, monkeypatch):
+    "Drawn per image and epoch with fastai's distribution: the crop positions of both paths agree (KS test)."
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    root = _ramps(tmp_path / "photos", sizes=((96, 32),) * 3)  # landscape: the red ramp says where the crop is
+    stock, fast = (get_data(root, valid_pct=1 / 3, fast=f, presize=32, resize=24, bs=4) for f in (False, True))
+    stock_pos, fast_pos = [], []
+    for _ in range(150):
+        stock_pos.append(stock.train.after_item(stock.train_ds[0])[0][0].float().mean().item())  # Resize: an item tfm
+        fast_pos.append(fast.train_ds[0][0][0].float().mean().item())
+    stock_pos, fast_pos = np.array(stock_pos), np.array(fast_pos)
+    assert len(np.unique(fast_pos.round())) > 30, "a new position each time"
+    assert fast_pos.min() < 60 and fast_pos.max() > 190, "from one end of the photo to the other"
+    assert _ks(stock_pos, fast_pos) < 0.2, "the same distribution of positions as fastai's"
+    valid = {fast.valid_ds[0][0][0].float().mean().item() for _ in range(5)}
+    assert len(valid) == 1, "validation: the centre, every time"
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    z = np.sort(np.concatenate([a, b]))
+    cdf = lambda v: np.searchsorted(np.sort(v), z, side="right") / len(v)  # noqa: E731
+    return float(np.abs(cdf(a) - cdf(b)).max())
 
 
 @pytest.mark.parametrize("fast", [False, True])
