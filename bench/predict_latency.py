@@ -4,7 +4,8 @@
 
 Exports RUN_DIR (a `resnets run --out` folder) to a model file, TorchScript and ONNX in a temporary folder, checks
 that all three give the same logits on the images, then times the network alone (one preprocessed image at a
-time, batch 1, after warm-up; median of n) and the whole `predict` (read, preprocess, network, top-5) for each.
+time, batch 1, after warm-up; in blocks, taking turns for 3 rounds; median) and the whole `predict` (read,
+preprocess, network, top-5) for each.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ from resnets.export import ONNX_OPSET, export, export_onnx, export_torchscript, 
 from resnets.results import describe_device, versions  # noqa: E402
 
 
-def _median_ms(fn, items, warmup: int = 5) -> float:
-    for x in items[:warmup]:
-        fn(x)
-    times = []
-    for x in items:
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def _median_ms(fns: dict, items, rounds: int = 3, warmup: int = 5) -> dict:
+    """Median milliseconds of each function over the items: in blocks (one backend's threads alone on the cores,
+    as a user runs one), the backends taking turns block by block for `rounds` rounds (drift hits them all)."""
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for x in items[:warmup]:
+                fn(x)
+            for x in items:
+                start = time.perf_counter()
+                fn(x)
+                times[k].append(time.perf_counter() - start)
+    return {k: 1000 * statistics.median(t) for k, t in times.items()}
 
 
 def main(argv=None) -> None:
@@ -55,11 +60,10 @@ def main(argv=None) -> None:
         onnx = load(Path(tmp) / "m.onnx")
         xs = [eager.preprocess(f) for f in files]
         with torch.no_grad():
-            nets = {"eager": eager.logits, "torchscript": scripted, "onnxruntime": onnx.logits}
-            network = {k: _median_ms(fn, xs) for k, fn in nets.items()}
+            network = _median_ms({"eager": eager.logits, "torchscript": scripted, "onnxruntime": onnx.logits}, xs)
         ts_predictor = type(eager)(scripted, eager.meta)  # the TorchScript module behind the same predict()
-        whole = {k: _median_ms(lambda f, pr=pr: pr.predict(f), files)
-                 for k, pr in {"eager": eager, "torchscript": ts_predictor, "onnxruntime": onnx}.items()}  # fmt: skip
+        whole = _median_ms({"eager": eager.predict, "torchscript": ts_predictor.predict, "onnxruntime": onnx.predict},
+                           files)  # fmt: skip
     report = {"run": str(a.run_dir), "model": eager.meta["model"], "width": eager.meta.get("width", 1.0),
               "image_size": eager.meta["resize"], "images": len(files), "threads": torch.get_num_threads(),
               "onnx_opset": ONNX_OPSET, "max_logit_diff": {"torchscript": ts_diff, "onnxruntime": onnx_diff},

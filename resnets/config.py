@@ -94,6 +94,8 @@ class Experiment:
     flip: bool = _option(True, "random horizontal flips in the augmentation (--no-flip for digits)", bool)
     label_smoothing: float = _option(0.0, "label smoothing eps, e.g. 0.1 (0: off)", float, metavar="EPS")
     mixup: float = _option(0.0, "MixUp with this Beta alpha, e.g. 0.4 (0: off)", float, metavar="ALPHA")
+    ema: float = _option(0.0, "score and keep an exponential moving average of the weights with this decay per "
+                         "step, e.g. 0.99 (0: off)", float, metavar="DECAY")  # fmt: skip
     zero_gamma: bool = _option(True, "start each residual branch's last BatchNorm at 0 (--no-zero-gamma: at 1)", bool)
     sizes: tuple[int, ...] = _option((), "progressive resizing: training sizes over the epochs, each for an equal "
                                      "share of them, e.g. 64,96,128 (default: `size` throughout)", _parse_sizes,
@@ -110,6 +112,8 @@ class Experiment:
                                metavar="RUN_DIR")  # fmt: skip
     freeze_epochs: int = _option(1, "with init: epochs that train the new head alone, before `epochs` of the whole "
                                  "network", int, metavar="N")  # fmt: skip
+    lr_mult: float = _option(100.0, "with init: the body's learning rate is the head's divided by this (fastai's "
+                             "fine_tune lr_mult; 1: the same rate for every layer)", float, metavar="X")  # fmt: skip
     budget: float | None = _option(None, "seconds (or 10m, 1h) for the whole run: the epochs are fitted to this "
                                    "machine's measured speed", parse_seconds, metavar="TIME")  # fmt: skip
     fast_data: bool = _option(False, "decode the images once into a uint8 cache and augment whole batches "
@@ -130,6 +134,7 @@ class Experiment:
         for k in ("bs", "epochs"):
             check_number(k, getattr(self, k))
         check_number("freeze_epochs", self.freeze_epochs, low=0)
+        check_number("lr_mult", self.lr_mult, kind=(int, float), low=1)
         if self.init is not None:
             object.__setattr__(self, "init", str(self.init))
             if self.budget is not None:
@@ -137,6 +142,8 @@ class Experiment:
         check_number("lr", self.lr, kind=(int, float), low=0, strict=True)
         check_number("width", self.width, kind=(int, float), low=0, strict=True)
         check_regularisation(self.label_smoothing, self.mixup)
+        if not (self.ema == 0 or 0 < self.ema < 1) or isinstance(self.ema, bool):
+            raise InputError(f"ema must be a decay between 0 and 1 (e.g. 0.99), or 0 for none; got {self.ema!r}")
         if self.size > self.presize:
             raise InputError(f"size ({self.size}) is larger than presize ({self.presize}): use a presize of at "
                              f"least {self.size} (--presize), or leave presize out to keep the experiment's ratio")

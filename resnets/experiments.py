@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_ex
 from .data import get_data, set_image_size
 from .errors import InputError, RunExists, RunInterrupted
 from .finetune import body_head_splitter, load_body
-from .learner import accuracy_metric, get_learner, top_5_metric
+from .learner import WeightAverage, accuracy_metric, get_learner, top_5_metric
 from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -111,7 +111,7 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
-    cbs = [ImageSizes(exp), *L(cbs)]
+    cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []), *L(cbs)]
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
                         splitter=body_head_splitter)  # fmt: skip
@@ -320,7 +320,7 @@ def run(
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
             if exp.init is not None:  # fastai's schedule: the new head alone, then every layer (the body slower)
-                learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs)
+                learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs, lr_mult=exp.lr_mult)
             else:
                 learn.fit_one_cycle(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
     except torch.cuda.OutOfMemoryError as e:
@@ -366,6 +366,8 @@ def _distributed(learn, world: int):
 
 def _check_same_settings(saved: dict, now: dict, out) -> None:
     ignore = {"argv", "data"}  # the command line differs by --resume; a moved data folder is still the data
+    older = {f.name: f.default for f in fields(Experiment) if f.metadata.get("option") and f.name not in saved}
+    saved = {**older, **saved}
     diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
     if diff:
         shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))

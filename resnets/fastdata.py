@@ -18,10 +18,11 @@ everything a fastai user relies on (`Datasets`, `TfmdDL`, `show_batch`, `get_pre
             `grid_sample` (align_corners=True, reflection padding, as fastai), then lighting.
             Validation resizes the presize square to the training size as fastai's crop does.
 
-Non-square images (a person's photos; Imagenette-160's are all squares) are also stored whole, their shorter
-side resized to presize, in a second cache file: a training image's presize square is then cropped from it at a
-position drawn per image and epoch as fastai's `Resize` draws it. fastai crops the original and then resizes, so
-those pixels differ from fastai's by interpolation only (tested); validation squares are fastai's exactly.
+Non-square images (a person's photos, or the official Imagenette-160's, whose shorter side is 160; the copy under
+shared/data was squared) are also stored whole, their shorter side resized to presize, in a second cache file: a
+training image's presize square is cropped from it at a position drawn per image and epoch as fastai's `Resize`
+draws it. fastai crops the original and then resizes, so those pixels differ from fastai's by interpolation only
+(tested); validation squares are fastai's exactly.
 """
 
 from __future__ import annotations
@@ -78,22 +79,22 @@ def _strip_size(w: int, h: int, size: int) -> tuple[int, int]:
 
 
 def load_strip(img, size: int) -> np.ndarray:
-    """The whole image, its shorter side resized to `size` with PIL's bilinear filter, as uint8 (size, L, 3): a
-    portrait image is transposed to lie along the same axis as a landscape one."""
+    """The whole image, its shorter side resized to `size` with PIL's bilinear filter, as uint8 (L, size, 3), the
+    longer side first (a landscape image transposed) so that it is one contiguous block of a strips cache."""
     with Image.open(img) as im:
         im = im.convert("RGB")
         w, h = im.size
         _, long = _strip_size(w, h, size)
         arr = np.asarray(im.resize((long, size) if w >= h else (size, long), Image.BILINEAR), dtype=np.uint8)
-    return arr if w >= h else arr.transpose(1, 0, 2)
+    return arr.transpose(1, 0, 2) if w >= h else arr
 
 
 def crop_strip(strip: np.ndarray, portrait: bool, pct: float) -> np.ndarray:
     "The (size, size, 3) square at `pct` along a strip (0: top or left, 1: bottom or right), where Resize puts it."
-    size, long = strip.shape[:2]
+    long, size = strip.shape[:2]
     start = int(pct * (long - size))
-    sq = strip[:, start : start + size]
-    return sq.transpose(1, 0, 2) if portrait else sq
+    sq = strip[start : start + size]
+    return sq if portrait else sq.transpose(1, 0, 2)
 
 
 def resize_valid(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -119,7 +120,26 @@ def _cache_key(files: list[Path], size: int) -> str:
 
 
 def _decode(args) -> np.ndarray:
-    return load_square(*args)
+    load, f, size = args
+    return load(f, size)
+
+
+def _write_cache(path: Path, shape: tuple, load, files: list, size: int, slots: list, workers: int | None):
+    """Decode `files` with `load` in worker processes into a new uint8 .npy of `shape` at `path`, each into its slot;
+    a half-built file never has the final name."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            it = pool.map(_decode, [(load, f, size) for f in files], chunksize=64)
+            bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file
+            for slot, img in zip(slots, bar):
+                arr[slot] = img
+        arr.flush()
+        del arr
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None):
@@ -129,35 +149,21 @@ def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None =
     path = folder / f"images-{size}px-{len(files)}-{_cache_key(files, size)}.npy"
     if not path.exists():
         print(f"resnets: decoding {len(files)} images once, at {size} px, into {path}")
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
-            with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-                it = pool.map(_decode, [(f, size) for f in files], chunksize=64)
-                bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file
-                for i, img in enumerate(bar):
-                    arr[i] = img
-            arr.flush()
-            del arr
-            os.replace(tmp, path)  # a half-built cache never has the final name
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_cache(path, (len(files), size, size, 3), load_square, files, size, range(len(files)), workers)
     return np.load(path, mmap_mode="r")
 
 
-def _decode_strip(args) -> np.ndarray:
-    return load_strip(*args)
-
-
 def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None):
-    """The non-square images among `files`, whole, their shorter sides resized to `size` and laid side by side in one
-    uint8 array (size, total length, 3), memory-mapped from a cache file built once, and an index of them: rows of
-    (position in `files`, start, length, portrait). No images file when every image is a square (Imagenette)."""
+    """The non-square images among `files`, whole, their shorter sides resized to `size`, one after another in one
+    uint8 array (total length, size, 3) memory-mapped from a cache file built once, and an index of them: rows of
+    (position in `files`, start, length, portrait). No images file when every image is a square. Validation reads
+    the squares of `build_cache`, but the strips cover every file, so that one cache serves any split of them."""
     folder = Path(folder) if folder is not None else cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"strips-{size}px-{len(files)}-{_cache_key(files, size)}"
     index_path, path = folder / f"{stem}-index.npy", folder / f"{stem}.npy"
-    if not index_path.exists():  # written last: its presence means the strips are complete
+    index = np.load(index_path) if index_path.exists() else None  # written last: the strips before it are whole
+    if index is None or (len(index) and not path.exists()):
         rows, start = [], 0
         for i, f in enumerate(files):
             with Image.open(f) as im:  # reads the header only
@@ -167,25 +173,14 @@ def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None 
                 rows.append((i, start, long, int(h > w)))
                 start += long
         index = np.array(rows, dtype=np.int64).reshape(-1, 4)
-        tmp, tmp_index = (p.with_suffix(f".{os.getpid()}.tmp") for p in (path, index_path))
-        try:
-            if len(index):
-                print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(size, start, 3))
-                with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-                    strips = pool.map(_decode_strip, [(files[i], size) for i in index[:, 0]], chunksize=16)
-                    for (_, s, n, _), strip in zip(index, strips):
-                        arr[:, s : s + n] = strip
-                arr.flush()
-                del arr
-                os.replace(tmp, path)
-            with open(tmp_index, "wb") as fh:
-                np.save(fh, index)
-            os.replace(tmp_index, index_path)
-        finally:
-            tmp.unlink(missing_ok=True)
-            tmp_index.unlink(missing_ok=True)
-    index = np.load(index_path)
+        if len(index):
+            print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
+            _write_cache(path, (start, size, 3), load_strip, [files[i] for i in index[:, 0]], size,
+                         [slice(s, s + n) for _, s, n, _ in index], workers)  # fmt: skip
+        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, index)
+        os.replace(tmp, index_path)
     return (np.load(path, mmap_mode="r") if len(index) else None), index
 
 
@@ -205,7 +200,11 @@ class CachedImage(RandTransform):
         self.pct = 0.5
 
     def before_call(self, b, split_idx):
-        self.do, self.pct = True, 0.5 if split_idx else random.random()  # fastai's Resize draws as this
+        # fastai's Resize draws as this; for a cached square, whose crop is the whole image, nothing is drawn, so
+        # a data set of squares (Imagenette here) sees the same random numbers as before non-squares were cropped
+        i = self.index.get(b if isinstance(b, Path) else Path(b)) if isinstance(b, str | Path) else None
+        square = i is not None and i not in self.strip_of
+        self.do, self.pct = True, 0.5 if split_idx or square else random.random()
 
     def encodes(self, f: Path | str | Image.Image):
         i = self.index.get(f if isinstance(f, Path) else Path(f)) if not isinstance(f, Image.Image) else None
@@ -217,7 +216,7 @@ class CachedImage(RandTransform):
             arr = np.array(crop_strip(load_strip(f, self.size), portrait, self.pct))
         elif i in self.strip_of:
             start, n, portrait = self.strip_of[i]
-            arr = np.array(crop_strip(self.strips[:, start : start + n], portrait, self.pct))
+            arr = np.array(crop_strip(self.strips[start : start + n], portrait, self.pct))
         else:  # a square: every position is the whole image
             arr = np.array(self.cache[i])
         return TensorImage(torch.from_numpy(arr).permute(2, 0, 1))

@@ -35,13 +35,16 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
     if path.is_dir():
         state = load_checkpoint(path)
         if state is None:
-            raise MissingFile(f"{path} has no checkpoint.pth to start from: pass the --out folder of a finished "
-                              "`resnets run`, or a file written by `resnets export`")  # fmt: skip
+            raise MissingFile(f"{path} has no checkpoint.pth to start from: pass the --out folder of a `resnets "
+                              "run`, or a file written by `resnets export`")  # fmt: skip
         s = state["settings"]
         return state["model"], {"model": s["model"], "width": s.get("width", 1.0), "vocab": state.get("vocab")}
     if not path.is_file():
         raise MissingFile(f"nothing to start from at {path}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
+    if path.suffix.lower() == ".onnx":
+        raise InputError(f"{path} is an ONNX file, which fine-tuning cannot start from: pass the run folder it was "
+                         "exported from, or a .resnets file from `resnets export`")  # fmt: skip
     from .export import load
 
     meta = load(path).meta

@@ -5,8 +5,8 @@
                         predicted / actual / loss / probability of the actual class)
   per-class accuracy    the share of each class's validation images predicted right, in results.json
 
-`interpret(learn, folder)` does this after every saved run, from one pass over the validation set;
-`resnets interpret RUN_DIR` redraws it from a run's checkpoint.
+`interpret(learn, folder)` does this after every complete one-process run that saves a folder, from one pass over
+the validation set; `resnets interpret RUN_DIR` redraws it from a run's checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def _inner(learn) -> bool:
     return True
 
 
+def _fp32(learn):
+    "fastai's MixedPrecision drops its autocast after a fit and an inner validation makes none: predict in fp32."
+    return learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, MixedPrecision)])
+
+
 class Interpretation(ClassificationInterpretation):
     """fastai's ClassificationInterpretation, from predictions made once (its confusion matrix does not predict
     again), and made as an inner validation: the Learner's state after training (its Recorder's history, its
@@ -42,7 +47,8 @@ class Interpretation(ClassificationInterpretation):
     def from_learner(cls, learn, ds_idx: int = 1, dl=None, act=None):
         if dl is None:
             dl = learn.dls[ds_idx].new(shuffle=False, drop_last=False)
-        preds, targs, losses = learn.get_preds(dl=dl, with_loss=True, act=act, inner=_inner(learn))
+        with _fp32(learn):
+            preds, targs, losses = learn.get_preds(dl=dl, with_loss=True, act=act, inner=_inner(learn))
         interp = cls(learn, dl, losses, act)
         interp.preds, interp.targs = preds, targs
         return interp
@@ -54,8 +60,9 @@ class Interpretation(ClassificationInterpretation):
         idxs = list(idxs) if isinstance(idxs, list | tuple | range) else [idxs]
         items = getattr(self.dl.items, "iloc", L(self.dl.items))[idxs]
         dl = self.learn.dls.test_dl(items, with_labels=True)
-        inps, preds, targs, decoded = self.learn.get_preds(dl=dl, with_input=True, with_decoded=True, act=self.act,
-                                                           reorder=False, inner=_inner(self.learn))  # fmt: skip
+        with _fp32(self.learn):
+            inps, preds, targs, decoded = self.learn.get_preds(dl=dl, with_input=True, with_decoded=True,
+                                                               act=self.act, reorder=False, inner=_inner(self.learn))
         return inps, preds, targs, decoded, self.losses[idxs]
 
     def confusion_matrix(self):
@@ -74,18 +81,15 @@ def interpret(learn, folder: str | os.PathLike, k: int = 9) -> dict[str, float]:
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
-    # fastai's MixedPrecision drops its autocast after a fit, and an inner validation does not make a new one:
-    # the predictions here are made in fp32
-    mixed = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
-    with learn.no_bar(), learn.removed_cbs(mixed):
+    with learn.no_bar():  # predictions in fp32 (see _fp32)
         interp = Interpretation.from_learner(learn)
         n = len(interp.vocab)
         interp.plot_confusion_matrix(figsize=(max(4, 0.6 * n + 2),) * 2, dpi=80)
-        save_figure(plt.gcf(), folder / "confusion_matrix.png")
-        plt.close("all")
+        save_figure(fig := plt.gcf(), folder / "confusion_matrix.png")
+        plt.close(fig)  # only the figures drawn here: a notebook's own stay open
         interp.plot_top_losses(min(k, len(interp.losses)), nrows=3)
-        save_figure(plt.gcf(), folder / "top_losses.png")
-        plt.close("all")
+        save_figure(fig := plt.gcf(), folder / "top_losses.png")
+        plt.close(fig)
     return interp.per_class_accuracy()
 
 
@@ -103,16 +107,16 @@ def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = Non
     s = state["settings"]
     from .config import OPTIONS
 
-    options = {k: v for k, v in s.items() if k in OPTIONS and k not in ("budget",)}
+    # the checkpoint holds the trained weights: no budget to plan, no earlier run to start from (it may be gone)
+    options = {k: v for k, v in s.items() if k in OPTIONS and k not in ("budget", "init")}
     options["data"] = data or s["data"]
-    options["epochs"] = s["epochs"]
     for key in ("sizes", "subset", "classes"):
         if isinstance(options.get(key), list):
             options[key] = tuple(options[key])
-    learn, _ = build(s["name"], verbose=False, **options)
+    learn, exp = build(s["name"], verbose=False, **options)
     learn.model.load_state_dict(state["model"])
-    from .config import configure
+    learn.model.to(learn.dls.device)  # an inner validation skips the fit's move to the data's device
     from .data import set_image_size
 
-    set_image_size(learn.dls, configure(s["name"], verbose=False, **options).valid_size)
+    set_image_size(learn.dls, exp.valid_size)
     return interpret(learn, run_dir, k)

@@ -3,6 +3,7 @@
   precision        'auto' (fp16 AMP on a CUDA GPU, fp32 elsewhere), 'fp16', 'bf16' or 'fp32'
   label_smoothing  eps: the target puts 1-eps on the true class and eps spread over all classes
   mixup            alpha of the Beta distribution MixUp draws its mixing weights from (0: off)
+  ema              decay of an exponential moving average of the weights (`WeightAverage`; 0: off)
 
 Validation accuracy, top-5 accuracy and loss are the whole validation set's in distributed runs too. fastai's
 DistributedDL pads the last batches with repeated images so that every rank gets as many, and drops the repeats
@@ -13,6 +14,7 @@ only from gathered predictions and targets, not from per-batch means: so the met
 from __future__ import annotations
 
 import torch
+from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.mixup import MixUp
 from fastai.data.core import DataLoaders
@@ -22,12 +24,13 @@ from fastai.metrics import AccumMetric, accuracy
 from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import PRECISIONS, check_regularisation
 from .errors import InputError
 
 __all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
-           "accuracy_metric", "top_5_metric", "ValidLoss", "get_learner"]
+           "accuracy_metric", "top_5_metric", "ValidLoss", "WeightAverage", "get_learner"]
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
     "Fraction of rows whose target is among the `k` highest scores (k is capped at the number of classes)."
@@ -68,6 +71,46 @@ class ValidLoss(AvgLoss):
         with torch.no_grad():
             self.total += learn.loss_func(pred.float(), *yb).mean().item() * n
         self.count += n
+
+
+class WeightAverage(Callback):
+    """An exponential moving average of the weights and BatchNorm statistics (torch's `AveragedModel`), updated after
+    every optimiser step. Each validation scores the average, and the model keeps it from then until the next
+    training epoch begins, so the checkpoint, the final model, test-time augmentation and export all use it;
+    training itself carries on from its own weights. A resumed run starts a new average."""
+
+    order = 5  # before the Recorder's validation, after nothing that changes the weights
+
+    def __init__(self, decay: float = 0.99):
+        if not 0 < decay < 1:
+            raise InputError(f"the weight average's decay must be between 0 and 1, e.g. 0.99; got {decay!r}")
+        self.decay, self.trained = decay, None
+
+    def _model(self) -> nn.Module:
+        return getattr(self.learn.model, "module", self.learn.model)  # the model itself in a distributed run
+
+    def before_fit(self):
+        self.average = AveragedModel(self._model(), multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        self.trained = None
+
+    def after_step(self):
+        self.average.update_parameters(self._model())
+
+    def before_validate(self):
+        if not hasattr(self, "average"):  # validate() before any fit: nothing averaged yet
+            return
+        if self.trained is None:  # the training weights, put back when training resumes
+            self.trained = {k: v.clone() for k, v in self._model().state_dict().items()}
+        self._model().load_state_dict(self.average.module.state_dict())
+
+    def before_train(self):
+        if self.trained is not None:
+            self._model().load_state_dict(self.trained)
+            self.trained = None
+
+    def after_fit(self):  # a fit without validation ends with the average too
+        if self.trained is None:
+            self._model().load_state_dict(self.average.module.state_dict())
 
 
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:

@@ -67,6 +67,11 @@ def test_onnx_matches_the_model_on_real_images_and_carries_its_preprocessing(mni
     for img in images:
         (c1, _, p1), (c2, _, p2) = predictor.predict(img, k=1)[0], onnx_predictor.predict(img, k=1)[0]
         assert c1 == c2 and abs(p1 - p2) < 1e-4
+    with pytest.raises(InputError, match=r"ends in .onnx: use .*m2.onnx"):
+        export_onnx(predictor, tmp_path / "m2.bin", images)
+    assert not (tmp_path / "m2.bin").exists()
+    (tmp_path / "M.ONNX").write_bytes((tmp_path / "m.onnx").read_bytes())
+    assert load(tmp_path / "M.ONNX").model is None, "the suffix in any case"
 
 
 def test_onnx_from_the_command_line(mnist_run, mnist_tiny, tmp_path):

@@ -62,12 +62,40 @@ def test_fine_tuning_runs_fastais_schedule_frozen_body_first(imagenette, source,
     assert seen == [[True], [False]], "the body's convolutions train only after the frozen epoch"
 
 
+def test_lr_mult_sets_how_much_slower_the_body_learns(imagenette, source, tmp_path, monkeypatch):
+    "`lr_mult` reaches fastai's fine_tune: once unfrozen, the head's rate is the body's times lr_mult at every step."
+    from fastai.callback.core import Callback
+    from fastai.learner import Learner
+
+    ratios, fine_tune = [], Learner.fine_tune
+
+    class Rates(Callback):
+        def after_batch(self):
+            if self.training and all(p.requires_grad for p in self.model[0].parameters()):  # the whole network trains
+                body, head = (h["lr"] for h in self.opt.hypers)
+                ratios.append(head / body)
+
+    def watched(learn, *args, **kw):
+        learn.add_cb(Rates())
+        return fine_tune(learn, *args, **kw)
+
+    monkeypatch.setattr(Learner, "fine_tune", watched)
+    run("resnet18", data=imagenette, out=tmp_path / "ft", progress=False, init=source, lr_mult=10,
+        **{**KW, "classes": OTHER, "epochs": 1})  # fmt: skip
+    assert ratios and all(r == pytest.approx(10) for r in ratios)
+    with pytest.raises(InputError, match="lr_mult must be a number >= 1"):
+        build("resnet18", data=imagenette, verbose=False, init=source, lr_mult=0.5, **{**KW, "classes": OTHER})
+
+
 def test_init_errors_name_the_fix(imagenette, source, tmp_path):
     with pytest.raises(InputError, match="--model resnet18 --width 0.25"):
         build("resnet18", data=imagenette, verbose=False, init=source, **{**KW, "width": 0.5, "classes": OTHER})
     with pytest.raises(MissingFile, match="nothing to start from"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "nope", **{**KW, "classes": OTHER})
     (tmp_path / "empty").mkdir()
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    with pytest.raises(InputError, match="is an ONNX file"):
+        build("resnet18", data=imagenette, verbose=False, init=tmp_path / "m.onnx", **{**KW, "classes": OTHER})
     with pytest.raises(MissingFile, match="no checkpoint.pth"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "empty", **{**KW, "classes": OTHER})
     with pytest.raises(InputError, match="cannot be resumed"):

@@ -113,3 +113,47 @@ def test_learner_on_cuda_uses_mixed_precision(tree):
     assert learn.precision == "fp16" and any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3)
+
+
+def test_weight_average_is_what_validation_scores_and_the_model_keeps(tree):
+    "The average is recomputed here from every step's weights; training carries on from its own weights."
+    from fastai.callback.core import Callback
+
+    from resnets.learner import WeightAverage
+
+    steps, starts, scored = [], [], []
+
+    class Watch(Callback):
+        order = 90  # after WeightAverage's update
+
+        def before_batch(self):
+            if self.training and self.iter == 0:
+                starts.append(self.model.state_dict()["0.0.weight"].clone())
+
+        def after_step(self):
+            steps.append({k: v.clone().float() for k, v in self.model.state_dict().items()})
+
+        def after_validate(self):
+            scored.append((len(steps), self.model.state_dict()["0.0.weight"].clone()))
+
+    def average(n):
+        avg = dict(steps[0])
+        for s in steps[1:n]:
+            avg = {k: 0.8 * avg[k] + 0.2 * s[k] for k in avg}
+        return avg
+
+    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
+    learn = get_learner(dls, create_model("cnn", n_out=dls.c), cbs=[WeightAverage(0.8), Watch()], verbose=False)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 1e-2)
+    assert len(scored) == 2 and all(torch.allclose(w, average(n)["0.0.weight"], atol=1e-6) for n, w in scored), \
+        "each epoch's validation scored the average of the steps so far"
+    kept, final = learn.model.state_dict(), average(len(steps))
+    for k, v in kept.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, final[k], atol=1e-6), k
+    assert not torch.allclose(kept["0.0.weight"], steps[-1]["0.0.weight"]), "the average, not the last step"
+    assert len(starts) == 2 and torch.equal(starts[1], steps[scored[0][0] - 1]["0.0.weight"]), \
+        "the second epoch trains on from the first's last step, not from the average"
+    with pytest.raises(Exception, match="decay must be between 0 and 1"):
+        WeightAverage(1.0)
