@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import TINY
-from resnets import load_results, run
+from resnets import InputError, load_results, run
 from resnets.checkpoint import CHECKPOINT, TrainingDiverged, load_checkpoint
 
 SETTINGS = ["--classes", "2", "--subset", "32", "--size", "32", "--presize", "40", "--bs", "8", "--epochs", "4",
@@ -107,3 +107,17 @@ def test_out_of_memory_names_the_batch_size(imagenette, tmp_path, monkeypatch):
     monkeypatch.setattr(Learner, "fit_one_cycle", oom)
     with pytest.raises(MemoryError, match=r"batch size 8 .*--bs 4 and --resume"):
         run("cnn", data=imagenette, out=tmp_path / "oom", progress=False, num_workers=0, **TINY)
+
+
+def test_a_checkpoint_older_than_an_option_resumes_with_it_at_its_default():
+    "Settings saved before `lr_mult` and `ema` existed compare as their defaults, not as a change."
+    from dataclasses import fields
+
+    from resnets import Experiment
+    from resnets.experiments import _check_same_settings
+
+    now = {f.name: f.default for f in fields(Experiment) if f.metadata.get("option")}
+    saved = {k: v for k, v in now.items() if k not in ("lr_mult", "ema")}
+    _check_same_settings(saved, now, "runs/old")
+    with pytest.raises(InputError, match=r"cannot resume runs/old with different settings \(ema: 0.0 then, 0.99 now\)"):
+        _check_same_settings(saved, {**now, "ema": 0.99}, "runs/old")
