@@ -120,7 +120,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
 
 class ImageSizes(Callback):
     """Sets the batch augmentation's size before each phase: the epoch's training size (progressive resizing,
-    `sizes` stretched over the fit's epochs) and the validation size (`test_size`)."""
+    `sizes` stretched over each fit's epochs: with `init`, over fine_tune's head-only fit and again over its main
+    one) and the validation size (`test_size`). With one size throughout it stays off for the fit."""
 
     order = -20  # before anything draws a batch
 
@@ -262,7 +263,8 @@ def run(
     resume: bool = False,
     **overrides,
 ) -> Results:
-    """Train an experiment with `fit_one_cycle`; `overrides` (any of `OPTIONS`) change the chapter's settings.
+    """Train an experiment with `fit_one_cycle` (fastai's `fine_tune` with `init`); `overrides` (any of `OPTIONS`)
+    change the chapter's settings.
 
     Every epoch is saved into `out` (results.json, and checkpoint.pth for `resume`). `resume=True` continues the
     run in `out` from its last checkpoint with the same settings (a fresh start if it has none)."""
