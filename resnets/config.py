@@ -100,8 +100,13 @@ class Experiment:
     sizes: tuple[int, ...] = _option((), "progressive resizing: training sizes over the epochs, each for an equal "
                                      "share of them, e.g. 64,96,128 (default: `size` throughout)", _parse_sizes,
                                      metavar="PX,PX,...")  # fmt: skip
-    test_size: int | None = _option(None, "size of the validation images (default: the last training size); "
-                                    "larger tests at a higher resolution than training", int, metavar="PX")  # fmt: skip
+    test_size: int | None = _option(None, "size of the last validation and of the final model's predictions "
+                                    "(default: the last training size; earlier epochs validate at their training "
+                                    "size); larger tests at a higher resolution than training", int,
+                                    metavar="PX")  # fmt: skip
+    recalibrate_bn: bool = _option(False, "before the last validation, re-estimate BatchNorm's statistics on 1,024 "
+                                   "training images preprocessed as validation is (for a test size unlike the last "
+                                   "training size)", bool)  # fmt: skip
     tta: bool = _option(False, "score the final model on each validation image and its mirror image, averaged "
                         "(test-time augmentation)", bool)  # fmt: skip
     holdout: float = _option(0.0, "score on this fraction of the training images, held out with a fixed seed, "
@@ -245,9 +250,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("speedrun", "ResNet-10 at half width, 40 to 64 px, 9 epochs, flip TTA",
                "resnet10", width=0.5, presize=128, size=64, sizes=(40, 48, 56, 64), epochs=9, lr=6e-3,
                label_smoothing=0.1, fast_data=True, tta=True),
-    Experiment("speedrun10", "ResNet-18 at half width, 64 to 96 px, 10 epochs, flip TTA",
+    Experiment("speedrun10", "ResNet-18 at half width, 64 to 96 px, 10 epochs, tested at 112 px, flip TTA",
                "resnet18", width=0.5, presize=128, size=96, sizes=(64, 80, 96), epochs=10, lr=6e-3,
-               label_smoothing=0.1, fast_data=True, tta=True),
+               label_smoothing=0.1, fast_data=True, tta=True, test_size=112, recalibrate_bn=True),
 ]}  # fmt: skip
 CHAPTER = ("cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet50")  # the five with the book's numbers
 
@@ -284,6 +289,11 @@ def configure(name: str | Experiment, verbose: bool = True, **overrides) -> Expe
         if verbose:
             print(f"resnets: size {size} throughout, in place of the experiment's progressive sizes "
                   f"{','.join(map(str, exp.sizes))} (--sizes sets a schedule)")  # fmt: skip
+    if exp.test_size and "test_size" not in given and "sizes" in given and tuple(given["sizes"] or ()) != exp.sizes:
+        given["test_size"] = None  # the experiment's test size was chosen for its own schedule
+        if verbose:
+            print(f"resnets: tested at the last training size, not the experiment's test size {exp.test_size} "
+                  "(chosen for its own sizes; --test-size sets one)")  # fmt: skip
     if "presize" not in given and isinstance(size, int) and not isinstance(size, bool) and size > exp.presize:
         given["presize"] = round(size * exp.presize / exp.size)
         if verbose:

@@ -22,7 +22,7 @@ from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_ex
 from .data import get_data, set_image_size
 from .errors import InputError, RunExists, RunInterrupted
 from .finetune import body_head_splitter, load_body
-from .learner import WeightAverage, accuracy_metric, get_learner, top_5_metric
+from .learner import BatchNormRecalibration, WeightAverage, accuracy_metric, get_learner, top_5_metric
 from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -111,7 +111,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
-    cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []), *L(cbs)]
+    cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
+           *([BatchNormRecalibration()] if exp.recalibrate_bn else []), *L(cbs)]  # fmt: skip
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
                         splitter=body_head_splitter)  # fmt: skip
@@ -121,7 +122,9 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
 class ImageSizes(Callback):
     """Sets the batch augmentation's size before each phase: the epoch's training size (progressive resizing,
     `sizes` stretched over each fit's epochs: with `init`, over fine_tune's head-only fit and again over its main
-    one) and the validation size (`test_size`). With one size throughout it stays off for the fit."""
+    one), which earlier epochs also validate at (as a fastai user changing `learn.dls` between phases does), and
+    `valid_size` (`test_size`, or the last training size) for the last epoch's validation and everything after
+    the fit. With one size throughout it stays off for the fit."""
 
     order = -20  # before anything draws a batch
 
@@ -136,7 +139,8 @@ class ImageSizes(Callback):
         set_image_size(self.dls, self.exp.train_size(self.epoch, self.n_epoch))
 
     def before_validate(self):
-        set_image_size(self.dls, self.exp.valid_size)
+        last = self.epoch >= self.n_epoch - 1  # also outside a fit: a Learner starts at epoch 0 of 1
+        set_image_size(self.dls, self.exp.valid_size if last else self.exp.train_size(self.epoch, self.n_epoch))
 
     def after_fit(self):
         set_image_size(self.dls, self.exp.valid_size)  # predict, get_preds, Interpretation: as validated

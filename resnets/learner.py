@@ -4,6 +4,8 @@
   label_smoothing  eps: the target puts 1-eps on the true class and eps spread over all classes
   mixup            alpha of the Beta distribution MixUp draws its mixing weights from (0: off)
   ema              decay of an exponential moving average of the weights (`WeightAverage`; 0: off)
+  recalibrate_bn   re-estimate BatchNorm's statistics on training images as validation sees them, before the
+                   last validation (`BatchNormRecalibration`): for testing at a size unlike training's
 
 Validation accuracy, top-5 accuracy and loss are the whole validation set's in distributed runs too. fastai's
 DistributedDL pads the last batches with repeated images so that every rank gets as many, and drops the repeats
@@ -30,7 +32,8 @@ from .config import PRECISIONS, check_regularisation
 from .errors import InputError
 
 __all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
-           "accuracy_metric", "top_5_metric", "ValidLoss", "WeightAverage", "get_learner"]
+           "accuracy_metric", "top_5_metric", "ValidLoss", "WeightAverage", "recalibrate_bn",
+           "BatchNormRecalibration", "get_learner"]
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
     "Fraction of rows whose target is among the `k` highest scores (k is capped at the number of classes)."
@@ -111,6 +114,48 @@ class WeightAverage(Callback):
     def after_fit(self):  # a fit without validation ends with the average too
         if self.trained is None:
             self._model().load_state_dict(self.average.module.state_dict())
+
+
+@torch.no_grad()
+def recalibrate_bn(learn, n: int = 1024, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm layer's running statistics, weights unchanged, on `n` training images (a fixed
+    sample, drawn without touching the global random state) preprocessed as validation is, at its current size.
+    Statistics gathered under training's augmentation and sizes then match the images scored, e.g. at a test size
+    larger than the last training size. Returns the number of images used."""
+    model = getattr(learn.model, "module", learn.model)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    items = learn.dls.train_ds.items
+    if not bns or not len(items):
+        return 0
+    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    dl = learn.dls.test_dl([items[i] for i in pick], bs=learn.dls.bs)
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches
+        m.train()
+    try:
+        for b in dl:
+            model(b[0])
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(pick)
+
+
+class BatchNormRecalibration(Callback):
+    "`recalibrate_bn` before the last epoch's validation, so the final score, checkpoint and model all use it."
+
+    order = 10  # after WeightAverage has put the average in place, whose statistics these replace
+
+    def __init__(self, n: int = 1024):
+        self.n = n
+
+    def before_validate(self):
+        if self.epoch == self.n_epoch - 1:
+            recalibrate_bn(self.learn, self.n)
 
 
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:

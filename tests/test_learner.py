@@ -157,3 +157,39 @@ def test_weight_average_is_what_validation_scores_and_the_model_keeps(tree):
         "the second epoch trains on from the first's last step, not from the average"
     with pytest.raises(Exception, match="decay must be between 0 and 1"):
         WeightAverage(1.0)
+
+
+def test_batchnorm_recalibration_averages_what_validation_sees_on_training_images(tree):
+    from resnets.learner import recalibrate_bn
+
+    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
+    learn = get_learner(dls, create_model("cnn", n_out=dls.c), verbose=False)
+    bn = next(m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d))
+    weights = {k: v.clone() for k, v in learn.model.state_dict().items() if "running" not in k}
+    learn.model.train()
+    assert recalibrate_bn(learn, n=8) == 8
+    assert learn.model.training, "the model's mode is put back"
+    items = dls.train_ds.items
+    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:8].tolist()
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    learn.model.eval()
+    with torch.no_grad():
+        for (xb,) in dls.test_dl([items[i] for i in pick], bs=4):  # validation's preprocessing
+            learn.model(xb)
+    hook.remove()
+    assert len(seen) == 2
+    mean = torch.stack([x.mean((0, 2, 3)) for x in seen]).mean(0)
+    var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in seen]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-4)
+    assert bn.momentum == 0.1, "the layer's own momentum is put back"
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in weights.items() if "num_batches" not in k)
+
+
+def test_recalibration_runs_once_before_the_last_validation(tree, monkeypatch):
+    calls = []
+    monkeypatch.setattr(learner, "recalibrate_bn", lambda learn, n: calls.append((learn.epoch, learn.training)))
+    r = run("cnn", data=tree, presize=40, size=32, bs=4, epochs=2, recalibrate_bn=True, save=False, progress=False,
+            num_workers=0)  # fmt: skip
+    assert calls == [(1, False)] and r.settings["recalibrate_bn"] is True

@@ -21,7 +21,7 @@ class _Sizes(Callback):
         self.seen.setdefault((self.epoch, self.training), set()).add(self.x.shape[-1])
 
 
-def test_sizes_stretch_over_the_epochs_and_validation_uses_the_test_size(imagenette):
+def test_sizes_stretch_over_the_epochs_and_the_last_validation_uses_the_test_size(imagenette):
     exp = configure("cnn", verbose=False, epochs=4, sizes=(32, 48), test_size=56, presize=64)
     assert [exp.train_size(e) for e in range(4)] == [32, 32, 48, 48] and exp.valid_size == 56
     assert [exp.train_size(e, 3) for e in range(3)] == [32, 32, 48], "stretched to whatever number of epochs"
@@ -33,7 +33,8 @@ def test_sizes_stretch_over_the_epochs_and_validation_uses_the_test_size(imagene
         learn.fit_one_cycle(4, 1e-3)
     assert {k: v for k, v in probe.seen.items() if k[1]} == {(0, True): {32}, (1, True): {32}, (2, True): {48},
                                                              (3, True): {48}}  # fmt: skip
-    assert all(v == {56} for k, v in probe.seen.items() if not k[1])
+    assert {k[0]: v for k, v in probe.seen.items() if not k[1]} == {0: {32}, 1: {32}, 2: {48}, 3: {56}}, \
+        "each epoch validates at its training size, the last at the test size"
     x, _ = learn.dls.valid.one_batch()
     assert x.shape[-1] == 56, "after fit the loaders stay at the size validation used (predict, Interpretation)"
 
@@ -50,7 +51,9 @@ def test_test_size_on_both_pipelines(imagenette, fast):
 def test_a_size_given_alone_replaces_a_progressive_schedule(capsys):
     sized = configure("speedrun10", size=32, presize=40)
     assert sized.sizes == () and sized.size == 32 and sized.valid_size == 32
-    assert "size 32 throughout" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "size 32 throughout" in out and "not the experiment's test size 112" in out and sized.test_size is None
+    assert configure("speedrun10", verbose=False).test_size == 112
     assert configure("speedrun10", verbose=False).sizes, "the recipe itself keeps its schedule"
     assert configure("speedrun10", verbose=False, sizes=(32, 40), presize=48).size == 40
 
