@@ -139,8 +139,9 @@ class ImageSizes(Callback):
         set_image_size(self.dls, self.exp.train_size(self.epoch, self.n_epoch))
 
     def before_validate(self):
-        last = self.epoch >= self.n_epoch - 1  # also outside a fit: a Learner starts at epoch 0 of 1
-        set_image_size(self.dls, self.exp.valid_size if last else self.exp.train_size(self.epoch, self.n_epoch))
+        epoch, n_epoch = getattr(self.learn, "epoch", None), getattr(self.learn, "n_epoch", None)
+        last = epoch is None or n_epoch is None or epoch >= n_epoch - 1  # a Learner never fitted: as after a fit
+        set_image_size(self.dls, self.exp.valid_size if last else self.exp.train_size(epoch, n_epoch))
 
     def after_fit(self):
         set_image_size(self.dls, self.exp.valid_size)  # predict, get_preds, Interpretation: as validated

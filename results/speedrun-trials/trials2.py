@@ -27,6 +27,8 @@ TRIALS = {
                           label_smoothing=0.1, ema=0.99),
     "E2-S8+ema0.98": dict(model="resnet10", width=0.5, sizes=(40, 48, 56, 64), epochs=9, lr=6e-3,
                           label_smoothing=0.1, ema=0.98),
+    "B1-P1-bs256-lr1.2e-2-11ep": dict(width=0.5, presize=128, sizes=(64, 80, 96), epochs=11, lr=1.2e-2, bs=256,
+                                      label_smoothing=0.1),
     "P1-half-width-64-80-96-12ep": dict(width=0.5, presize=128, sizes=(64, 80, 96), epochs=12, lr=6e-3,
                                         label_smoothing=0.1),
 }
