@@ -121,12 +121,17 @@ def _onnxruntime():
     return onnxruntime
 
 
+def is_onnx(path: str | os.PathLike) -> bool:
+    "Whether a model file is ONNX, by its name (.onnx in any case), as `load` and `resnets predict` tell."
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def load(path: str | os.PathLike) -> Predictor:
     "Load a file written by `export` (or `resnets export`), or an ONNX file from `export_onnx` (run by onnxruntime)."
     path = Path(path)
     if not path.is_file():
         raise MissingFile(f"no model file at {path}: create one with `resnets export RUN_DIR`")
-    if path.suffix.lower() == ".onnx":
+    if is_onnx(path):
         ort = _onnxruntime()
         try:
             options = ort.SessionOptions()  # no busy-waiting between runs: it took the cores torch's preprocessing
@@ -163,7 +168,7 @@ def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> floa
     except ImportError:
         raise InputError("writing ONNX needs the onnx package: pip install 'resnets[onnx]'") from None
     size, out = predictor.meta["resize"], Path(out)
-    if out.suffix.lower() != ".onnx":  # the suffix is how `load` and `resnets predict` tell an ONNX file
+    if not is_onnx(out):
         raise InputError(f"an ONNX file's name ends in .onnx: use {out.with_suffix('.onnx')}, not {out}")
     model = predictor.model.to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():  # the exporter's notes on its own internals are not the user's business

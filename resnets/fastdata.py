@@ -78,15 +78,20 @@ def _strip_size(w: int, h: int, size: int) -> tuple[int, int]:
     return size, max(size, round(max(w, h) * size / min(w, h)))
 
 
-def load_strip(img, size: int) -> np.ndarray:
-    """The whole image, its shorter side resized to `size` with PIL's bilinear filter, as uint8 (L, size, 3), the
-    longer side first (a landscape image transposed) so that it is one contiguous block of a strips cache."""
+def _load_strip(img, size: int) -> tuple[np.ndarray, bool]:
+    "`load_strip`'s array, and whether the image is a portrait one."
     with Image.open(img) as im:
         im = im.convert("RGB")
         w, h = im.size
         _, long = _strip_size(w, h, size)
         arr = np.asarray(im.resize((long, size) if w >= h else (size, long), Image.BILINEAR), dtype=np.uint8)
-    return arr.transpose(1, 0, 2) if w >= h else arr
+    return (arr.transpose(1, 0, 2) if w >= h else arr), h > w
+
+
+def load_strip(img, size: int) -> np.ndarray:
+    """The whole image, its shorter side resized to `size` with PIL's bilinear filter, as uint8 (L, size, 3), the
+    longer side first (a landscape image transposed) so that it is one contiguous block of a strips cache."""
+    return _load_strip(img, size)[0]
 
 
 def crop_strip(strip: np.ndarray, portrait: bool, pct: float) -> np.ndarray:
@@ -211,9 +216,7 @@ class CachedImage(RandTransform):
         if self.pct == 0.5 or isinstance(f, Image.Image):
             arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size)
         elif i is None:
-            with Image.open(f) as im:
-                portrait = im.size[1] > im.size[0]
-            arr = np.array(crop_strip(load_strip(f, self.size), portrait, self.pct))
+            arr = np.array(crop_strip(*_load_strip(f, self.size), self.pct))
         elif i in self.strip_of:
             start, n, portrait = self.strip_of[i]
             arr = np.array(crop_strip(self.strips[start : start + n], portrait, self.pct))

@@ -42,11 +42,11 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
     if not path.is_file():
         raise MissingFile(f"nothing to start from at {path}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
-    if path.suffix.lower() == ".onnx":
+    from .export import is_onnx, load
+
+    if is_onnx(path):
         raise InputError(f"{path} is an ONNX file, which fine-tuning cannot start from: pass the run folder it was "
                          "exported from, or a .resnets file from `resnets export`")  # fmt: skip
-    from .export import load
-
     meta = load(path).meta
     return meta["state_dict"], {"model": meta["model"], "width": meta.get("width", 1.0), "vocab": meta["vocab"]}
 

@@ -113,10 +113,7 @@ def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = Non
     for key in ("sizes", "subset", "classes"):
         if isinstance(options.get(key), list):
             options[key] = tuple(options[key])
-    learn, exp = build(s["name"], verbose=False, **options)
+    learn, _ = build(s["name"], verbose=False, **options)  # its ImageSizes validates at the run's final size
     learn.model.load_state_dict(state["model"])
     learn.model.to(learn.dls.device)  # an inner validation skips the fit's move to the data's device
-    from .data import set_image_size
-
-    set_image_size(learn.dls, exp.valid_size)
     return interpret(learn, run_dir, k)

@@ -151,11 +151,15 @@ class BatchNormRecalibration(Callback):
     order = 10  # after WeightAverage has put the average in place, whose statistics these replace
 
     def __init__(self, n: int = 1024):
-        self.n = n
+        self.n, self.done = n, False
 
-    def before_validate(self):
-        if self.epoch == self.n_epoch - 1:
+    def before_fit(self):
+        self.done = False
+
+    def before_validate(self):  # once a fit: later validations (the interpretation pass) keep these statistics
+        if not self.done and self.epoch == self.n_epoch - 1:
             recalibrate_bn(self.learn, self.n)
+            self.done = True
 
 
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:

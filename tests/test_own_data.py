@@ -65,6 +65,7 @@ def test_the_fast_path_crops_a_training_photo_where_fastais_resize_would(tmp_pat
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     files = sorted(_ramps(tmp_path / "photos").rglob("*.png"))
     tfm = CachedImage(32, files, build_cache(files, 32), *build_strips(files, 32))
+    uncached = CachedImage(32)  # decodes every file on the fly
     for f in files:
         for pct in (0.0, 0.3, 0.5, 0.77, 1.0):
             ref = Resize(32)
@@ -73,6 +74,8 @@ def test_the_fast_path_crops_a_training_photo_where_fastais_resize_would(tmp_pat
             tfm.pct = pct
             got = tfm.encodes(f).permute(1, 2, 0).numpy().astype(float)
             assert np.abs(got - want).mean() < 2.0 and np.abs(got - want).max() <= 12, (f.name, pct)
+            uncached.pct = pct
+            assert np.array_equal(uncached.encodes(f).numpy(), got.transpose(2, 0, 1)), "a file not in the cache too"
         tfm.before_call(None, split_idx=1)
         assert np.array_equal(tfm.encodes(f).permute(1, 2, 0).numpy(), load_square(f, 32)), "validation: exact"
     ends = []
