@@ -42,7 +42,7 @@ def time_run(recipe: str, seed: int, out: Path, data: str | None, extra: list[st
     shutil.rmtree(cache, ignore_errors=True)
     r = json.loads((folder / "results.json").read_text())
     startup = wall - r["wall_time"]
-    curve = [(startup + h["elapsed"], h["accuracy"]) for h in r["history"]]
+    curve = [(startup + h["elapsed"], h["accuracy"]) for h in r["history"] if h["accuracy"] is not None]
     final = r.get("tta_accuracy") or r["history"][-1]["accuracy"]
     passed = next((t for t, a in curve if a >= target), wall if final >= target else None)
     return {"label": recipe + (" " + " ".join(extra) if extra else ""), "recipe": recipe, "seed": seed,

@@ -35,7 +35,7 @@ from fastai.data.all import (
 from fastai.data.external import fastai_path
 from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
 
-from .config import check_subset
+from .config import AUGMENT_KW, AUGMENTS, check_subset
 from .errors import InputError, check_number
 
 __all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "table_label", "DataError", "data_folders", "resolve_source",
@@ -354,6 +354,7 @@ def get_data(
     valid_pct: float = 0.2,
     label_col: str | None = None,
     seed: int = 42,
+    augment: str = "chapter",
 ) -> DataLoaders:
     """The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats.
 
@@ -362,7 +363,8 @@ def get_data(
     split), a data set's name or a URL. Images of any size and shape are resized and cropped as fastai's Resize.
     `fast=True`: the same images decoded once into a uint8 cache and augmented in batches on the training
     device (resnets.fastdata); several times faster where decoding and augmentation bound the training.
-    `holdout`: validate on this fraction of the training images (a fixed sample per class), not on val/."""
+    `holdout`: validate on this fraction of the training images (a fixed sample per class), not on val/.
+    `augment="light"`: the random square crop and the flip only (no rotation, zoom, warp or lighting)."""
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
         check_number(k, v)
     if resize > presize:
@@ -370,6 +372,8 @@ def get_data(
     if bad_images not in ("skip", "raise"):
         raise InputError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
     check_valid_pct(valid_pct)
+    if augment not in AUGMENTS:
+        raise InputError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
     path = resolve_source(source)
     train, valid, table = find_split(path, valid_name, classes, subset, check_images, bad_images, valid_pct,
                                      label_col, seed)  # fmt: skip
@@ -379,7 +383,8 @@ def get_data(
     if fast:
         from .fastdata import fast_dataloaders
 
-        dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label)
+        dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label,
+                               augment=augment)  # fmt: skip
     else:
         held = set(valid)
         dblock = DataBlock(
@@ -388,7 +393,7 @@ def get_data(
                                     [i for i, f in enumerate(files) if f in held]),  # fmt: skip
             get_y=label,  # readable names in show_batch, plots, results and predictions
             item_tfms=Resize(presize),
-            batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip),
+            batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip, **AUGMENT_KW[augment]),
                         Normalize.from_stats(*imagenet_stats)],  # fmt: skip
         )
         kw = {} if num_workers is None else {"num_workers": num_workers}

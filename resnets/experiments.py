@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelValidException
 from fastai.learner import Recorder
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastcore.foundation import L
@@ -27,7 +27,7 @@ from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
 __all__ = ["Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment", "list_experiments", "configure",
-           "build", "run", "lr_find", "plan_budget", "flip_tta_accuracy"]
+           "build", "run", "lr_find", "plan_budget", "flip_tta", "flip_tta_accuracy"]
 
 
 class EpochLog(Callback):
@@ -53,7 +53,8 @@ class EpochLog(Callback):
                 names = self.recorder.metric_names
                 widths.extend(max(len(n), 7) for n in names)
                 print("  ".join(f"{n:>{w}}" for n, w in zip(names, widths)), flush=True)
-            cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+            row = [*row[:-1], *[None] * (len(widths) - len(row)), row[-1]]  # a skipped validation: "-" each
+            cells = [f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v) for v in row]
             print("  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)), flush=True)
 
         self.log = log
@@ -81,7 +82,9 @@ class RunHistory(Callback):
             return
         names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
         # numbered on from the run's earlier epochs: fine_tune's second fit counts from 0 again
-        row = {"epoch": len(self.results.history), **{n: float(v) for n, v in zip(names, self.learn.final_record)}}
+        values = list(self.learn.final_record)  # fastai leaves a skipped validation's values out (SkipValidation):
+        values += [None] * (len(names) - len(values))  # they come after the training loss; None in the history
+        row = {"epoch": len(self.results.history), **{n: None if v is None else float(v) for n, v in zip(names, values)}}
         row["time"] = time.perf_counter() - self.start
         row["elapsed"] = time.perf_counter() - self.started  # since the command started (this call's, on resume)
         self.results.history.append(row)
@@ -99,20 +102,22 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         set_seed(exp.seed + rank_distrib())
     dls = get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
                    num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout,
-                   valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed)
+                   valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed,
+                   augment=exp.augment)  # fmt: skip
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
-    model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width)
+    model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width, stem=exp.stem)
     _check_input_size(model, exp)
     if exp.init is not None:
-        load_body(model, exp.init, exp.model, exp.width)
+        load_body(model, exp.init, exp.model, exp.width, exp.stem)
     if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (PERFORMANCE.md), same accuracy;
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
     cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
-           *([BatchNormRecalibration()] if exp.recalibrate_bn else []), *L(cbs)]  # fmt: skip
+           *([BatchNormRecalibration()] if exp.recalibrate_bn else []),
+           *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
                         splitter=body_head_splitter)  # fmt: skip
@@ -154,17 +159,74 @@ def _device_autocast(learn):
     return torch.autocast("cuda", dtype=torch.float16 if learn.precision == "fp16" else torch.bfloat16)
 
 
+class SkipValidation(Callback):
+    "Skips the validation of a fit's epochs before its last `n` (their metrics are left empty: None in the history)."
+
+    order = 65  # after the Recorder (50) has reset the metrics and fastai's progress bar has begun the phase
+
+    def __init__(self, n: int):
+        self.n, self.fitting = n, False
+
+    def before_fit(self):
+        self.fitting = True
+
+    def after_fit(self):
+        self.fitting = False
+
+    def before_validate(self):
+        if self.fitting and self.epoch < self.n_epoch - self.n:
+            raise CancelValidException()
+
+
+class LastValidPreds(Callback):
+    "Keeps the logits and targets of each fit's last validation: flip TTA reuses them instead of predicting again."
+
+    def before_fit(self):
+        self.kept, self.on = None, False
+
+    def before_validate(self):
+        self.on, self.logits, self.targs = self.epoch == self.n_epoch - 1, [], []
+
+    def after_batch(self):
+        if self.on and not self.training:
+            self.logits.append(self.pred.detach().float().cpu())
+            self.targs.append(self.yb[0].detach().as_subclass(torch.Tensor).cpu())
+
+    def after_validate(self):
+        if self.on and self.logits:
+            self.kept = (torch.cat(self.logits), torch.cat(self.targs))
+        self.on = False
+
+
 @torch.no_grad()
-def flip_tta_accuracy(learn) -> float:
-    "Validation accuracy with each image's and its mirror image's class probabilities averaged."
-    model, hits, n = learn.model.eval(), 0, 0
+def flip_tta(learn, plain: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Validation accuracy with each image's and its mirror image's class probabilities averaged; and the plain
+    images' logits and targets, in the validation set's order (what the interpretation plots need). `plain`: those
+    logits and targets from the model as it is now (the last validation's, `LastValidPreds`): only the mirrored
+    images are predicted then."""
+    if plain is not None and len(plain[0]) != len(learn.dls.valid_ds):  # e.g. one rank's share of a distributed run
+        plain = None
+    model, flipped, logits, targs = learn.model.eval(), [], [], []
     with _device_autocast(learn):
         for xb, yb in learn.dls.valid:
             x = xb.as_subclass(torch.Tensor)
-            p = model(x).float().softmax(1) + model(x.flip(-1)).float().softmax(1)
-            hits += (p.argmax(1) == yb.as_subclass(torch.Tensor)).sum().item()
-            n += len(yb)
-    return hits / max(n, 1)
+            if plain is None:
+                logits.append(model(x).float().cpu())
+            flipped.append(model(x.flip(-1)).float().softmax(1).cpu())
+            targs.append(yb.as_subclass(torch.Tensor).cpu())
+    if not targs:
+        return 0.0, torch.empty(0), torch.empty(0, dtype=torch.long)
+    targs = torch.cat(targs)
+    if plain is not None and not torch.equal(plain[1], targs):
+        raise RuntimeError("the kept validation predictions are not of the validation images in order")
+    logits = plain[0] if plain is not None else torch.cat(logits)
+    hits = ((logits.softmax(1) + torch.cat(flipped)).argmax(1) == targs).sum().item()
+    return hits / len(targs), logits, targs
+
+
+def flip_tta_accuracy(learn) -> float:
+    "Validation accuracy with each image's and its mirror image's class probabilities averaged."
+    return flip_tta(learn)[0]
 
 
 def _time_steps(learn, size: int, steps: int = 3) -> float:
@@ -208,11 +270,12 @@ def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]
     valid = _time_validation(learn, exp.valid_size) * 1.1  # metrics and bookkeeping on top of the forward passes
     set_image_size(learn.dls, exp.train_size(0))
     overhead = 0.5  # per epoch: results.json, checkpoint, plot
-    final = (2 * valid if exp.tta else 0.0) + valid + 2.0  # flip TTA's two passes; interpretation's pass and plots
+    final = valid + 2.0  # flip TTA's mirrored pass, or the interpretation's pass (TTA's is reused); plots
 
     def predicted(epochs: int) -> float:
         train = sum(step[exp.train_size(e, epochs)] * n_batches for e in range(epochs))
-        return train + epochs * (valid + overhead) + final
+        validated = min(epochs, exp.valid_last or epochs)
+        return train + epochs * overhead + validated * valid + final
 
     left = exp.budget - spent - (time.perf_counter() - start)
     epochs = 0
@@ -321,8 +384,9 @@ def run(
     if state is not None:
         checkpoint.restore(learn)
         print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
+    keep = LastValidPreds()
     run_cbs = [RunHistory(results, folder, checkpoint.start_epoch, start), checkpoint, StopOnNaN(folder),
-               EpochLog(checkpoint.start_epoch)]
+               EpochLog(checkpoint.start_epoch), *([keep] if exp.tta else [])]
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
@@ -346,14 +410,15 @@ def run(
         learn.remove_cbs(run_cbs)
     if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
-    if exp.tta:
-        results.tta_accuracy = flip_tta_accuracy(learn)
+    plain = None  # the plain images' logits and targets, which the interpretation reuses
+    if exp.tta:  # the last validation's predictions, and the mirrored images
+        results.tta_accuracy, *plain = flip_tta(learn, keep.kept)
     trained_all = len(results.history) >= exp.epochs + (exp.freeze_epochs if exp.init else 0)
     if folder is not None and world <= 1 and trained_all:  # confusion matrix, top losses, per-class accuracy
         # (distributed runs: the other ranks have gone; `resnets interpret RUN_DIR` draws them in one process)
         from .interpret import interpret
 
-        results.per_class_accuracy = interpret(learn, folder)
+        results.per_class_accuracy = interpret(learn, folder, predictions=plain)
     results.finished = True
     results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
     if folder is not None:

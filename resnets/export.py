@@ -32,7 +32,7 @@ __all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchs
 
 FORMAT = "resnets-model-v1"
 ONNX_OPSET = 18  # onnxruntime 1.16 (2023) and later run it
-_ONNX_META = ("format", "model", "width", "n_out", "vocab", "names", "presize", "resize", "stats", "experiment",
+_ONNX_META = ("format", "model", "width", "stem", "n_out", "vocab", "names", "presize", "resize", "stats", "experiment",
               "epochs_trained")  # what an ONNX file carries of the model file, as JSON in its metadata
 
 
@@ -50,7 +50,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
     out = Path(out) if out is not None else run_dir / "model.resnets"
     size = s["size"] if "size" in s else s["resize"]  # the option was `resize` in runs of earlier versions
-    torch.save({"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0), "n_out": len(vocab),
+    torch.save({"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0),
+                "stem": list(s.get("stem") or ()), "n_out": len(vocab),
                 "state_dict": state["model"],
                 "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
                 "presize": s["presize"], "resize": size, "stats": [list(v) for v in imagenet_stats],
@@ -154,7 +155,8 @@ def load(path: str | os.PathLike) -> Predictor:
         raise InputError(f"{path} is not a readable resnets model file ({why})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
-    model = create_model(meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0))
+    model = create_model(meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0),
+                         stem=tuple(meta.get("stem") or ()))  # fmt: skip
     model.load_state_dict(meta["state_dict"])
     return Predictor(model, meta)
 

@@ -46,6 +46,7 @@ from fastai.vision.augment import RandTransform
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
+from .config import AUGMENT_KW
 from .data import class_label
 
 __all__ = ["cache_folder", "load_square", "load_strip", "resize_valid", "preprocess", "build_cache", "build_strips",
@@ -341,15 +342,17 @@ class ChapterAugment(RandTransform):
 
 
 def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize: int, bs: int, flip: bool = True,
-                     device=None, min_scale: float = 0.5, label=class_label) -> DataLoaders:  # fmt: skip
+                     device=None, min_scale: float = 0.5, label=class_label,
+                     augment: str = "chapter") -> DataLoaders:  # fmt: skip
     """fastai DataLoaders over validated training and validation files: images from the uint8 cache, labels by
-    `label` (their folders' names by default), the chapter's augmentation as one fused batch transform."""
+    `label` (their folders' names by default), the chapter's augmentation as one fused batch transform
+    (`augment="light"`: its crop and flip only)."""
     files = [Path(f) for f in [*train, *valid]]
     cached = sorted(set(files))  # one cache for the same images however they are split
     images, (strips, index) = build_cache(cached, presize), build_strips(cached, presize)
     splits = [list(range(len(train))), list(range(len(train), len(files)))]
     tfms = [[CachedImage(presize, cached, images, strips, index)], [label, Categorize()]]
     dsets = Datasets(files, tfms=tfms, splits=splits)
-    after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip),
+    after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip, **AUGMENT_KW[augment]),
                    Normalize.from_stats(*imagenet_stats)]  # fmt: skip
     return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)

@@ -27,6 +27,15 @@ def body_head_splitter(model: nn.Module) -> list:
     return [params(model[:-1]), params(model[-1])]
 
 
+def _architecture(s: dict) -> dict:
+    "What builds the network, from a run's settings or a model file (older ones have no width or stem)."
+    return {"model": s["model"], "width": s.get("width", 1.0), "stem": tuple(s.get("stem") or ())}
+
+
+def _csv(v) -> str:
+    return ",".join(map(str, v))
+
+
 def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
     "The state dict and the settings (`model`, `width`) of a run folder's checkpoint or of an exported model file."
     from .checkpoint import load_checkpoint
@@ -38,7 +47,7 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
             raise MissingFile(f"{path} has no checkpoint.pth to start from: pass the --out folder of a `resnets "
                               "run`, or a file written by `resnets export`")  # fmt: skip
         s = state["settings"]
-        return state["model"], {"model": s["model"], "width": s.get("width", 1.0), "vocab": state.get("vocab")}
+        return state["model"], {**_architecture(s), "vocab": state.get("vocab")}
     if not path.is_file():
         raise MissingFile(f"nothing to start from at {path}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
@@ -48,16 +57,21 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
         raise InputError(f"{path} is an ONNX file, which fine-tuning cannot start from: pass the run folder it was "
                          "exported from, or a .resnets file from `resnets export`")  # fmt: skip
     meta = load(path).meta
-    return meta["state_dict"], {"model": meta["model"], "width": meta.get("width", 1.0), "vocab": meta["vocab"]}
+    return meta["state_dict"], {**_architecture(meta), "vocab": meta["vocab"]}
 
 
-def load_body(model: nn.Module, source: str | os.PathLike, model_name: str, width: float = 1.0) -> dict:
-    """Copy the weights of `source` into `model` (built as `model_name` at `width`), all but the head's; returns
-    the source's settings. A source of another architecture is an error naming the options that match it."""
+def load_body(model: nn.Module, source: str | os.PathLike, model_name: str, width: float = 1.0,
+              stem: tuple[int, ...] = ()) -> dict:  # fmt: skip
+    """Copy the weights of `source` into `model` (built as `model_name` at `width` with `stem`), all but the head's;
+    returns the source's settings. A source of another architecture is an error naming the options that match it."""
     state, found = read_weights(source)
-    if (found["model"], found["width"]) != (model_name, width):
-        raise InputError(f"{source} holds a {found['model']} (width {found['width']}), but this run builds a "
-                         f"{model_name} (width {width}): pass --model {found['model']} --width {found['width']}")
+    ours = {"model": model_name, "width": width, "stem": tuple(stem or ())}
+    theirs = {k: found[k] for k in ours}
+    if theirs != ours:
+        say = lambda a: f"{a['model']} (width {a['width']}{', stem ' + _csv(a['stem']) if a['stem'] else ''})"  # noqa: E731
+        fix = f"--model {theirs['model']} --width {theirs['width']}" + (f" --stem {_csv(theirs['stem'])}"
+                                                                       if theirs["stem"] else "")  # fmt: skip
+        raise InputError(f"{source} holds a {say(theirs)}, but this run builds a {say(ours)}: pass {fix}")
     head = f"{len(model) - 1}."
     body = {k: v for k, v in state.items() if not k.startswith(head)}
     missing, unexpected = model.load_state_dict(body, strict=False)

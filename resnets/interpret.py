@@ -53,6 +53,20 @@ class Interpretation(ClassificationInterpretation):
         interp.preds, interp.targs = preds, targs
         return interp
 
+    @classmethod
+    def from_predictions(cls, learn, logits: torch.Tensor, targs: torch.Tensor, ds_idx: int = 1):
+        """From the logits and targets of predictions already made on `learn.dls[ds_idx]`, in its order (a TTA
+        pass's plain images): the losses and probabilities as `get_preds` computes them, no pass over the images."""
+        dl = learn.dls[ds_idx].new(shuffle=False, drop_last=False)
+        if len(logits) != len(dl.dataset) or len(targs) != len(logits):
+            raise ValueError(f"{len(logits)} predictions and {len(targs)} targets for {len(dl.dataset)} images")
+        with learn.loss_not_reduced():
+            losses = learn.loss_func(logits, targs).view(-1)
+        act = getattr(learn.loss_func, "activation", None)
+        interp = cls(learn, dl, losses, None)
+        interp.preds, interp.targs = act(logits) if act else logits, targs
+        return interp
+
     def __getitem__(self, idxs):
         "Inputs, predictions, targets, decoded predictions and losses of the items at `idxs` (fastai's, inner)."
         if isinstance(idxs, torch.Tensor):
@@ -76,13 +90,15 @@ class Interpretation(ClassificationInterpretation):
         return {str(c): float(cm[i, i] / cm[i].sum()) for i, c in enumerate(self.vocab) if cm[i].sum()}
 
 
-def interpret(learn, folder: str | os.PathLike, k: int = 9) -> dict[str, float]:
-    "Write confusion_matrix.png and top_losses.png (the `k` worst) into `folder`; return the per-class accuracy."
+def interpret(learn, folder: str | os.PathLike, k: int = 9, predictions=None) -> dict[str, float]:
+    """Write confusion_matrix.png and top_losses.png (the `k` worst) into `folder`; return the per-class accuracy.
+    `predictions`: (logits, targets) already made on the validation set, in its order (else predicted here)."""
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
     with learn.no_bar():  # predictions in fp32 (see _fp32)
-        interp = Interpretation.from_learner(learn)
+        interp = Interpretation.from_learner(learn) if predictions is None else \
+            Interpretation.from_predictions(learn, *predictions)  # fmt: skip
         n = len(interp.vocab)
         interp.plot_confusion_matrix(figsize=(max(4, 0.6 * n + 2),) * 2, dpi=80)
         save_figure(fig := plt.gcf(), folder / "confusion_matrix.png")

@@ -185,11 +185,14 @@ def _scaled(widths: tuple[int, ...], width: float) -> tuple[int, ...]:
     return tuple(max(1, round(w * width)) for w in widths)
 
 
-def _resnet(layers, expansion, n_out=10, width: float = 1.0, **kw) -> ResNet:
-    "A ResNet with the chapter's widths (stem 32, 32, 64; stages 64 ... 512) times `width`."
+STEM = (32, 32, 64)  # the chapter's stem: three 3x3 convs, the first with stride 2
+
+
+def _resnet(layers, expansion, n_out=10, width: float = 1.0, stem: tuple[int, ...] = STEM, **kw) -> ResNet:
+    "A ResNet with the chapter's widths (stages 64 ... 512; `stem` 32, 32, 64 unless given) times `width`."
     check_number("width", width, kind=(int, float), low=0, strict=True)
     return ResNet(n_out, layers, expansion, widths=_scaled((64, 128, 256, 512), width),
-                  stem_widths=_scaled((32, 32, 64), width), **kw)  # fmt: skip
+                  stem_widths=_scaled(tuple(stem) or STEM, width), **kw)  # fmt: skip
 
 
 def resnet10(n_out: int = 10, **kw) -> ResNet:  return _resnet([1, 1, 1, 1], 1, n_out, **kw)   # noqa: E704
@@ -230,12 +233,16 @@ def list_models() -> list[str]:
 RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # the ones `width` scales
 
 
-def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, **kw) -> nn.Module:
-    "Build a registered model by name, e.g. `create_model('resnet18', n_out=10)`; `width` scales a ResNet's widths."
+def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, stem: tuple[int, ...] = (),
+                 **kw) -> nn.Module:  # fmt: skip
+    """Build a registered model by name, e.g. `create_model('resnet18', n_out=10)`; `width` scales a ResNet's widths,
+    `stem` sets its stem's conv widths (before `width`; default the chapter's 32, 32, 64)."""
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
-    if width != 1:
-        if name not in RESNETS:
-            raise InputError(f"width scales the ResNets only ({', '.join(RESNETS)}), not {name!r}: leave it at 1")
-        kw["width"] = width
+    for k, v, off in (("width", width, 1), ("stem", tuple(stem or ()), ())):
+        if v != off:
+            if name not in RESNETS:
+                raise InputError(f"{k} is a setting of the ResNets only ({', '.join(RESNETS)}), not {name!r}: "
+                                 "leave it out")  # fmt: skip
+            kw[k] = v
     return MODELS[name](n_out=n_out, c_in=c_in, **kw)

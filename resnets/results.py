@@ -156,9 +156,10 @@ class Results:
         fig = Figure(figsize=(10, 3.8))
         ax_acc, ax_loss = fig.subplots(1, 2)
         epochs = [h["epoch"] + 1 for h in self.history]
-        ax_acc.plot(epochs, [h.get("accuracy") for h in self.history], "o-", label="this run")
+        nan = lambda k: [float("nan") if h.get(k) is None else h[k] for h in self.history]  # noqa: E731  (skipped)
+        ax_acc.plot(epochs, nan("accuracy"), "o-", label="this run")
         ax_loss.plot(epochs, [h["train_loss"] for h in self.history], "o-", label="train (this run)")
-        ax_loss.plot(epochs, [h["valid_loss"] for h in self.history], "o-", label="valid (this run)")
+        ax_loss.plot(epochs, nan("valid_loss"), "o-", label="valid (this run)")
         if self.book.get("accuracy"):
             book_epochs = range(1, len(self.book["accuracy"]) + 1)
             ax_acc.plot(book_epochs, self.book["accuracy"], "s--", color="grey", label="book")

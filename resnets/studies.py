@@ -112,7 +112,7 @@ def _compute(arm: Arm, overrides: dict, throughput: bool) -> dict:
     "Parameters and counted forward FLOPs per image of an arm's model at its size (and step throughput)."
     opts = {**arm.options, **overrides}
     exp = configure(arm.experiment, verbose=False, **opts)
-    model = create_model(exp.model, n_out=10, width=exp.width)
+    model = create_model(exp.model, n_out=10, width=exp.width, stem=exp.stem)
     row = {"model": exp.model, "size": exp.size, "params": sum(p.numel() for p in model.parameters()),
            "gflops_per_image": count_flops(model, exp.size) / 1e9}  # fmt: skip
     if throughput:

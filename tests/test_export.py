@@ -169,3 +169,19 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     assert not marker.exists()
     torch.load(folder / CHECKPOINT, weights_only=False)  # the payload is live: loading the file unsafely runs it
     assert marker.exists()
+
+
+def test_a_model_file_rebuilds_its_stem(mnist_run, tmp_path):
+    "A ResNet with a one-conv stem, saved as `export` writes it, loads with that stem (its weights fit no other)."
+    from resnets.models import create_model
+
+    meta = torch.load(export(mnist_run.folder, tmp_path / "m.resnets"), weights_only=False)
+    assert meta["stem"] == [], "a run without a stem setting records the default"
+    net = create_model("resnet18", n_out=2, width=0.25, stem=(64,))
+    torch.save({**meta, "model": "resnet18", "width": 0.25, "stem": [64], "state_dict": net.state_dict()},
+               tmp_path / "r.resnets")  # fmt: skip
+    loaded = load(tmp_path / "r.resnets").model
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded.eval()(x), net.eval()(x))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the chapter's stem: the file's weights do not fit
+        create_model("resnet18", n_out=2, width=0.25).load_state_dict(net.state_dict())

@@ -12,6 +12,7 @@ from fastai.vision.all import imagenet_stats
 
 from conftest import TINY, make_tree, save_image
 from resnets import get_data, run
+from resnets.config import AUGMENT_KW
 from resnets.fastdata import ChapterAugment, build_cache
 
 
@@ -47,13 +48,14 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(cdf(a) - cdf(b)).max())
 
 
-def _pipelines(presize=80, size=64):
+def _pipelines(presize=80, size=64, augment="chapter"):
     "The chapter's batch transforms (fastai's own) and the fast path's, on the training split, on the CPU."
     from fastai.vision.all import IntToFloatTensor, Normalize, Pipeline, aug_transforms, imagenet_stats
 
     norm = lambda: Normalize.from_stats(*imagenet_stats, cuda=False)  # noqa: E731
-    chapter = Pipeline([IntToFloatTensor(), *aug_transforms(min_scale=0.5, size=size), norm()], split_idx=0)
-    fast = Pipeline([IntToFloatTensor(), ChapterAugment(size), norm()], split_idx=0)
+    kw = AUGMENT_KW[augment]
+    chapter = Pipeline([IntToFloatTensor(), *aug_transforms(min_scale=0.5, size=size, **kw), norm()], split_idx=0)
+    fast = Pipeline([IntToFloatTensor(), ChapterAugment(size, **kw), norm()], split_idx=0)
     return chapter, fast
 
 
@@ -95,6 +97,18 @@ def test_fast_augmentation_draws_what_the_chapters_draws():
         assert 0.8 <= col[:, 1].min() and col[:, 1].max() <= 1.25 and 0.7 < (col[:, 1] != 1).mean() < 0.8
         assert 0.45 < (col[:, 2] < 0).mean() < 0.55, "flips half the images"
         assert np.abs(col[:, 3]).max() < 15 and 0.5 < (np.abs(col[:, 3]) > 0.5).mean() < 0.9
+
+
+def test_light_augmentation_is_the_crop_and_the_flip_only():
+    "augment='light' on both pipelines: half the images flipped, none rotated, brightened or contrasted."
+    chapter, fast = _pipelines(augment="light")
+    assert [type(t).__name__ for t in chapter.fs] == ["IntToFloatTensor", "Flip", "RandomResizedCropGPU", "Normalize"]
+    for seed, pipe in enumerate((chapter, fast)):
+        torch.manual_seed(seed)
+        d = _draws(pipe, 4)
+        assert (d[:, 0] == 0.5).all() and (d[:, 1] == 1).all(), "no lighting"
+        assert 0.45 < (d[:, 2] < 0).mean() < 0.55, "flips half the images"
+        assert np.abs(d[:, 3]).max() < 0.5, "no rotation"
 
 
 def test_fast_crops_are_the_chapters_square_crops():

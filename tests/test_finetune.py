@@ -90,6 +90,9 @@ def test_lr_mult_sets_how_much_slower_the_body_learns(imagenette, source, tmp_pa
 def test_init_errors_name_the_fix(imagenette, source, tmp_path):
     with pytest.raises(InputError, match="--model resnet18 --width 0.25"):
         build("resnet18", data=imagenette, verbose=False, init=source, **{**KW, "width": 0.5, "classes": OTHER})
+    with pytest.raises(InputError, match=r"builds a resnet18 \(width 0.25, stem 64\): pass --model resnet18 "
+                                         r"--width 0.25$"):  # fmt: skip
+        build("resnet18", data=imagenette, verbose=False, init=source, **{**KW, "stem": (64,), "classes": OTHER})
     with pytest.raises(MissingFile, match="nothing to start from"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "nope", **{**KW, "classes": OTHER})
     (tmp_path / "empty").mkdir()

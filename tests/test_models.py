@@ -159,13 +159,27 @@ def test_stem_settings():
     assert pooled(torch.randn(1, 3, 32, 32)).shape == (1, 24, 4, 4)
 
 
-def test_width_is_for_resnets_only():
-    with pytest.raises(ValueError, match="width scales the ResNets only"):
+def test_width_and_stem_are_for_resnets_only():
+    with pytest.raises(ValueError, match="width is a setting of the ResNets only"):
         create_model("cnn", width=0.5)
+    with pytest.raises(ValueError, match="stem is a setting of the ResNets only"):
+        create_model("res20", stem=(16,))
     with pytest.raises(ValueError, match="width must be"):
         create_model("resnet18", width=0)
     with pytest.raises(ValueError, match="one width per stage"):
         ResNet(10, [1, 1, 1], widths=(8, 16))
+
+
+def test_stem_option_scales_with_width():
+    "create_model's stem: the stem's conv widths before `width`; one conv keeps the stride-2 conv and the pool."
+    convs = lambda m: [c for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
+    chapter, one = create_model("resnet18", width=0.5), create_model("resnet18", width=0.5, stem=(64,))
+    assert [c.out_channels for c in convs(chapter)[:3]] == [16, 16, 32]
+    assert convs(one)[0].out_channels == 32 and convs(one)[0].stride == (2, 2) and convs(one)[1].in_channels == 32
+    assert sum(isinstance(c, nn.MaxPool2d) for c in one.modules()) == 1
+    x = torch.randn(2, 3, 64, 64)
+    assert one[:-3](x).shape == chapter[:-3](x).shape == (2, 256, 2, 2), "the same grid at every stage"
+    assert [c.out_channels for c in convs(create_model("resnet18", stem=(32, 64)))[:2]] == [32, 64]
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])

@@ -93,6 +93,64 @@ def test_flip_tta_averages_an_image_and_its_mirror(imagenette):
     assert r.tta_accuracy is not None and 0 <= r.tta_accuracy <= 1 and "flip TTA" in r.summary()
 
 
+def test_flip_tta_reuses_the_last_validation(imagenette):
+    "A fit's last validation, kept: the same TTA accuracy and logits, from half the forward passes."
+    from resnets.experiments import LastValidPreds, flip_tta
+
+    keep = LastValidPreds()
+    learn, _ = build("cnn", data=imagenette, verbose=False, cbs=keep, **TINY)
+    learn.fit(2)
+    assert keep.kept is not None and len(keep.kept[0]) == 16
+    calls = []
+    hook = learn.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    reused = flip_tta(learn, keep.kept)
+    n_reused, calls[:] = len(calls), []
+    fresh = flip_tta(learn)
+    hook.remove()
+    assert reused[0] == fresh[0] and torch.allclose(reused[1], fresh[1], atol=1e-5) and torch.equal(reused[2], fresh[2])
+    assert sum(calls) == 32 and n_reused * 2 == len(calls), "the mirrored images only"
+    assert flip_tta(learn, (keep.kept[0][:3], keep.kept[1][:3]))[0] == fresh[0], "a partial set is not reused"
+
+
+def test_valid_last_validates_only_the_last_epochs(imagenette, tmp_path, capsys, monkeypatch):
+    "valid_last=1 of 3 epochs: one validation pass; the earlier epochs' metrics empty in the history, log and plot."
+    import json
+
+    import resnets.experiments as experiments
+
+    probe, build_ = _Sizes(), experiments.build
+    monkeypatch.setattr(experiments, "build", lambda *a, **kw: build_(*a, cbs=probe, **kw))
+    r = run("cnn", data=imagenette, out=tmp_path / "r", progress=False, valid_last=1, tta=True, **{**TINY, "epochs": 3})
+    assert {e for e, training in probe.seen if not training} == {2}, "no validation batch before the last epoch"
+    h = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
+    assert [e["accuracy"] is None and e["valid_loss"] is None for e in h] == [True, True, False]
+    assert all(e["train_loss"] > 0 for e in h) and r.accuracy == h[-1]["accuracy"] and r.tta_accuracy is not None
+    assert (tmp_path / "r" / "results.png").stat().st_size > 0 and (tmp_path / "r" / "confusion_matrix.png").exists()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[2] for row in rows] == ["-", "-", f"{h[-1]['valid_loss']:.4f}"]
+    with pytest.raises(InputError, match="valid_last"):
+        configure("cnn", valid_last=0)
+    every = run("cnn", data=imagenette, save=False, progress=False, **{**TINY, "epochs": 3})
+    assert [e["train_loss"] for e in every.history] == [e["train_loss"] for e in h], "skipping changes no training"
+
+
+def test_the_interpretation_reuses_the_tta_pass(imagenette):
+    "The TTA pass's plain logits give the interpretation get_preds would: the same probabilities, losses, matrix."
+    from resnets.experiments import flip_tta
+    from resnets.interpret import Interpretation
+
+    learn, _ = build("cnn", data=imagenette, verbose=False, label_smoothing=0.1, **TINY)
+    learn.fit(1)
+    acc, logits, targs = flip_tta(learn)
+    reused, fresh = Interpretation.from_predictions(learn, logits, targs), Interpretation.from_learner(learn)
+    assert torch.equal(reused.targs, fresh.targs) and len(reused.losses) == 16
+    assert torch.allclose(reused.preds, fresh.preds, atol=1e-5) and torch.allclose(reused.losses, fresh.losses,
+                                                                                     atol=1e-5)  # fmt: skip
+    assert (reused.confusion_matrix() == fresh.confusion_matrix()).all()
+    with pytest.raises(ValueError, match="3 predictions and 3 targets for 16 images"):
+        Interpretation.from_predictions(learn, logits[:3], targs[:3])
+
+
 @pytest.mark.slow
 def test_a_budget_fits_the_epochs_and_is_kept(imagenette, tmp_path):
     kw = dict(data=imagenette, classes=2, subset=(48, 16), size=32, presize=40, bs=8, progress=False)
