@@ -15,14 +15,16 @@ from dataclasses import dataclass, field, fields, replace
 
 from .errors import InputError, check_number
 
-__all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER", "get_experiment",
+__all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "Experiment", "OPTIONS", "EXPERIMENTS", "CHAPTER",
+           "get_experiment",
            "list_experiments", "configure", "check_regularisation", "check_subset", "Arm", "Study", "STUDIES",
            "get_study", "list_studies"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 # Batch augmentation: fastai's aug_transforms(min_scale=0.5) as the chapter has it, or its random crop and flip
 # only. The keywords are aug_transforms' and ChapterAugment's (the fast path's) alike.
-AUGMENT_KW: dict[str, dict] = {"chapter": {}, "light": dict(max_rotate=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0)}
+AUGMENT_KW: dict[str, dict] = {"chapter": {},
+                               "light": dict(max_rotate=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0)}
 AUGMENTS = tuple(AUGMENT_KW)
 
 

@@ -84,7 +84,8 @@ class RunHistory(Callback):
         # numbered on from the run's earlier epochs: fine_tune's second fit counts from 0 again
         values = list(self.learn.final_record)  # fastai leaves a skipped validation's values out (SkipValidation):
         values += [None] * (len(names) - len(values))  # they come after the training loss; None in the history
-        row = {"epoch": len(self.results.history), **{n: None if v is None else float(v) for n, v in zip(names, values)}}
+        row = {"epoch": len(self.results.history),
+               **{n: None if v is None else float(v) for n, v in zip(names, values)}}  # fmt: skip
         row["time"] = time.perf_counter() - self.start
         row["elapsed"] = time.perf_counter() - self.started  # since the command started (this call's, on resume)
         self.results.history.append(row)

@@ -7,7 +7,10 @@ the first run also kept fastai's default (100), recorded as well. A finished fir
 
     python results/finetune/finetune.py [DATA]
 """
-import json, shutil, sys, time
+import json
+import shutil
+import sys
+import time
 from pathlib import Path
 
 import resnets

@@ -7,7 +7,9 @@ scratch. Rows are appended to tune.jsonl beside this script.
 
     python results/finetune/tune.py [DATA]
 """
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
 
 import resnets

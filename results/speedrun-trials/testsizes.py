@@ -1,8 +1,11 @@
 "Score T0's final weights on the held-out tenth at several test sizes, with and without flip TTA."
-import json, time, torch
+import json
+import time
+
 import resnets
 from resnets.checkpoint import load_checkpoint
 from resnets.experiments import flip_tta_accuracy
+
 state = load_checkpoint("/tmp/trials/T0-chapter-at-64px")
 rows = []
 for ts in (64, 80, 96, 112, 128):

@@ -1,5 +1,8 @@
 "Speedrun trials on a held-out tenth of the training images (val/ untouched): train once, score at several test sizes."
-import json, sys, time
+import json
+import sys
+import time
+
 import resnets
 from resnets.data import set_image_size
 from resnets.experiments import flip_tta_accuracy

@@ -2,7 +2,9 @@
 
 Each trial is one `resnets.run` from the command's start: wall time includes loading the cache, training,
 scoring the held-out images and flip TTA. Rows are appended to trials2.jsonl beside this script."""
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
 
 t_import = time.perf_counter()

@@ -3,7 +3,9 @@
 Each trial is `speedrun10` (v2, as registered at the start of this round) with the settings named, run as one
 `resnets.run` from the call's start: wall time includes loading the cache, training, scoring the held-out images,
 BatchNorm re-estimation and flip TTA. Rows are appended to trials3.jsonl beside this script."""
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
 
 import resnets
