@@ -83,8 +83,8 @@ class Experiment:
     width: float = _option(1.0, "a ResNet's widths times this, e.g. 0.5 for half the channels (about a quarter of "
                            "the compute)", float, metavar="X")  # fmt: skip
     stem: tuple[int, ...] = _option((), "a ResNet's stem: the widths of its 3x3 convs before `width` scales them "
-                                    "(default 32,32,64, the chapter's; 64 is one stride-2 conv, 3x fewer stem "
-                                    "FLOPs)", _parse_sizes, metavar="W,W,...")  # fmt: skip
+                                    "(default 32,32,64, the chapter's; 32,64 drops the middle conv; 64 is one "
+                                    "stride-2 conv)", _parse_sizes, metavar="W,W,...")  # fmt: skip
     data: str | os.PathLike = _option("imagenette-160", "a folder with train/ and val/, a name (imagenette-160, "
                                       "...) or a URL", str, metavar="PATH")  # fmt: skip
     presize: int = _option(160, "size images are first resized (and cropped) to, before augmentation", int,

@@ -22,7 +22,7 @@ from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_ex
 from .data import get_data, set_image_size
 from .errors import InputError, RunExists, RunInterrupted
 from .finetune import body_head_splitter, load_body
-from .learner import BatchNormRecalibration, WeightAverage, accuracy_metric, get_learner, top_5_metric
+from .learner import BatchNormRecalibration, WeightAverage, accuracy_metric, get_learner, in_last_epochs, top_5_metric
 from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -145,9 +145,8 @@ class ImageSizes(Callback):
         set_image_size(self.dls, self.exp.train_size(self.epoch, self.n_epoch))
 
     def before_validate(self):
-        epoch, n_epoch = getattr(self.learn, "epoch", None), getattr(self.learn, "n_epoch", None)
-        last = epoch is None or n_epoch is None or epoch >= n_epoch - 1  # a Learner never fitted: as after a fit
-        set_image_size(self.dls, self.exp.valid_size if last else self.exp.train_size(epoch, n_epoch))
+        last = in_last_epochs(self.learn)  # a Learner never fitted: as after a fit
+        set_image_size(self.dls, self.exp.valid_size if last else self.exp.train_size(self.epoch, self.n_epoch))
 
     def after_fit(self):
         set_image_size(self.dls, self.exp.valid_size)  # predict, get_preds, Interpretation: as validated
@@ -175,7 +174,7 @@ class SkipValidation(Callback):
         self.fitting = False
 
     def before_validate(self):
-        if self.fitting and self.epoch < self.n_epoch - self.n:
+        if self.fitting and not in_last_epochs(self.learn, self.n):
             raise CancelValidException()
 
 
@@ -186,7 +185,7 @@ class LastValidPreds(Callback):
         self.kept, self.on = None, False
 
     def before_validate(self):
-        self.on, self.logits, self.targs = self.epoch == self.n_epoch - 1, [], []
+        self.on, self.logits, self.targs = in_last_epochs(self.learn), [], []
 
     def after_batch(self):
         if self.on and not self.training:

@@ -145,6 +145,12 @@ def recalibrate_bn(learn, n: int = 1024, seed: int = 0) -> int:
     return len(pick)
 
 
+def in_last_epochs(learn, n: int = 1) -> bool:
+    "Whether `learn` is in the last `n` epochs of its fit (a Learner never fitted counts as in its last one)."
+    epoch, n_epoch = getattr(learn, "epoch", None), getattr(learn, "n_epoch", None)
+    return epoch is None or n_epoch is None or epoch >= n_epoch - n
+
+
 class BatchNormRecalibration(Callback):
     "`recalibrate_bn` before the last epoch's validation, so the final score, checkpoint and model all use it."
 
@@ -157,7 +163,7 @@ class BatchNormRecalibration(Callback):
         self.done = False
 
     def before_validate(self):  # once a fit: later validations (the interpretation pass) keep these statistics
-        if not self.done and self.epoch == self.n_epoch - 1:
+        if not self.done and in_last_epochs(self.learn):
             recalibrate_bn(self.learn, self.n)
             self.done = True
 
