@@ -149,7 +149,8 @@ class Checkpoint(Callback):
         # state goes where the parameters are now. The hypers stay those `fit` set; the scheduler sets lr and
         # momentum before every batch.
         device = next(learn.model.parameters()).device
-        learn.opt.load_state_dict({"state": _to(s["opt"]["state"], device), "hypers": learn.opt.hypers})
+        extra = {k: _to(v, device) for k, v in s["opt"].items() if k not in ("state", "hypers")}  # Lookahead's
+        learn.opt.load_state_dict({**extra, "state": _to(s["opt"]["state"], device), "hypers": learn.opt.hypers})
         # MixedPrecision (order 10) has just made a new GradScaler at its initial scale: carry the saved one on
         if s.get("scaler") and getattr(learn, "scaler", None) is not None:
             learn.scaler.load_state_dict(s["scaler"])

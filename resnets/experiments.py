@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,7 +23,16 @@ from .config import CHAPTER, EXPERIMENTS, OPTIONS, Experiment, configure, get_ex
 from .data import get_data, set_image_size
 from .errors import InputError, RunExists, RunInterrupted
 from .finetune import body_head_splitter, load_body
-from .learner import BatchNormRecalibration, WeightAverage, accuracy_metric, get_learner, in_last_epochs, top_5_metric
+from .learner import (
+    OPT_FUNCS,
+    BatchNormRecalibration,
+    WeightAverage,
+    accuracy_metric,
+    fit_flat_cos,
+    get_learner,
+    in_last_epochs,
+    top_5_metric,
+)
 from .models import create_model
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -121,7 +131,7 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
            *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
-                        splitter=body_head_splitter)  # fmt: skip
+                        splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
     return learn, exp
 
 
@@ -271,6 +281,8 @@ def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]
     set_image_size(learn.dls, exp.train_size(0))
     overhead = 0.5  # per epoch: results.json, checkpoint, plot
     final = valid + 2.0  # flip TTA's mirrored pass, or the interpretation's pass (TTA's is reused); plots
+    if exp.recalibrate_bn:  # a forward pass over (at most) 1,024 training images before the last validation
+        final += valid * min(1024, len(learn.dls.train_ds)) / max(len(learn.dls.valid_ds), 1)
 
     def predicted(epochs: int) -> float:
         train = sum(step[exp.train_size(e, epochs)] * n_batches for e in range(epochs))
@@ -393,7 +405,8 @@ def run(
             if exp.init is not None:  # fastai's schedule: the new head alone, then every layer (the body slower)
                 learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs, lr_mult=exp.lr_mult)
             else:
-                learn.fit_one_cycle(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
+                fit = partial(fit_flat_cos, learn) if exp.schedule == "flat_cos" else learn.fit_one_cycle
+                fit(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
     except torch.cuda.OutOfMemoryError as e:
         more = f" and --resume to continue {folder}" if folder is not None else ""
         msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"

@@ -15,25 +15,31 @@ only from gathered predictions and targets, not from per-batch means: so the met
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.mixup import MixUp
+from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.data.core import DataLoaders
 from fastai.learner import AvgLoss, Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import AccumMetric, accuracy
+from fastai.optimizer import Adam, ranger
 from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .config import PRECISIONS, check_regularisation
+from .config import OPTIMIZERS, PRECISIONS, check_regularisation
 from .errors import InputError
 
-__all__ = ["PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
+__all__ = ["OPT_FUNCS", "PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
            "accuracy_metric", "top_5_metric", "ValidLoss", "WeightAverage", "recalibrate_bn",
-           "BatchNormRecalibration", "get_learner"]
+           "BatchNormRecalibration", "get_learner", "fit_flat_cos"]
+
+OPT_FUNCS = dict(zip(OPTIMIZERS, (Adam, ranger)))  # the `opt` setting's fastai optimisers, with fastai's defaults
+
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
     "Fraction of rows whose target is among the `k` highest scores (k is capped at the number of classes)."
@@ -217,3 +223,16 @@ def get_learner(
     if verbose:
         print(f"resnets: {why}")
     return learn
+
+
+def fit_flat_cos(learn: Learner, n_epoch: int, lr: float, pct_start: float = 0.75, div_final: float = 1e5,
+                 start_epoch: int = 0) -> None:
+    """fastai's `Learner.fit_flat_cos` (the full `lr`, then cosine annealing to `lr / div_final` over the last
+    `1 - pct_start` of the steps), which also resumes: fastai's passes `start_epoch=0` to `fit` whatever it is
+    given (fastai 2.8.12), so a resumed run would start its schedule and its epochs again."""
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.set_hyper("lr", lr)
+    lrs = np.array([h["lr"] for h in learn.opt.hypers])
+    learn.fit(n_epoch, cbs=ParamScheduler({"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)}),
+              start_epoch=start_epoch)

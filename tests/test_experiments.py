@@ -87,7 +87,8 @@ def test_a_second_run_does_not_overwrite_the_first(imagenette, tmp_path):
     (dict(epochs=0), "epochs must be an integer >= 1"), (dict(size=8), "size must be an integer >= 16"),
     (dict(bs=0), "bs must"), (dict(lr=0.0), "lr must be a number > 0"), (dict(lr=-1e-3), "lr must"),
     (dict(subset=0), "subset must"), (dict(label_smoothing=1.0), "label_smoothing must"),
-    (dict(mixup=-0.1), "mixup must"),
+    (dict(mixup=-0.1), "mixup must"), (dict(opt="sgd"), "unknown opt 'sgd': choose one of adam, ranger"),
+    (dict(schedule="cos"), "unknown schedule"), (dict(init="x", schedule="flat_cos"), "leave --schedule out"),
 ])  # fmt: skip
 def test_bad_options(kw, match, tree):
     with pytest.raises(ValueError, match=match):
@@ -235,6 +236,23 @@ def test_cli_training_options_reach_the_run(imagenette, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     s = load_results(tmp_path / "r").settings
     assert (s["label_smoothing"], s["mixup"], s["zero_gamma"], s["flip"]) == (0.1, 0.4, False, True)
+
+
+@pytest.mark.parametrize("opt,schedule", [("adam", "one_cycle"), ("ranger", "flat_cos")])
+def test_the_optimiser_and_the_schedule_are_the_ones_asked_for(imagenette, tmp_path, opt, schedule):
+    from fastai.optimizer import Lookahead
+
+    r = run("res_cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, opt=opt,
+            schedule=schedule, **{**TINY, "subset": 16, "epochs": 2, "lr": 1e-3})  # 4 batches an epoch, 8 in all
+    assert isinstance(r.learn.opt, Lookahead) == (opt == "ranger")
+    lrs = r.learn.recorder.lrs
+    assert len(lrs) == 8
+    if schedule == "flat_cos":  # the full rate for three quarters of the steps, then annealed
+        assert lrs[:7] == [pytest.approx(1e-3)] * 7 and lrs[7] < 1e-3
+    else:  # one-cycle warms up from lr / 25 to lr, then anneals
+        assert lrs[0] == pytest.approx(1e-3 / 25) and max(lrs) == pytest.approx(1e-3) and lrs[-1] < 1e-4
+    s = load_results(tmp_path / "r").settings
+    assert (s["opt"], s["schedule"]) == (opt, schedule)
 
 
 def test_cli_keeps_the_traceback_of_a_bug_inside_another_library(monkeypatch, tree):

@@ -26,11 +26,12 @@ def _curve(r):
     return [(h["train_loss"], h["valid_loss"], h["accuracy"]) for h in r.history]
 
 
-def test_a_killed_run_resumes_to_the_history_of_an_uninterrupted_one(imagenette, tmp_path):
-    ref = _run_cli(imagenette, tmp_path / "ref")
+@pytest.mark.parametrize("opt", [[], ["--opt", "ranger", "--schedule", "flat_cos"]], ids=["adam", "ranger"])
+def test_a_killed_run_resumes_to_the_history_of_an_uninterrupted_one(imagenette, tmp_path, opt):
+    ref = _run_cli(imagenette, tmp_path / "ref", *opt)
     assert ref.wait(600) == 0, ref.stderr.read()
     killed = tmp_path / "killed"
-    p = _run_cli(imagenette, killed)
+    p = _run_cli(imagenette, killed, *opt)
     deadline = time.time() + 600
     while not (killed / CHECKPOINT).exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -39,7 +40,7 @@ def test_a_killed_run_resumes_to_the_history_of_an_uninterrupted_one(imagenette,
     partial = load_results(killed)
     assert not partial.finished and 1 <= len(partial.history) < 4, "killed before the end"
     assert load_checkpoint(killed)["epoch"] + 1 <= len(partial.history)
-    p = _run_cli(imagenette, killed, "--resume")
+    p = _run_cli(imagenette, killed, *opt, "--resume")
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert "resuming" in out

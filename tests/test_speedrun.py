@@ -1,13 +1,14 @@
 """The speedrun's pieces: progressive resizing, a larger test size, flip TTA, a held-out split, training to a budget."""
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from fastai.callback.core import Callback
 
 from conftest import TINY
-from resnets import InputError, build, configure, get_data, run
+from resnets import InputError, build, configure, get_data, get_experiment, run
 from resnets.experiments import flip_tta_accuracy
 
 
@@ -49,11 +50,12 @@ def test_test_size_on_both_pipelines(imagenette, fast):
 
 
 def test_a_size_given_alone_replaces_a_progressive_schedule(capsys):
-    sized = configure("speedrun10", size=32, presize=40)
+    tested_larger = replace(get_experiment("speedrun10"), test_size=112)  # a recipe with a schedule and a test size
+    sized = configure(tested_larger, size=32, presize=40)
     assert sized.sizes == () and sized.size == 32 and sized.valid_size == 32
     out = capsys.readouterr().out
     assert "size 32 throughout" in out and "not the experiment's test size 112" in out and sized.test_size is None
-    assert configure("speedrun10", verbose=False).test_size == 112
+    assert configure(tested_larger, verbose=False).test_size == 112
     assert configure("speedrun10", verbose=False).sizes, "the recipe itself keeps its schedule"
     assert configure("speedrun10", verbose=False, sizes=(32, 40), presize=48).size == 40
 
