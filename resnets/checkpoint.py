@@ -2,7 +2,7 @@
 
 `checkpoint.pth` in a run folder holds what the next epoch needs to be the one an uninterrupted run
 would have trained: model and optimiser state, the fp16 loss scaler's state, the last finished epoch
-(the one-cycle schedule's position follows from it), the random number generators (torch, CUDA, NumPy,
+(the learning-rate schedule's position follows from it), the random number generators (torch, CUDA, NumPy,
 Python's, each data loader's), fastai's smoothed training loss, and the per-epoch history. It is written
 to a temporary file and renamed, so a kill at any moment leaves the previous checkpoint whole.
 

@@ -126,8 +126,9 @@ class Experiment:
                                     "size); larger tests at a higher resolution than training", int,
                                     metavar="PX")  # fmt: skip
     recalibrate_bn: bool = _option(False, "before the last validation, re-estimate BatchNorm's statistics on 1,024 "
-                                   "training images preprocessed as validation is (for a test size unlike the last "
-                                   "training size)", bool)  # fmt: skip
+                                   "training images preprocessed as validation is (statistics gathered under "
+                                   "training's augmentation, or at another size, then match the images scored)",
+                                   bool)  # fmt: skip
     valid_last: int | None = _option(None, "validate the last N epochs only (default: every epoch); the earlier "
                                      "epochs' validation metrics are left empty, and their time saved", int,
                                      metavar="N")  # fmt: skip
@@ -289,8 +290,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                label_smoothing=0.1, fast_data=True, tta=True),
     # v3: a two-conv stem (trial T1: no worse on the held-out tenth, ~10 % faster epochs at 96 px), and only the
     # last half of the epochs validated (the earlier ones cannot reach 75.7 %; each pass costs 5-8 s here).
-    # v4: batches of 64 (trial B64: +1.6 points held out, no slower), scored at the last training size after
-    # re-estimating BatchNorm there (a 112 px test lost 1-3 points on all five round-4 checkpoints).
+    # v4: batches of 64 (trial B64: +1.6 points held out; as fast model only, slower epochs at 64 px), scored at the
+    # last training size after re-estimating BatchNorm there (a 112 px test lost 0.6-2.8 points with TTA on each of
+    # round 4's four networks).
     Experiment("speedrun10", "ResNet-18 at half width, two-conv stem, 64 to 96 px, 10 epochs, batches of 64, "
                "BatchNorm re-estimated, flip TTA", "resnet18", width=0.5, stem=(32, 64), presize=128, size=96,
                sizes=(64, 80, 96), bs=64, epochs=10, lr=6e-3, label_smoothing=0.1, fast_data=True, tta=True,

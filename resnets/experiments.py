@@ -272,7 +272,8 @@ def _time_validation(learn, size: int, batches: int = 2) -> float:
 
 def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]:
     """The experiment with as many epochs as fit in `exp.budget` seconds, given `spent` already: each training size
-    of the schedule and the validation are timed here, on this machine; one-cycle then spans the epochs that fit."""
+    of the schedule and the validation are timed here, on this machine; the schedule (one-cycle or flat-cosine) then
+    spans the epochs that fit."""
     start = time.perf_counter()
     n_batches = len(learn.dls.train)
     sizes = sorted(set(exp.sizes or (exp.size,)))
