@@ -201,19 +201,16 @@ class Experiment:
             object.__setattr__(self, "classes", tuple(self.classes))
         if self.classes is not None and not isinstance(self.classes, tuple):
             check_number("classes", self.classes)
-        for k, allowed in (("opt", OPTIMIZERS), ("schedule", SCHEDULES)):
+        for k, allowed in (("opt", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTS),
+                           ("precision", PRECISIONS)):  # fmt: skip
             if getattr(self, k) not in allowed:
                 raise InputError(f"unknown {k} {getattr(self, k)!r}: choose one of {', '.join(allowed)}")
         if self.init is not None and self.schedule != "one_cycle":
             raise InputError("init (fine-tuning) trains with fastai's fine_tune, whose schedule is one-cycle: leave "
                              "--schedule out")  # fmt: skip
-        if self.augment not in AUGMENTS:
-            raise InputError(f"unknown augment {self.augment!r}: choose one of {', '.join(AUGMENTS)}")
         object.__setattr__(self, "stem", tuple(self.stem))
         for w in self.stem:
             check_number("each stem width", w)
-        if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.seed is not None:
             check_number("seed", self.seed, low=0)
         if self.num_workers is not None:

@@ -25,6 +25,7 @@ from .errors import InputError, RunExists, RunInterrupted
 from .finetune import body_head_splitter, load_body
 from .learner import (
     OPT_FUNCS,
+    RECALIBRATION_IMAGES,
     BatchNormRecalibration,
     WeightAverage,
     accuracy_metric,
@@ -283,7 +284,7 @@ def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]
     overhead = 0.5  # per epoch: results.json, checkpoint, plot
     final = valid + 2.0  # flip TTA's mirrored pass, or the interpretation's pass (TTA's is reused); plots
     if exp.recalibrate_bn:  # a forward pass over (at most) 1,024 training images before the last validation
-        final += valid * min(1024, len(learn.dls.train_ds)) / max(len(learn.dls.valid_ds), 1)
+        final += valid * min(RECALIBRATION_IMAGES, len(learn.dls.train_ds)) / max(len(learn.dls.valid_ds), 1)
 
     def predicted(epochs: int) -> float:
         train = sum(step[exp.train_size(e, epochs)] * n_batches for e in range(epochs))

@@ -34,11 +34,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from .config import OPTIMIZERS, PRECISIONS, check_regularisation
 from .errors import InputError
 
-__all__ = ["OPT_FUNCS", "PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
+__all__ = ["OPT_FUNCS", "RECALIBRATION_IMAGES", "PRECISIONS",
+           "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
            "accuracy_metric", "top_5_metric", "ValidLoss", "WeightAverage", "recalibrate_bn",
            "BatchNormRecalibration", "get_learner", "fit_flat_cos"]
 
-OPT_FUNCS = dict(zip(OPTIMIZERS, (Adam, ranger)))  # the `opt` setting's fastai optimisers, with fastai's defaults
+OPT_FUNCS = {"adam": Adam, "ranger": ranger}  # the `opt` setting's fastai optimisers, with fastai's defaults
+assert tuple(OPT_FUNCS) == OPTIMIZERS, "config.OPTIMIZERS names these"
+RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates BatchNorm on (and plan_budget counts)
 
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -123,7 +126,7 @@ class WeightAverage(Callback):
 
 
 @torch.no_grad()
-def recalibrate_bn(learn, n: int = 1024, seed: int = 0) -> int:
+def recalibrate_bn(learn, n: int = RECALIBRATION_IMAGES, seed: int = 0) -> int:
     """Re-estimate every BatchNorm layer's running statistics, weights unchanged, on `n` training images (a fixed
     sample, drawn without touching the global random state) preprocessed as validation is, at its current size.
     Statistics gathered under training's augmentation and sizes then match the images scored, e.g. at a test size
@@ -162,7 +165,7 @@ class BatchNormRecalibration(Callback):
 
     order = 10  # after WeightAverage has put the average in place, whose statistics these replace
 
-    def __init__(self, n: int = 1024):
+    def __init__(self, n: int = RECALIBRATION_IMAGES):
         self.n, self.done = n, False
 
     def before_fit(self):
