@@ -1,4 +1,5 @@
-# The two commands a newcomer needs:  `make run` (set up + train)  and  `make test` (set up + tests).
+# The two commands a newcomer needs:  `make run` (set up + train)  and  `make test` (set up + the quick tests).
+# `make test-all` runs every tier (what CI runs: .ci/run).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.resnets-installed
@@ -6,7 +7,7 @@ EXP    ?= cnn
 DATA   ?=# empty: the library's own lookup ($RESNETS_DATA, ../shared/data, fastai's folder, then a download)
 ARGS   ?=
 
-.PHONY: setup run test lint
+.PHONY: setup run test test-all lint
 setup: $(STAMP)
 
 # torch is pinned here, not in pyproject: 2.14.1/0.29.1 are the builds this project is tested with
@@ -22,6 +23,9 @@ run: setup
 	RESNETS_DATA_HINT='make run DATA=/path/to/{folder}' $(VENV)/bin/resnets run $(EXP) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 test: setup
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: setup
 	$(PY) -m pytest $(ARGS)
 
 lint: setup

@@ -63,7 +63,7 @@ echo "speedrun command: $($PY -c "import time; print(round(time.time() - $START,
 $PY - "$OUT/speedrun/results.json" <<'PY' || true
 import json, sys
 r = json.load(open(sys.argv[1]))
-first = next((h["elapsed"] for h in r["history"] if h["accuracy"] >= 0.757), None)
+first = next((h["elapsed"] for h in r["history"] if (h.get("accuracy") or 0) >= 0.757), None)
 print(f"speedrun: accuracy {r['history'][-1]['accuracy']:.4f}, with flip TTA {r.get('tta_accuracy')}, "
       f"run {r['wall_time']:.1f} s; first past 75.7 % at {first if first is None else round(first, 1)} s")
 PY

@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
-from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .data import get_data
 from .errors import InputError
 from .layers import conv1x1_einsum
-from .models import create_model
+from .models import count_flops, create_model
+from .results import atomic_write, describe_device, versions
+from .timing import median_seconds, step_stages
+from .training import build, run
 
-__all__ = ["median_seconds", "bench_conv1x1", "count_flops", "bench_models", "matmul_peak", "bench_data", "bench_epoch",
-           "profile_training", "format_profile"]
+__all__ = ["bench_conv1x1", "bench_models", "matmul_peak", "bench_data", "bench_epoch", "profile_training",
+           "format_profile", "run_suite", "format_suite"]
 
 # (batch, ni, nf, grid): a ResNet-50 bottleneck's 1x1 convs at 128 px input, stage 1 and stage 4
 CONV1X1_SHAPES = ((32, 256, 64, 32), (32, 64, 256, 32), (32, 2048, 512, 4), (32, 512, 2048, 4))
-
-
-def median_seconds(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
-    "Median wall time of `fn()` over `repeats` calls, after `warmup` untimed ones."
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -47,18 +40,6 @@ def bench_conv1x1(shapes=CONV1X1_SHAPES, repeats: int = 20, device: str = "cpu")
                      "einsum_ms": 1e3 * t_einsum, "einsum_over_conv2d": t_einsum / t_conv,
                      "max_abs_diff": diff})  # fmt: skip
     return rows
-
-
-def count_flops(model: torch.nn.Module, size: int, c_in: int = 3) -> int:
-    "Forward FLOPs for one image, counted by torch's FlopCounterMode (a multiply-add counts as 2)."
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, c_in, size, size))
-    model.train(was_training)
-    return counter.get_total_flops()
 
 
 def _train_step(model, opt, x, y) -> None:
@@ -136,10 +117,6 @@ def bench_data(data, presize: int = 160, resize: int = 128, bs: int = 128, batch
     """Training images/s delivered (decoded, augmented, on `device`) by the chapter's pipeline and the fast path.
 
     The fast path's one-off cache build is timed separately (it is reused by every later run)."""
-    import time
-
-    from .data import get_data
-
     out = {"presize": presize, "resize": resize, "bs": bs, "batches": batches}
     for fast in (False, True):
         key = "fast" if fast else "stock"
@@ -166,8 +143,6 @@ def bench_data(data, presize: int = 160, resize: int = 128, bs: int = 128, batch
 
 def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
     "End-to-end seconds per epoch (train + validate) of an experiment with the chapter's pipeline, then the fast one."
-    from .experiments import run
-
     out = {"experiment": experiment, "epochs": epochs}
     for fast in (False, True):
         key = "fast" if fast else "stock"
@@ -179,49 +154,11 @@ def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
     return out
 
 
-def step_stages(model, opt, loss_func, dl, batches: int, warmup: int = 1, cast=None) -> tuple[dict, int]:
-    """Seconds spent per stage of `batches` training steps, after `warmup` untimed ones: waiting for the batch
-    (loading and augmentation), forward + loss, backward, optimiser step; and the images timed. The GPU is
-    synchronised between stages so each is charged its own time. `cast`: a context manager factory (autocast)."""
-    import contextlib
-
-    def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    model.train()
-    stages, it, n = dict.fromkeys(("data", "forward", "backward", "step"), 0.0), iter(dl), 0
-    for i in range(warmup + batches):
-        t0 = time.perf_counter()
-        xb, yb = (t.as_subclass(torch.Tensor) for t in next(it))  # fastai's tensor types, as plain tensors
-        sync()
-        t1 = time.perf_counter()
-        with (cast or contextlib.nullcontext)():
-            loss = loss_func(model(xb).float(), yb)
-        sync()
-        t2 = time.perf_counter()
-        loss.backward()
-        sync()
-        t3 = time.perf_counter()
-        opt.step()
-        opt.zero_grad()
-        sync()
-        t4 = time.perf_counter()
-        if i >= warmup:
-            n += len(xb)
-            for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                stages[k] += dt
-    del it
-    return stages, n
-
-
 def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, **kw) -> dict:
     """Where a training step's time goes, for each pipeline: waiting for the batch, forward + loss, backward, step.
 
     Times `batches` steps (fewer if the epoch is shorter) of the experiment's own Learner (model, loss,
     optimiser) after `warmup` untimed ones (`step_stages`)."""
-    from .experiments import build
-
     out = {"experiment": experiment, "batches": batches}
     for fast in (False, True):
         learn, _ = build(experiment, data=data, fast_data=fast, verbose=False, **kw)
@@ -260,17 +197,12 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
 
     Every figure is a median over repeats; each speed-up is measured against a baseline timed in the same
     call. Writes `out` (JSON) when given, after every section, so an interrupted suite keeps what it has."""
-    from .results import atomic_write, describe_device, versions
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32",)
     report = {"device": describe_device(device), "versions": versions(), "threads": torch.get_num_threads()}
 
     def save():
         if out is not None:
-            import json
-            from pathlib import Path
-
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(Path(out), json.dumps(report, indent=2).encode())
 

@@ -1,4 +1,4 @@
-"""Nothing lost: a checkpoint after every epoch, resume from it, and guards that stop a run clearly.
+"""Nothing lost: a checkpoint after every epoch, and resuming from it (callbacks.Checkpoint writes and restores it).
 
 `checkpoint.pth` in a run folder holds what the next epoch needs to be the one an uninterrupted run
 would have trained: model and optimiser state, the fp16 loss scaler's state, the last finished epoch
@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
+from fastai.torch_core import to_device
 from fastcore.foundation import L
 
 from .errors import InputError
+from .learner import unwrap
 from .results import atomic_write
 
-__all__ = ["CHECKPOINT", "TrainingDiverged", "Checkpoint", "StopOnNaN", "load_checkpoint", "load_failure",
-           "set_deterministic"]  # fmt: skip
+__all__ = ["CHECKPOINT", "TrainingDiverged", "load_checkpoint", "load_failure", "save_checkpoint", "restore_model",
+           "restore_training_state", "set_deterministic"]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -124,83 +125,34 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
         raise InputError(f"{path} cannot be read ({why}): remove it to start the run again") from e
 
 
-class Checkpoint(Callback):
-    "Saves `checkpoint.pth` after every epoch; given a loaded checkpoint, restores it before training continues."
-
-    order = 62  # after RunHistory (Recorder.order + 1 = 51 ... ) has recorded the epoch
-
-    def __init__(self, folder: Path | None, results, state: dict | None = None):
-        self.folder, self.results, self.state = folder, results, state
-        self.start_epoch = state["epoch"] + 1 if state else 0
-
-    def restore(self, learn) -> None:
-        """Model and random state of the checkpoint, into `learn` (before `fit`); the optimiser's and the loss
-        scaler's follow in `before_fit`."""
-        s = self.state
-        learn.model.load_state_dict(s["model"])
-        learn.create_opt()  # so that `fit` keeps this optimiser (and its parameters) rather than making one
-        _set_rng_state(s["rng"], learn.dls)
-
-    def before_fit(self):
-        if self.state is None:
-            return
-        s, learn = self.state, self.learn
-        # TrainEvalCallback (order -10) has just moved the model to the data's device (a GPU): the optimiser
-        # state goes where the parameters are now. The hypers stay those `fit` set; the scheduler sets lr and
-        # momentum before every batch.
-        device = next(learn.model.parameters()).device
-        extra = {k: _to(v, device) for k, v in s["opt"].items() if k not in ("state", "hypers")}  # Lookahead's
-        learn.opt.load_state_dict({**extra, "state": _to(s["opt"]["state"], device), "hypers": learn.opt.hypers})
-        # MixedPrecision (order 10) has just made a new GradScaler at its initial scale: carry the saved one on
-        if s.get("scaler") and getattr(learn, "scaler", None) is not None:
-            learn.scaler.load_state_dict(s["scaler"])
-        # the Recorder (order 50) has just reset its smoothed loss: carry it on instead
-        self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = s["smooth_loss"]
-
-    def after_epoch(self):
-        if self.folder is None or self.epoch < self.start_epoch:
-            return
-        smooth, scaler = self.recorder.smooth_loss, getattr(self.learn, "scaler", None)
-        _atomic_save({"epoch": len(self.results.history) - 1, "model": _unwrap(self.learn.model).state_dict(),
-                      "opt": _plain(self.learn.opt.state_dict()), "rng": _rng_state(self.dls),
-                      "scaler": scaler.state_dict() if scaler is not None else None,
-                      "smooth_loss": _plain((smooth.count, smooth.val)),
-                      "history": _plain(self.results.history), "settings": _plain(self.results.settings),
-                      "vocab": [str(c) for c in getattr(self.dls, "vocab", [])]},
-                     self.folder / CHECKPOINT)  # fmt: skip
+def save_checkpoint(learn, results, folder: Path) -> None:
+    "Write `folder/checkpoint.pth` for the epoch `results` has just recorded (atomically: see the module's text)."
+    smooth, scaler = learn.recorder.smooth_loss, getattr(learn, "scaler", None)
+    _atomic_save({"epoch": len(results.history) - 1, "model": unwrap(learn.model).state_dict(),
+                  "opt": _plain(learn.opt.state_dict()), "rng": _rng_state(learn.dls),
+                  "scaler": scaler.state_dict() if scaler is not None else None,
+                  "smooth_loss": _plain((smooth.count, smooth.val)),
+                  "history": _plain(results.history), "settings": _plain(results.settings),
+                  "vocab": [str(c) for c in getattr(learn.dls, "vocab", [])]},
+                 Path(folder) / CHECKPOINT)  # fmt: skip
 
 
-def _unwrap(model):
-    "The model inside a DistributedDataParallel wrapper (a distributed run's checkpoint loads without it)."
-    return getattr(model, "module", model)
+def restore_model(learn, state: dict) -> None:
+    """A checkpoint's model and random state, into `learn` (before `fit`); the optimiser's and the loss scaler's
+    follow in `restore_training_state`, from the fit's start (callbacks.Checkpoint)."""
+    learn.model.load_state_dict(state["model"])
+    learn.create_opt()  # so that `fit` keeps this optimiser (and its parameters) rather than making one
+    _set_rng_state(state["rng"], learn.dls)
 
 
-def _to(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
-class StopOnNaN(Callback):
-    "Stops training at the first NaN or infinite loss, naming the epoch and batch and what to try."
-
-    order = -5
-
-    def __init__(self, folder: Path | None = None):
-        self.folder = folder
-
-    def after_loss(self):
-        if self.training and not torch.isfinite(self.learn.loss).all():
-            lr = self.opt.hypers[-1]["lr"] if self.opt is not None else None
-            where = f"epoch {self.epoch + 1}, batch {self.iter + 1} of {self.n_iter}"
-            msg = f"the training loss became {self.learn.loss.item()} at {where}"
-            if lr is not None:
-                msg += f" (learning rate {lr:.2g} at that step)"
-            msg += ": try a lower maximum learning rate (--lr), e.g. a third of this run's"
-            if self.folder is not None and (self.folder / CHECKPOINT).exists():
-                msg += f". The last good epoch is kept in {self.folder / CHECKPOINT}"
-            raise TrainingDiverged(msg)
+def restore_training_state(learn, state: dict) -> None:
+    """The optimiser's state, the fp16 loss scaler's and the smoothed training loss of a checkpoint, at the start of
+    a fit: after fastai's TrainEvalCallback has moved the model to the data's device (the optimiser state goes
+    where the parameters are now), MixedPrecision has made a new scaler and the Recorder has reset its smoothed
+    loss. The hypers stay those `fit` set; the scheduler sets lr and momentum before every batch."""
+    device = next(learn.model.parameters()).device
+    extra = {k: to_device(v, device) for k, v in state["opt"].items() if k not in ("state", "hypers")}  # Lookahead's
+    learn.opt.load_state_dict({**extra, "state": to_device(state["opt"]["state"], device), "hypers": learn.opt.hypers})
+    if state.get("scaler") and getattr(learn, "scaler", None) is not None:
+        learn.scaler.load_state_dict(state["scaler"])
+    learn.recorder.smooth_loss.count, learn.recorder.smooth_loss.val = state["smooth_loss"]

@@ -15,70 +15,94 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import EXPERIMENTS, STUDIES, Experiment
-from .errors import InputError, RunExists, check_number
+from .config import GROUPS, OPTION_GROUPS, Experiment, check_source
+from .errors import InputError, MissingFile, RunExists, check_number
+from .recipes import EXPERIMENTS, STUDIES, configure, get_study
 
-__all__ = ["main", "parser", "add_options"]
+__all__ = ["main", "parser", "add_options", "COMMAND_OPTIONS"]
 
+# torch and fastai take seconds to import: the record (resnets.config) and the recipes import neither, so every
+# setting and the data's path are checked first, and only a command that trains or reads runs imports the heavy
+# modules, inside it; `--help` and a mistake answer at once.
 
-# torch and fastai take seconds to import: only a command that trains or reads runs imports them, so that
-# `--help` and a mistyped option answer at once.
-def run(*args, **kwargs):
-    from .experiments import run
-
-    return run(*args, **kwargs)
-
-
-def lr_find(*args, **kwargs):
-    from .experiments import lr_find
-
-    return lr_find(*args, **kwargs)
-
-
-def run_study(*args, **kwargs):
-    from .studies import run_study
-
-    return run_study(*args, **kwargs)
+# The settings each command takes, by the record's groups (resnets.config.GROUPS).
+COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "run": tuple(k for g in GROUPS for k in OPTION_GROUPS[g]),
+    # lr_find trains a few hundred batches of the model on the data: no schedule but the optimiser, no evaluation
+    "lr-find": (*OPTION_GROUPS["model"], *OPTION_GROUPS["data"], "opt", "label_smoothing", "mixup",
+                *OPTION_GROUPS["runtime"]),
+    "study": tuple(k for g in GROUPS for k in OPTION_GROUPS[g] if k not in ("seed", "model")),  # every arm's
+    "bench": ("data", "subset"),  # the real images for `data`, `epoch`, `profile` and `all`
+}  # fmt: skip
 
 
-def compare(*args, **kwargs):
-    from .results import compare
+class _Parser(argparse.ArgumentParser):
+    "argparse's parser, whose mistakes are one line naming the problem (and --help for the rest), not the usage."
 
-    return compare(*args, **kwargs)
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_options(p: argparse.ArgumentParser, only=None, skip=()) -> None:
-    """The experiment settings as options, made from the `Experiment` record's fields (flag, type, help): only
-    those the user gives reach `run` (argparse.SUPPRESS), so every other one keeps the experiment's value."""
+    """The experiment settings as options, made from the `Experiment` record's fields (flag, type, help), in the
+    record's groups: only those the user gives reach `run` (argparse.SUPPRESS), so every other one keeps the
+    experiment's value."""
+    groups = {}
     for f in fields(Experiment):
         md = f.metadata
         if not md.get("option") or f.name in skip or (only is not None and f.name not in only):
             continue
+        if md["group"] not in groups:
+            groups[md["group"]] = p.add_argument_group(f"{md['group']} settings")
         flag = md["flag"] or "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=argparse.SUPPRESS, **md["cli"])
         if md["type"] is bool:
             kw.update(action=argparse.BooleanOptionalAction)
         else:
             kw.update(type=md["type"])
-        p.add_argument(flag, help=md["help"], **kw)
+        groups[md["group"]].add_argument(flag, help=md["help"], **kw)
+
+
+def _values_kept(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` as `--lr=-1e-3`: argparse reads a value that starts with '-' as an option, unless it looks like
+    a plain negative integer or decimal; the record then answers a negative value in one line."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if a.startswith("--") and "=" not in a and nxt is not None and nxt.startswith("-") and _is_number(nxt):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
+    top = _Parser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
     commands = "{list,run,lr-find,compare,interpret,study,export,predict,bench}"
-    sub = top.add_subparsers(dest="command", required=True, metavar=commands)
+    sub = top.add_subparsers(dest="command", required=True, metavar=commands, parser_class=_Parser)
     sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
     p = sub.add_parser("run", help="train an experiment, then compare with the book",
                        description="Every setting not given keeps the experiment's own (`resnets list` shows them).")
     p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
-    add_options(p)
+    add_options(p, only=COMMAND_OPTIONS["run"])
     p.add_argument("--out", help="folder for results.json and results.png (default: runs/NAME-TIME)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p = sub.add_parser("lr-find", help="run fastai's learning-rate finder and save its plot")
     p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
-    add_options(p, skip=("epochs", "lr"))
+    add_options(p, only=COMMAND_OPTIONS["lr-find"])
     p.add_argument("--out", default=".", help="folder for lr_find.png (default: current folder)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")
@@ -94,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the runs, study.json and study.png (default: runs/study-NAME); "
                    "running again with the same folder reuses its finished runs")  # fmt: skip
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds")
-    add_options(p, skip=("seed", "model"))  # every arm's setting, when given
+    add_options(p, only=COMMAND_OPTIONS["study"])  # every arm's setting, when given
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only when writing to a terminal)")  # fmt: skip
     p = sub.add_parser("export", help="write a run's trained model, class names and preprocessing to one file")
@@ -120,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--variants", default="eager,channels_last",
                    help="model step variants: eager, channels_last, compile (comma-separated)")  # fmt: skip
-    add_options(p, only=("data", "subset"))  # the real images for `data`, `epoch`, `profile` and `all`
+    add_options(p, only=COMMAND_OPTIONS["bench"])
     p.add_argument("--data-bs", type=int, default=128, help="batch size for `data`, `epoch` and `all` (default 128)")
     p.add_argument("--experiment", default="cnn", help="experiment timed by `epoch`, `profile` and `all`")
     p.add_argument("--epochs", type=int, default=1, help="epochs per pipeline for `epoch`")
@@ -152,16 +176,18 @@ def _bench_conv1x1(repeats: int) -> None:
               f"{r['max_abs_diff']:>10.1e}")  # fmt: skip
 
 
-def _bench_models(names: list[str], size: int, bs: int, repeats: int) -> None:
+def _bench_models(names: list[str], size: int, bs: int, repeats: int, device: str, variants: tuple[str, ...]) -> None:
     from .bench import bench_models
     from .models import create_model
 
     for n in names:
         create_model(n)  # unknown names fail here, listing the valid ones, before any timing
-    print(f"training step (forward + backward + SGD) on synthetic {size} px images, bs {bs}, median of {repeats}")
-    print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}{'img/s':>9}")
-    for r in bench_models(names, size=size, bs=bs, repeats=repeats):
-        print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}{r['train_images_per_s']:>9.1f}")
+    print(f"training step (forward + backward + SGD) on synthetic {size} px images, bs {bs}, on {device}, median of "
+          f"{repeats}, images/s")  # fmt: skip
+    print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}" + "".join(f"{v:>15}" for v in variants))
+    for r in bench_models(names, size=size, bs=bs, repeats=repeats, device=device, variants=variants):
+        print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}"
+              + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" for v in variants))  # fmt: skip
 
 
 def _bench(args) -> None:
@@ -174,7 +200,11 @@ def _bench(args) -> None:
     if args.what == "conv1x1":
         return _bench_conv1x1(args.repeats)
     if args.what == "models":
-        return _bench_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size, args.bs, args.repeats)
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return _bench_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size, args.bs, args.repeats,
+                             device, variants)  # fmt: skip
     if args.what in ("data", "epoch", "profile") and not args.data:
         raise InputError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
     if args.what == "data":
@@ -228,12 +258,28 @@ def _unfinished_runs(name: str) -> list[str]:
     return found
 
 
+def _checked(name: str, kw: dict, options: tuple[str, ...]) -> Experiment:
+    "The experiment with the command's settings from `kw` (taken out of it), and its data's path, checked."
+    exp = configure(name, **{k: kw.pop(k) for k in options if k in kw})
+    check_source(exp.data)
+    if exp.init is not None and not Path(exp.init).expanduser().exists():
+        raise MissingFile(f"nothing to start from at {exp.init}: pass a run folder (--out of `resnets run`) or a file "
+                          "written by `resnets export`")  # fmt: skip
+    return exp
+
+
+def _progress(flag: bool | None) -> bool:
+    "Progress bars: as asked, else only when writing to a terminal."
+    return sys.stdout.isatty() if flag is None else flag
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_values_kept(argv))
     kw = {k: v for k, v in vars(args).items() if k != "command"}
     # a data set that cannot be downloaded: the error names this very command with --data
-    drop = {j for i, a in enumerate(argv) if a.startswith("--data") for j in ((i, i + 1) if a == "--data" else (i,))}
+    drop = {j for i, a in enumerate(argv) if a == "--data" or a.startswith("--data=")
+            for j in ((i, i + 1) if a == "--data" else (i,))}  # fmt: skip
     shown = " ".join(a.replace("{", "{{").replace("}", "}}") for i, a in enumerate(argv) if i not in drop)
     os.environ.setdefault("RESNETS_DATA_HINT", f"resnets {shown} --data /path/to/{{folder}}")
     try:
@@ -244,22 +290,27 @@ def main(argv: list[str] | None = None) -> int:
                 found = _unfinished_runs(args.name)
                 raise InputError("--resume continues a run: add --out FOLDER, the folder of the run to continue"
                                  + (f" (unfinished {args.name} runs: {', '.join(found)})" if found else ""))
-            if kw["progress"] is None:
-                kw["progress"] = sys.stdout.isatty()
-            results = run(kw.pop("name"), **kw)
+            exp = _checked(kw.pop("name"), kw, COMMAND_OPTIONS["run"])
+            from .training import run
+
+            results = run(exp, out=kw["out"], resume=kw["resume"], progress=_progress(kw["progress"]))
             if results.folder is not None:  # in a distributed run, only rank 0 has a folder and reports
                 print(results.summary())
                 print(f"saved {results.folder}/results.json and results.png")
         elif args.command == "lr-find":
-            if kw["progress"] is None:
-                kw["progress"] = sys.stdout.isatty()
-            s = lr_find(kw.pop("name"), **kw)
+            exp = _checked(kw.pop("name"), kw, COMMAND_OPTIONS["lr-find"])
+            from .training import lr_find
+
+            s = lr_find(exp, out=kw["out"], progress=_progress(kw["progress"]))
             print(f"suggested learning rate: {s.valley:.2e} (valley); plot saved to {args.out}/lr_find.png")
         elif args.command == "study":
-            kw = {k: v for k, v in kw.items() if v is not None}
-            kw["progress"] = kw.get("progress", sys.stdout.isatty())
-            name = kw.pop("name")
-            found = run_study(name, kw.pop("out", f"runs/study-{name}"), **kw)
+            name, out, seeds, progress = kw.pop("name"), kw.pop("out"), kw.pop("seeds"), _progress(kw.pop("progress"))
+            for arm in get_study(name).arms:  # every arm's settings, and the data, checked before anything trains
+                exp = configure(arm.experiment, verbose=False, **{**arm.options, **kw})
+                check_source(exp.data)
+            from .studies import run_study
+
+            found = run_study(name, out or f"runs/study-{name}", seeds=seeds, progress=progress, **kw)
             print(found.table())
             print(f"saved {found.folder}/study.json and study.png")
         elif args.command == "export":
@@ -286,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
                 for c, name, prob in top:
                     print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
         elif args.command == "compare":
+            from .results import compare
+
             print(compare(args.runs))
         elif args.command == "interpret":
-            from .interpret import interpret_run
+            from .training import interpret_run
 
             check_number("k", args.k)
             per_class = interpret_run(args.run_dir, k=args.k, data=args.data)

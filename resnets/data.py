@@ -25,6 +25,7 @@ from fastai.data.all import (
     CategoryBlock,
     DataBlock,
     DataLoaders,
+    FuncSplitter,
     Normalize,
     URLs,
     get_image_files,
@@ -34,43 +35,20 @@ from fastai.data.all import (
 )
 from fastai.data.external import fastai_path
 from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
+from fastai.vision.augment import RandomResizedCropGPU
 
-from .config import AUGMENT_KW, AUGMENTS, check_subset
+from .config import AUGMENT_KW, AUGMENTS, DATA_SETS, check_fraction, check_subset
 from .errors import InputError, check_number
+from .fastdata import ChapterAugment, fast_dataloaders
+from .labels import IMAGENETTE_NAMES, class_label, table_label
 
 __all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "table_label", "DataError", "data_folders", "resolve_source",
            "find_items", "find_split", "get_data", "set_image_size"]
 
-SOURCES: dict[str, str] = {
-    "imagenette-160": URLs.IMAGENETTE_160,
-    "imagenette-320": URLs.IMAGENETTE_320,
-    "imagenette":     URLs.IMAGENETTE,
-    "imagewoof-160":  URLs.IMAGEWOOF_160,
-    "imagewoof-320":  URLs.IMAGEWOOF_320,
-    "imagewoof":      URLs.IMAGEWOOF,
-    "mnist-tiny":     URLs.MNIST_TINY,
-}  # fmt: skip
-
-# Human-readable names of Imagenette's WordNet ids, for plots and predictions.
-IMAGENETTE_NAMES: dict[str, str] = {
-    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
-    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
-    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
-    "n03888257": "parachute",
-}  # fmt: skip
-
-
-def class_label(f: Path | str) -> str:  # the annotation matters: fastai's transforms dispatch on it
-    "A file's class: the name of its folder, with Imagenette's WordNet ids as readable names (n01440764: tench)."
-    name = parent_label(f)
-    return IMAGENETTE_NAMES.get(name, name)
-
-
-def table_label(f: Path | str, table: dict) -> str:
-    "A file's class from a table of labels (a CSV's label column), Imagenette's ids as readable names."
-    name = table[Path(f)]
-    return IMAGENETTE_NAMES.get(name, name)
-
+_URLS = {"imagenette-160": URLs.IMAGENETTE_160, "imagenette-320": URLs.IMAGENETTE_320, "imagenette": URLs.IMAGENETTE,
+         "imagewoof-160": URLs.IMAGEWOOF_160, "imagewoof-320": URLs.IMAGEWOOF_320, "imagewoof": URLs.IMAGEWOOF,
+         "mnist-tiny": URLs.MNIST_TINY}  # fmt: skip
+SOURCES: dict[str, str] = {name: _URLS[name] for name in DATA_SETS}  # config.DATA_SETS names them, torch-free
 
 class DataError(InputError):
     "The data source is missing, unreachable or not laid out as `train/<class>/*` and `val/<class>/*`."
@@ -223,14 +201,9 @@ def _readable(files: list[Path], bad_images: str = "skip") -> list[Path]:
     return [f for f in files if f not in bad]
 
 
-def check_valid_pct(valid_pct) -> None:
-    if isinstance(valid_pct, bool) or not isinstance(valid_pct, int | float) or not 0 < valid_pct < 1:
-        raise InputError(f"valid_pct must be a fraction between 0 and 1 (e.g. 0.2), got {valid_pct!r}")
-
-
 def _random_split(files: list[Path], label: dict, valid_pct: float, seed: int) -> tuple[list[Path], list[Path]]:
     "A seeded split, `valid_pct` of each class to validation (at least one image each way): the same every run."
-    check_valid_pct(valid_pct)
+    check_fraction("valid_pct", valid_pct)
     by_class: dict[str, list[Path]] = {}
     for f in files:
         by_class.setdefault(label[f], []).append(f)
@@ -371,8 +344,8 @@ def get_data(
         raise InputError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
     if bad_images not in ("skip", "raise"):
         raise InputError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
-    check_valid_pct(valid_pct)
-    if augment not in AUGMENTS:
+    check_fraction("valid_pct", valid_pct)
+    if augment not in AUGMENTS:  # the record checks its settings; get_data is also called directly
         raise InputError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
     path = resolve_source(source)
     train, valid, table = find_split(path, valid_name, classes, subset, check_images, bad_images, valid_pct,
@@ -381,16 +354,13 @@ def get_data(
         train, valid = _random_split(train, table or {f: parent_label(f) for f in train}, holdout, seed=0)
     label = class_label if table is None else partial(table_label, table=table)
     if fast:
-        from .fastdata import fast_dataloaders
-
         dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label,
                                augment=augment)  # fmt: skip
     else:
         held = set(valid)
         dblock = DataBlock(
             blocks=(ImageBlock, CategoryBlock),
-            splitter=lambda files: ([i for i, f in enumerate(files) if f not in held],
-                                    [i for i, f in enumerate(files) if f in held]),  # fmt: skip
+            splitter=FuncSplitter(held.__contains__),
             get_y=label,  # readable names in show_batch, plots, results and predictions
             item_tfms=Resize(presize),
             batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip, **AUGMENT_KW[augment]),
@@ -405,11 +375,7 @@ def get_data(
 def set_image_size(dls: DataLoaders, size: int) -> None:
     """Change the size the batch augmentation resizes to (progressive resizing, testing at a higher resolution), on
     both pipelines: fastai's RandomResizedCropGPU and ChapterAugment. The training and validation loaders share
-    their transforms, so a run sets it before each phase (resnets.experiments.ImageSizes)."""
-    from fastai.vision.augment import RandomResizedCropGPU
-
-    from .fastdata import ChapterAugment
-
+    their transforms, so a run sets it before each phase (resnets.callbacks.ImageSizes)."""
     loaders = [getattr(dl, "dl", dl) for dl in (dls.train, dls.valid)]  # a distributed run wraps each loader
     for t in [t for dl in loaders for t in getattr(getattr(dl, "after_batch", None), "fs", [])]:
         if isinstance(t, ChapterAugment):

@@ -4,7 +4,7 @@
 
 Every rank builds the same experiment; fastai wraps the model in DistributedDataParallel and gives each
 rank a slice of every epoch's shuffled indices; losses and metrics are gathered over all ranks; only
-rank 0 prints and writes the run folder. Importing this module lets fastai's distributed loader share
+rank 0 prints and writes the run folder (resnets.training). Importing this module lets fastai's distributed loader share
 its indices over gloo (CPU) as well as NCCL: fastai moves them to CUDA unconditionally.
 """
 
@@ -13,7 +13,9 @@ import torch.distributed as dist
 from fastai.distributed import DistributedDL
 from fastcore.basics import patch
 
-__all__ = []
+from .errors import InputError
+
+__all__ = ["distributed_ready"]
 
 
 @patch
@@ -23,3 +25,11 @@ def _broadcast(self: DistributedDL, t, rank):
     t = torch.tensor(t, dtype=torch.long, device=device)
     dist.broadcast(t, rank)
     return t.cpu().tolist()
+
+
+def distributed_ready() -> None:
+    "Raise an InputError naming the fix unless fastai's distributed training can run here (it needs Accelerate)."
+    try:
+        import accelerate  # noqa: F401  (an optional extra: fastai's distrib_ctx is built on it)
+    except ImportError:
+        raise InputError("distributed runs need Hugging Face Accelerate: pip install 'resnets[distributed]'") from None

@@ -23,9 +23,9 @@ from fastai.vision.all import imagenet_stats
 from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import load_checkpoint, load_failure
-from .data import IMAGENETTE_NAMES
 from .errors import InputError, MissingFile, check_number
 from .fastdata import preprocess
+from .labels import IMAGENETTE_NAMES
 from .models import create_model
 
 __all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchscript", "export_onnx"]

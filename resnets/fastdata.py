@@ -47,7 +47,7 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
 from .config import AUGMENT_KW
-from .data import class_label
+from .labels import class_label
 
 __all__ = ["cache_folder", "load_square", "load_strip", "resize_valid", "preprocess", "build_cache", "build_strips",
            "CachedImage", "ChapterAugment", "fast_dataloaders"]  # fmt: skip

@@ -14,7 +14,9 @@ from pathlib import Path
 from fastai.torch_core import params
 from torch import nn
 
+from .checkpoint import load_checkpoint
 from .errors import InputError, MissingFile
+from .export import is_onnx, load
 
 __all__ = ["body_head_splitter", "read_weights", "load_body"]
 
@@ -38,8 +40,6 @@ def _csv(v) -> str:
 
 def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
     "The state dict and the settings (`model`, `width`) of a run folder's checkpoint or of an exported model file."
-    from .checkpoint import load_checkpoint
-
     path = Path(source)
     if path.is_dir():
         state = load_checkpoint(path)
@@ -51,8 +51,6 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
     if not path.is_file():
         raise MissingFile(f"nothing to start from at {path}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
-    from .export import is_onnx, load
-
     if is_onnx(path):
         raise InputError(f"{path} is an ONNX file, which fine-tuning cannot start from: pass the run folder it was "
                          "exported from, or a .resnets file from `resnets export`")  # fmt: skip

@@ -1,11 +1,13 @@
 """The chapter's Learner: cross-entropy, accuracy, and mixed precision chosen for the device.
 
+`get_learner(dls, model, ...)` takes, beyond fastai's Learner's own arguments:
+
   precision        'auto' (fp16 AMP on a CUDA GPU, fp32 elsewhere), 'fp16', 'bf16' or 'fp32'
   label_smoothing  eps: the target puts 1-eps on the true class and eps spread over all classes
   mixup            alpha of the Beta distribution MixUp draws its mixing weights from (0: off)
-  ema              decay of an exponential moving average of the weights (`WeightAverage`; 0: off)
-  recalibrate_bn   re-estimate BatchNorm's statistics on training images as validation sees them, before the
-                   last validation (`BatchNormRecalibration`): for testing at a size unlike training's
+  verbose          print the precision chosen, and why
+
+(The weight average and the BatchNorm re-estimation are callbacks: resnets.callbacks.)
 
 Validation accuracy, top-5 accuracy and loss are the whole validation set's in distributed runs too. fastai's
 DistributedDL pads the last batches with repeated images so that every rank gets as many, and drops the repeats
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.mixup import MixUp
 from fastai.callback.schedule import ParamScheduler, combined_cos
@@ -29,19 +30,15 @@ from fastai.optimizer import Adam, ranger
 from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import OPTIMIZERS, PRECISIONS, check_regularisation
 from .errors import InputError
 
-__all__ = ["OPT_FUNCS", "RECALIBRATION_IMAGES", "PRECISIONS",
-           "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
-           "accuracy_metric", "top_5_metric", "ValidLoss", "WeightAverage", "recalibrate_bn",
-           "BatchNormRecalibration", "get_learner", "fit_flat_cos"]
+__all__ = ["OPT_FUNCS", "PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
+           "accuracy_metric", "top_5_metric", "ValidLoss", "unwrap", "get_learner", "fit_flat_cos"]  # fmt: skip
 
 OPT_FUNCS = {"adam": Adam, "ranger": ranger}  # the `opt` setting's fastai optimisers, with fastai's defaults
 assert tuple(OPT_FUNCS) == OPTIMIZERS, "config.OPTIMIZERS names these"
-RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates BatchNorm on (and plan_budget counts)
 
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -85,96 +82,9 @@ class ValidLoss(AvgLoss):
         self.count += n
 
 
-class WeightAverage(Callback):
-    """An exponential moving average of the weights and BatchNorm statistics (torch's `AveragedModel`), updated after
-    every optimiser step. Each validation scores the average, and the model keeps it from then until the next
-    training epoch begins, so the checkpoint, the final model, test-time augmentation and export all use it;
-    training itself carries on from its own weights. A resumed run starts a new average."""
-
-    order = 5  # before the Recorder's validation, after nothing that changes the weights
-
-    def __init__(self, decay: float = 0.99):
-        if not 0 < decay < 1:
-            raise InputError(f"the weight average's decay must be between 0 and 1, e.g. 0.99; got {decay!r}")
-        self.decay, self.trained = decay, None
-
-    def _model(self) -> nn.Module:
-        return getattr(self.learn.model, "module", self.learn.model)  # the model itself in a distributed run
-
-    def before_fit(self):
-        self.average = AveragedModel(self._model(), multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
-        self.trained = None
-
-    def after_step(self):
-        self.average.update_parameters(self._model())
-
-    def before_validate(self):
-        if not hasattr(self, "average"):  # validate() before any fit: nothing averaged yet
-            return
-        if self.trained is None:  # the training weights, put back when training resumes
-            self.trained = {k: v.clone() for k, v in self._model().state_dict().items()}
-        self._model().load_state_dict(self.average.module.state_dict())
-
-    def before_train(self):
-        if self.trained is not None:
-            self._model().load_state_dict(self.trained)
-            self.trained = None
-
-    def after_fit(self):  # a fit without validation ends with the average too
-        if self.trained is None:
-            self._model().load_state_dict(self.average.module.state_dict())
-
-
-@torch.no_grad()
-def recalibrate_bn(learn, n: int = RECALIBRATION_IMAGES, seed: int = 0) -> int:
-    """Re-estimate every BatchNorm layer's running statistics, weights unchanged, on `n` training images (a fixed
-    sample, drawn without touching the global random state) preprocessed as validation is, at its current size.
-    Statistics gathered under training's augmentation and sizes then match the images scored, e.g. at a test size
-    larger than the last training size. Returns the number of images used."""
-    model = getattr(learn.model, "module", learn.model)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    items = learn.dls.train_ds.items
-    if not bns or not len(items):
-        return 0
-    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    dl = learn.dls.test_dl([items[i] for i in pick], bs=learn.dls.bs)
-    was_training, momenta = model.training, [m.momentum for m in bns]
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the batches
-        m.train()
-    try:
-        for b in dl:
-            model(b[0])
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    return len(pick)
-
-
-def in_last_epochs(learn, n: int = 1) -> bool:
-    "Whether `learn` is in the last `n` epochs of its fit (a Learner never fitted counts as in its last one)."
-    epoch, n_epoch = getattr(learn, "epoch", None), getattr(learn, "n_epoch", None)
-    return epoch is None or n_epoch is None or epoch >= n_epoch - n
-
-
-class BatchNormRecalibration(Callback):
-    "`recalibrate_bn` before the last epoch's validation, so the final score, checkpoint and model all use it."
-
-    order = 10  # after WeightAverage has put the average in place, whose statistics these replace
-
-    def __init__(self, n: int = RECALIBRATION_IMAGES):
-        self.n, self.done = n, False
-
-    def before_fit(self):
-        self.done = False
-
-    def before_validate(self):  # once a fit: later validations (the interpretation pass) keep these statistics
-        if not self.done and in_last_epochs(self.learn):
-            recalibrate_bn(self.learn, self.n)
-            self.done = True
+def unwrap(model: nn.Module) -> nn.Module:
+    "The model inside a DistributedDataParallel wrapper (the model itself outside a distributed run)."
+    return getattr(model, "module", model)
 
 
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:

@@ -5,8 +5,9 @@
              blocks work inside at a quarter of that width, so at the plain widths again)
   n_out      number of classes; c_in: number of input channels (3 for RGB)
 
-All models are fully convolutional up to an adaptive average pool, so one trained at one image size
-runs at any other (>= 32 px keeps every stage's grid at least 1x1).
+Every model but `mnist_flat` is fully convolutional up to an adaptive average pool, so one trained at one image
+size runs at any other (>= 32 px keeps every stage's grid at least 1x1). `mnist_flat` flattens its last grid and
+takes 28 px images only (its `input_size`). `count_flops` counts a model's forward FLOPs at a size.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from fastai.layers import ConvLayer, Flatten
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from .config import MODEL_NAMES
 from .errors import InputError, check_number
 from .layers import ResBlock, stem
 
@@ -35,6 +39,7 @@ __all__ = [
     "MODELS",
     "create_model",
     "list_models",
+    "count_flops",
 ]
 
 
@@ -225,6 +230,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }  # fmt: skip
 
 
+assert tuple(MODELS) == MODEL_NAMES, "config.MODEL_NAMES names these, for checks without torch"
+
+
 def list_models() -> list[str]:
     "Names accepted by `create_model`."
     return list(MODELS)
@@ -246,3 +254,13 @@ def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, 
                                  "leave it out")  # fmt: skip
             kw[k] = v
     return MODELS[name](n_out=n_out, c_in=c_in, **kw)
+
+
+def count_flops(model: nn.Module, size: int, c_in: int = 3) -> int:
+    "Forward FLOPs for one image, counted by torch's FlopCounterMode (a multiply-add counts as 2)."
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, c_in, size, size))
+    model.train(was_training)
+    return counter.get_total_flops()

@@ -18,9 +18,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from . import __version__
+from .config import DATA_SETS, OPTIONS
 from .errors import InputError, MissingFile
+from .recipes import EXPERIMENTS
 
-__all__ = ["Results", "atomic_write", "save_figure", "versions", "describe_device", "load_results", "compare"]
+__all__ = ["BOOK_NEUTRAL", "Results", "atomic_write", "save_figure", "versions", "describe_device", "load_results",
+           "compare"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -53,8 +57,6 @@ def versions() -> dict:
     import fastai
     import torch
     import torchvision
-
-    from . import __version__
 
     return {"resnets": __version__, "fastai": fastai.__version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "python": platform.python_version()}  # fmt: skip
@@ -114,19 +116,25 @@ class Results:
 
     def book_differences(self) -> list[str]:
         """The settings of this run that are not the book's (for an experiment the book ran), as "name value (book
-        value)": a 3-class, 20-image run is not compared with the book's 10-class figure. Settings a results file
-        does not record are not counted."""
-        from .config import EXPERIMENTS
-
+        value)": a 3-class, 20-image run, or one on other data or another network, is not compared with the book's
+        figure. Every option counts except those that leave the compared accuracy alone (`BOOK_NEUTRAL`: the
+        pipeline, precision, seed, epochs ...); settings a results file does not record are not counted."""
         exp, s = EXPERIMENTS.get(self.experiment), self.settings
         if exp is None or not exp.book_accuracy:
             return []
         now = {**s, "size": self.size}
-        book = {k: getattr(exp, k) for k in _BOOK_SETTINGS}
-        if isinstance(now.get("classes"), list):
-            now["classes"] = tuple(now["classes"])
-        diffs = [f"{k} {now[k]} (book {'all' if v is None else v})" for k, v in book.items()
-                 if k in now and now[k] != v and not (k == "subset" and now[k] is None)]  # fmt: skip
+        diffs = []
+        for k in OPTIONS:
+            if k in BOOK_NEUTRAL or k not in now:
+                continue
+            mine, book = now[k], getattr(exp, k)
+            if k == "data":  # a name, or the folder it extracts to (the project's local copy is the same data)
+                mine = s.get("source", mine)
+                if mine == book or Path(str(mine)).name == DATA_SETS.get(book):
+                    continue
+            elif (tuple(mine) if isinstance(mine, list) else mine) == book:
+                continue
+            diffs.append(f"{k} {mine} (book {'all' if book is None else book})")
         if now.get("n_classes") not in (None, 10):
             diffs.append(f"{now['n_classes']} classes (book 10)")
         return diffs
@@ -163,7 +171,7 @@ class Results:
         if self.book.get("accuracy"):
             book_epochs = range(1, len(self.book["accuracy"]) + 1)
             ax_acc.plot(book_epochs, self.book["accuracy"], "s--", color="grey", label="book")
-        if self.book.get("valid_loss"):  # the book's ResNet-50 table is not in SPEC.md
+        if self.book.get("valid_loss"):  # the book prints none for ResNet-50
             book_epochs = range(1, len(self.book["valid_loss"]) + 1)
             ax_loss.plot(book_epochs, self.book["valid_loss"], "s--", color="grey", label="valid (book)")
         ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title=f"{self.experiment}: accuracy")
@@ -201,8 +209,11 @@ class Results:
         return line
 
 
-# What must equal the chapter's experiment for its figure to compare (data-path choice and precision don't).
-_BOOK_SETTINGS = ("size", "presize", "bs", "lr", "subset", "classes", "label_smoothing", "mixup", "zero_gamma", "flip")
+# The options that leave a run's compared accuracy as the book's: how the data are loaded and the machine's side
+# (precision, seed, workers, determinism), the run's length (compared at the same epoch; a budget sets it), which
+# epochs are validated and the extra TTA score, and two data options that do nothing for a train/ val/ folder.
+BOOK_NEUTRAL = frozenset({"fast_data", "precision", "seed", "num_workers", "deterministic", "epochs", "budget",
+                          "valid_last", "tta", "valid_pct", "label_col"})
 
 
 def load_results(path: str | os.PathLike) -> Results:

@@ -21,13 +21,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .bench import bench_models, count_flops
+from .bench import bench_models
 from .checkpoint import CHECKPOINT
-from .config import STUDIES, Arm, Study, configure, get_study, list_studies
 from .errors import InputError
-from .experiments import run
-from .models import create_model
+from .models import count_flops, create_model
+from .recipes import STUDIES, Arm, Study, configure, get_study, list_studies
 from .results import Results, atomic_write, load_results, save_figure
+from .training import run
 
 __all__ = ["Arm", "Study", "STUDIES", "get_study", "list_studies", "run_study", "StudyResults"]
 

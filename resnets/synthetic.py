@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import IMAGENETTE_NAMES
+from .labels import IMAGENETTE_NAMES
 
 __all__ = ["make_synthetic"]
 

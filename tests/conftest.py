@@ -21,6 +21,23 @@ MNIST_TINY = SHARED_DATA / "mnist_tiny"
 TINY = dict(classes=2, subset=8, size=32, presize=40, bs=8, epochs=1)
 
 
+# The slow tier: a test that trains or predicts on the real images (it asks for one of these fixtures) is marked
+# slow here, as is one marked by hand (a subprocess, a notebook); `make test` leaves them out, `make test-all` runs
+# every tier. A `gpu` test is skipped here when there is no CUDA GPU.
+REAL_DATA_FIXTURES = {"imagenette", "mnist_tiny"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+
+
 @pytest.fixture(scope="session")
 def imagenette() -> Path:
     if not (IMAGENETTE / "train").is_dir():

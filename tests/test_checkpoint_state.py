@@ -8,8 +8,9 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 
 from conftest import TINY
-from resnets import experiments, run
-from resnets.checkpoint import Checkpoint, load_checkpoint
+from resnets import run, training
+from resnets.callbacks import Checkpoint
+from resnets.checkpoint import load_checkpoint
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -60,7 +61,7 @@ class _CPUScaler(MixedPrecision):
 
 def _with(monkeypatch, *cbs, device=None):
     "Make `run` train with `cbs` added to its Learner, on data that reports `device` if given."
-    real = experiments.build
+    real = training.build
 
     def build(*a, **k):
         learn, exp = real(*a, **k)
@@ -69,7 +70,7 @@ def _with(monkeypatch, *cbs, device=None):
         learn.add_cbs(cbs)
         return learn, exp
 
-    monkeypatch.setattr(experiments, "build", build)
+    monkeypatch.setattr(training, "build", build)
 
 
 def _interrupted_run(imagenette, out, monkeypatch, *cbs, **kw):

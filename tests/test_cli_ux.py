@@ -118,9 +118,9 @@ def test_help_and_bad_options_answer_without_importing_torch():
 
 
 def test_distributed_without_accelerate_says_what_to_install(monkeypatch, tree):
-    from resnets import experiments
+    from resnets import training
 
     monkeypatch.setitem(sys.modules, "accelerate", None)  # as if it were not installed
-    monkeypatch.setattr(experiments, "num_distrib", lambda: 2)
+    monkeypatch.setattr(training, "num_distrib", lambda: 2)
     with pytest.raises(InputError, match=r"pip install 'resnets\[distributed\]'"):
-        experiments.run("cnn", data=tree, save=False)
+        training.run("cnn", data=tree, save=False)

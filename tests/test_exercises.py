@@ -143,7 +143,7 @@ def test_zero_gamma_ablation_flag_reaches_every_residual_branch(zero_gamma):
 
 
 def test_counted_flops_match_a_hand_count():
-    from resnets.bench import count_flops
+    from resnets.models import count_flops
 
     # one 3x3 conv 3->8 at 16x16 (stride 1, no bias) + BatchNorm/ReLU (not matmuls) -> 2 * 9*3*8 * 16*16
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU())

@@ -15,7 +15,8 @@ BOOK_FINAL = {"cnn": 0.6591, "res_cnn": 0.6678, "double_res_cnn": 0.6927, "resne
 def test_registry_is_the_chapters_five_experiments_then_the_exercises():
     assert list(CHAPTER) == list(BOOK_FINAL) == list_experiments()[:5]
     assert list_experiments()[5:] == ["resnet34", "mnist_pool", "mnist_flat", "plain20", "plain56", "res20", "res56",
-                                      "speedrun", "speedrun10"]
+                                      "speedrun-v1", "speedrun10-v1", "speedrun10-v2", "speedrun10-v3",
+                                      "speedrun10-v4", "speedrun", "speedrun10"]  # fmt: skip
     assert all(not EXPERIMENTS[n].book_accuracy for n in list_experiments()[5:])
     for name, acc in BOOK_FINAL.items():
         e = get_experiment(name)
@@ -55,13 +56,13 @@ def test_each_experiment_runs_from_python(name, imagenette, tmp_path):
 
 def test_results_written_after_each_epoch(imagenette, tmp_path, monkeypatch):
     # An interrupted run keeps its finished epochs: stop training inside epoch 2 and look at the file.
-    from resnets import experiments
+    from resnets import callbacks
 
     class Stop(Exception):
         pass
 
     seen = []
-    real_after_epoch = experiments.RunHistory.after_epoch
+    real_after_epoch = callbacks.RunHistory.after_epoch
 
     def after_epoch(self):
         real_after_epoch(self)
@@ -69,7 +70,7 @@ def test_results_written_after_each_epoch(imagenette, tmp_path, monkeypatch):
         if self.epoch == 1:
             raise Stop("interrupted in epoch 2")
 
-    monkeypatch.setattr(experiments.RunHistory, "after_epoch", after_epoch)
+    monkeypatch.setattr(callbacks.RunHistory, "after_epoch", after_epoch)
     with pytest.raises(Stop):
         run("cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, **{**TINY, "epochs": 3})
     assert [len(s["history"]) for s in seen] == [1, 2]
@@ -105,8 +106,8 @@ def test_one_record_holds_every_setting_and_overrides_are_checked_once():
     exp = configure("res_cnn", verbose=False, epochs=2, fast_data=True, precision="fp32", size=None)
     assert (exp.epochs, exp.fast_data, exp.precision, exp.size) == (2, True, "fp32", 128), "None keeps the default"
     assert configure(exp, verbose=False) == exp, "a configured record passes through"
-    with pytest.raises(ValueError, match=r"unknown setting epoch: the settings are model, width, stem, data, presize, "
-                                         r"size"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown setting epoch: the settings are model, width, stem, zero_gamma, "
+                                         r"init, data, presize, size"):  # fmt: skip
         configure("cnn", epoch=3)
     with pytest.raises(ValueError, match="unknown settings fastdata, sise"):
         run("cnn", fastdata=True, sise=64)
@@ -223,7 +224,7 @@ def test_cli_bad_values_are_one_clear_line(tmp_path):
     p = resnets_cli("run", "cnn", "--epochs", 0, "--data", tmp_path, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip() == "resnets run: error: epochs must be an integer >= 1, got 0"
     p = resnets_cli("run", "cnn", "--data", tmp_path / "missing", cwd=tmp_path)
-    assert p.returncode == 2 and "no folder at" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "no folder or file at" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "runs").exists(), "a run that failed at the start leaves no empty folder"
 
 
@@ -256,14 +257,14 @@ def test_the_optimiser_and_the_schedule_are_the_ones_asked_for(imagenette, tmp_p
 
 
 def test_cli_keeps_the_traceback_of_a_bug_inside_another_library(monkeypatch, tree):
-    from resnets import cli
+    from resnets import cli, training
 
     def broken(*args, **kwargs):
         import matplotlib.pyplot as plt
 
         plt.plot([1, 2], [1])  # matplotlib raises ValueError: not the user's fault, so not a one-liner
 
-    monkeypatch.setattr(cli, "run", broken)
+    monkeypatch.setattr(training, "run", broken)
     with pytest.raises(ValueError, match="same first dimension"):
         cli.main(["run", "cnn", "--data", str(tree)])
     monkeypatch.undo()

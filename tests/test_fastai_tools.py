@@ -10,8 +10,7 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.learner import load_learner
 
 import resnets
-from resnets.checkpoint import Checkpoint, StopOnNaN
-from resnets.experiments import RunHistory
+from resnets.callbacks import Checkpoint, RunHistory, StopOnNaN
 
 LOSSES = {"plain": {}, "label_smoothing": {"label_smoothing": 0.1}, "mixup": {"mixup": 0.4}}
 

@@ -174,7 +174,7 @@ def test_an_experiment_trains_on_the_fast_path(imagenette, tmp_path):
 
 
 def test_the_fast_path_trains_channels_last(imagenette):
-    from resnets.experiments import build
+    from resnets.training import build
 
     kw = dict(data=imagenette, size=32, presize=40, bs=8, classes=2, subset=8, verbose=False)
     learn, _ = build("res_cnn", fast_data=True, **kw)

@@ -8,8 +8,8 @@ from fastai.interpret import ClassificationInterpretation
 from conftest import TINY
 from resnets import InputError, MissingFile, build, run
 from resnets.cli import main
+from resnets.evaluate import Interpretation
 from resnets.export import export
-from resnets.interpret import Interpretation
 
 FIRST, OTHER = ("n01440764", "n02102040"), ("n02979186", "n03000684", "n03028079")  # tench, springer | 3 others
 KW = {**TINY, "subset": 6, "model": "resnet18", "width": 0.25, "fast_data": True}

@@ -9,7 +9,7 @@ from fastai.torch_core import apply
 from fastcore.basics import noop
 from torch import nn
 
-from resnets import choose_precision, create_model, get_data, get_learner, learner, run
+from resnets import callbacks, choose_precision, create_model, get_data, get_learner, learner, run
 from resnets.learner import ValidLoss, accuracy_metric, top_5_metric
 
 
@@ -119,7 +119,7 @@ def test_weight_average_is_what_validation_scores_and_the_model_keeps(tree):
     "The average is recomputed here from every step's weights; training carries on from its own weights."
     from fastai.callback.core import Callback
 
-    from resnets.learner import WeightAverage
+    from resnets.callbacks import WeightAverage
 
     steps, starts, scored = [], [], []
 
@@ -160,7 +160,7 @@ def test_weight_average_is_what_validation_scores_and_the_model_keeps(tree):
 
 
 def test_batchnorm_recalibration_averages_what_validation_sees_on_training_images(tree):
-    from resnets.learner import recalibrate_bn
+    from resnets.evaluate import recalibrate_bn
 
     dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
     learn = get_learner(dls, create_model("cnn", n_out=dls.c), verbose=False)
@@ -189,7 +189,7 @@ def test_batchnorm_recalibration_averages_what_validation_sees_on_training_image
 
 def test_recalibration_runs_once_before_the_last_validation(tree, monkeypatch):
     calls = []
-    monkeypatch.setattr(learner, "recalibrate_bn", lambda learn, n: calls.append((learn.epoch, learn.training)))
+    monkeypatch.setattr(callbacks, "recalibrate_bn", lambda learn, n: calls.append((learn.epoch, learn.training)))
     r = run("cnn", data=tree, presize=40, size=32, bs=4, epochs=2, recalibrate_bn=True, save=False, progress=False,
             num_workers=0)  # fmt: skip
     assert calls == [(1, False)] and r.settings["recalibrate_bn"] is True

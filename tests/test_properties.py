@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resnets import ChapterCNN, DepthNet, InputError, ResNet, create_model
-from resnets.experiments import configure
+from resnets.recipes import configure
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

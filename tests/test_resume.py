@@ -88,10 +88,10 @@ class _NaNAfter(nn.Module):
 
 
 def test_a_nan_loss_stops_the_run_naming_where_and_keeps_the_last_good_epoch(imagenette, tmp_path, monkeypatch):
-    from resnets import experiments
+    from resnets import training
 
-    real = experiments.create_model
-    monkeypatch.setattr(experiments, "create_model", lambda *a, **k: _NaNAfter(real(*a, **k), n=2 + 2))
+    real = training.create_model
+    monkeypatch.setattr(training, "create_model", lambda *a, **k: _NaNAfter(real(*a, **k), n=2 + 2))
     with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 2 of 2.*lower maximum learning rate.*checkpoint"):
         run("cnn", data=imagenette, out=tmp_path / "nan", progress=False, num_workers=0, **{**TINY, "epochs": 3})
     assert load_checkpoint(tmp_path / "nan")["epoch"] == 0
@@ -115,7 +115,7 @@ def test_a_checkpoint_older_than_an_option_resumes_with_it_at_its_default():
     from dataclasses import fields
 
     from resnets import Experiment
-    from resnets.experiments import _check_same_settings
+    from resnets.training import _check_same_settings
 
     now = {f.name: f.default for f in fields(Experiment) if f.metadata.get("option")}
     saved = {k: v for k, v in now.items() if k not in ("lr_mult", "ema")}

@@ -9,7 +9,7 @@ from fastai.callback.core import Callback
 
 from conftest import TINY
 from resnets import InputError, build, configure, get_data, get_experiment, run
-from resnets.experiments import flip_tta_accuracy
+from resnets.evaluate import flip_tta_accuracy
 
 
 class _Sizes(Callback):
@@ -97,7 +97,8 @@ def test_flip_tta_averages_an_image_and_its_mirror(imagenette):
 
 def test_flip_tta_reuses_the_last_validation(imagenette):
     "A fit's last validation, kept: the same TTA accuracy and logits, from half the forward passes."
-    from resnets.experiments import LastValidPreds, flip_tta
+    from resnets.callbacks import LastValidPreds
+    from resnets.evaluate import flip_tta
 
     keep = LastValidPreds()
     learn, _ = build("cnn", data=imagenette, verbose=False, cbs=keep, **TINY)
@@ -118,10 +119,10 @@ def test_valid_last_validates_only_the_last_epochs(imagenette, tmp_path, capsys,
     "valid_last=1 of 3 epochs: one validation pass; the earlier epochs' metrics empty in the history, log and plot."
     import json
 
-    import resnets.experiments as experiments
+    import resnets.training as training
 
-    probe, build_ = _Sizes(), experiments.build
-    monkeypatch.setattr(experiments, "build", lambda *a, **kw: build_(*a, cbs=probe, **kw))
+    probe, build_ = _Sizes(), training.build
+    monkeypatch.setattr(training, "build", lambda *a, **kw: build_(*a, cbs=probe, **kw))
     r = run("cnn", data=imagenette, out=tmp_path / "r", progress=False, valid_last=1, tta=True, **{**TINY, "epochs": 3})
     assert {e for e, training in probe.seen if not training} == {2}, "no validation batch before the last epoch"
     h = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
@@ -140,8 +141,7 @@ def test_valid_last_validates_only_the_last_epochs(imagenette, tmp_path, capsys,
 
 def test_the_interpretation_reuses_the_tta_pass(imagenette):
     "The TTA pass's plain logits give the interpretation get_preds would: the same probabilities, losses, matrix."
-    from resnets.experiments import flip_tta
-    from resnets.interpret import Interpretation
+    from resnets.evaluate import Interpretation, flip_tta
 
     learn, _ = build("cnn", data=imagenette, verbose=False, label_smoothing=0.1, **TINY)
     learn.fit(1)

@@ -5,8 +5,8 @@ import sys
 import pytest
 
 from resnets import EXPERIMENTS, STUDIES, create_model, get_study, load_results, run_study
-from resnets.bench import count_flops
 from resnets.checkpoint import CHECKPOINT
+from resnets.models import count_flops
 from resnets.studies import Arm, Study
 
 TINY_STUDY = dict(classes=2, subset=8, size=32, presize=40, bs=8, epochs=1, num_workers=0)

@@ -9,7 +9,7 @@ from torch import nn
 from resnets import build
 from resnets.checkpoint import load_checkpoint
 from resnets.data import set_image_size
-from resnets.experiments import flip_tta_accuracy
+from resnets.evaluate import flip_tta_accuracy
 
 run = "/tmp/trials2/P1-half-width-64-80-96-12ep"
 state = load_checkpoint(run)

@@ -11,7 +11,7 @@ from pathlib import Path
 from resnets import build
 from resnets.checkpoint import load_checkpoint
 from resnets.data import set_image_size
-from resnets.experiments import flip_tta_accuracy
+from resnets.evaluate import flip_tta_accuracy
 from resnets.learner import recalibrate_bn
 
 ROOT = Path("/work/scratch/trials4")

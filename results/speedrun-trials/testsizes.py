@@ -4,7 +4,7 @@ import time
 
 import resnets
 from resnets.checkpoint import load_checkpoint
-from resnets.experiments import flip_tta_accuracy
+from resnets.evaluate import flip_tta_accuracy
 
 state = load_checkpoint("/tmp/trials/T0-chapter-at-64px")
 rows = []

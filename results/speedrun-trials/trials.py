@@ -5,7 +5,7 @@ import time
 
 import resnets
 from resnets.data import set_image_size
-from resnets.experiments import flip_tta_accuracy
+from resnets.evaluate import flip_tta_accuracy
 
 D = "../shared/data/imagenette2-160"
 TRIALS = {

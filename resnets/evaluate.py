@@ -1,4 +1,10 @@
-"""What a trained model gets wrong: fastai's `ClassificationInterpretation`, drawn into a run's folder.
+"""Scoring a trained model: flip test-time augmentation, BatchNorm re-estimation, and what it gets wrong.
+
+  flip_tta(learn)        validation accuracy with each image's and its mirror image's probabilities averaged
+  recalibrate_bn(learn)  BatchNorm's running statistics re-estimated on training images as validation sees them
+                         (torch's `update_bn`), for scoring at a size or preprocessing unlike training's
+
+And fastai's `ClassificationInterpretation`, drawn into a run's folder:
 
   confusion_matrix.png  actual class (rows) against predicted class (columns), on the validation images
   top_losses.png        the validation images the model is most confidently wrong about (fastai's grid:
@@ -6,22 +12,81 @@
   per-class accuracy    the share of each class's validation images predicted right, in results.json
 
 `interpret(learn, folder)` does this after every complete one-process run that saves a folder, from one pass over
-the validation set; `resnets interpret RUN_DIR` redraws it from a run's checkpoint.
+the validation set; `resnets interpret RUN_DIR` redraws it from a run's checkpoint (resnets.training.interpret_run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.interpret import ClassificationInterpretation
 from fastcore.foundation import L
+from torch.optim.swa_utils import update_bn
 
+from .learner import unwrap
 from .results import save_figure
 
-__all__ = ["Interpretation", "interpret", "interpret_run"]
+__all__ = ["RECALIBRATION_IMAGES", "device_autocast", "flip_tta", "flip_tta_accuracy", "recalibrate_bn",
+           "Interpretation", "interpret"]  # fmt: skip
+
+RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates BatchNorm on (and plan_budget counts)
+
+
+def device_autocast(learn):
+    "The autocast the learner trains under (fp16/bf16 on CUDA), for evaluation outside fastai's loop."
+    if learn.precision == "fp32" or learn.dls.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if learn.precision == "fp16" else torch.bfloat16)
+
+
+@torch.no_grad()
+def flip_tta(learn, plain: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Validation accuracy with each image's and its mirror image's class probabilities averaged; and the plain
+    images' logits and targets, in the validation set's order (what the interpretation plots need). `plain`: those
+    logits and targets from the model as it is now (the last validation's, `callbacks.LastValidPreds`): only the
+    mirrored images are predicted then."""
+    if plain is not None and len(plain[0]) != len(learn.dls.valid_ds):  # e.g. one rank's share of a distributed run
+        plain = None
+    model, flipped, logits, targs = learn.model.eval(), [], [], []
+    with device_autocast(learn):
+        for xb, yb in learn.dls.valid:
+            x = xb.as_subclass(torch.Tensor)
+            if plain is None:
+                logits.append(model(x).float().cpu())
+            flipped.append(model(x.flip(-1)).float().softmax(1).cpu())
+            targs.append(yb.as_subclass(torch.Tensor).cpu())
+    if not targs:
+        return 0.0, torch.empty(0), torch.empty(0, dtype=torch.long)
+    targs = torch.cat(targs)
+    if plain is not None and not torch.equal(plain[1], targs):
+        raise RuntimeError("the kept validation predictions are not of the validation images in order")
+    logits = plain[0] if plain is not None else torch.cat(logits)
+    hits = ((logits.softmax(1) + torch.cat(flipped)).argmax(1) == targs).sum().item()
+    return hits / len(targs), logits, targs
+
+
+def flip_tta_accuracy(learn) -> float:
+    "Validation accuracy with each image's and its mirror image's class probabilities averaged."
+    return flip_tta(learn)[0]
+
+
+def recalibrate_bn(learn, n: int = RECALIBRATION_IMAGES, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm layer's running statistics, weights unchanged, on `n` training images (a fixed
+    sample, drawn without touching the global random state) preprocessed as validation is, at its current size, with
+    torch's `update_bn`. Statistics gathered under training's augmentation and sizes then match the images scored,
+    e.g. at a test size larger than the last training size. Returns the number of images used."""
+    model = unwrap(learn.model)
+    items = learn.dls.train_ds.items
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()) or not len(items):
+        return 0
+    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    update_bn(learn.dls.test_dl([items[i] for i in pick], bs=learn.dls.bs), model)
+    return len(pick)
 
 
 def _inner(learn) -> bool:
@@ -93,8 +158,6 @@ class Interpretation(ClassificationInterpretation):
 def interpret(learn, folder: str | os.PathLike, k: int = 9, predictions=None) -> dict[str, float]:
     """Write confusion_matrix.png and top_losses.png (the `k` worst) into `folder`; return the per-class accuracy.
     `predictions`: (logits, targets) already made on the validation set, in its order (else predicted here)."""
-    import matplotlib.pyplot as plt
-
     folder = Path(folder)
     with learn.no_bar():  # predictions in fp32 (see _fp32)
         interp = Interpretation.from_learner(learn) if predictions is None else \
@@ -107,29 +170,3 @@ def interpret(learn, folder: str | os.PathLike, k: int = 9, predictions=None) ->
         save_figure(fig := plt.gcf(), folder / "top_losses.png")
         plt.close(fig)
     return interp.per_class_accuracy()
-
-
-def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = None) -> dict[str, float]:
-    "Rebuild a saved run's Learner from its checkpoint and redraw its interpretation plots into its folder."
-    from .checkpoint import load_checkpoint
-    from .errors import MissingFile
-    from .experiments import build
-
-    run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir) if run_dir.is_dir() else None
-    if state is None:
-        raise MissingFile(f"no trained run at {run_dir}: pass the --out folder of a `resnets run` (it holds "
-                          "checkpoint.pth)")  # fmt: skip
-    s = state["settings"]
-    from .config import OPTIONS
-
-    # the checkpoint holds the trained weights: no budget to plan, no earlier run to start from (it may be gone)
-    options = {k: v for k, v in s.items() if k in OPTIONS and k not in ("budget", "init")}
-    options["data"] = data or s["data"]
-    for key in ("sizes", "subset", "classes"):
-        if isinstance(options.get(key), list):
-            options[key] = tuple(options[key])
-    learn, _ = build(s["name"], verbose=False, **options)  # its ImageSizes validates at the run's final size
-    learn.model.load_state_dict(state["model"])
-    learn.model.to(learn.dls.device)  # an inner validation skips the fit's move to the data's device
-    return interpret(learn, run_dir, k)

@@ -1,0 +1,256 @@
+"""Training: `build()` makes an experiment's settings into a Learner on its data, `run()` trains it into a run
+folder, the one code path behind Python, the command line and the notebooks; `lr_find` and `interpret_run`.
+
+A run folder (`--out`, default runs/NAME-TIME) holds results.json and checkpoint.pth, rewritten after every epoch
+(resnets.callbacks.RunHistory and Checkpoint), results.png, and the interpretation plots of a finished run;
+`resume=True` continues an interrupted one with the same settings. Distributed runs (torchrun / accelerate
+launch) go through fastai's `distrib_ctx`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastcore.foundation import L
+
+from .budget import plan_budget
+from .callbacks import (
+    BatchNormRecalibration,
+    Checkpoint,
+    EpochLog,
+    ImageSizes,
+    LastValidPreds,
+    RunHistory,
+    SkipValidation,
+    StopOnNaN,
+    WeightAverage,
+)
+from .checkpoint import CHECKPOINT, load_checkpoint, restore_model, set_deterministic
+from .config import Experiment
+from .data import get_data
+from .distributed import distributed_ready
+from .errors import InputError, MissingFile, RunExists, RunInterrupted
+from .evaluate import flip_tta, interpret
+from .finetune import body_head_splitter, load_body
+from .learner import OPT_FUNCS, accuracy_metric, fit_flat_cos, get_learner, top_5_metric
+from .models import create_model
+from .recipes import configure
+from .results import Results, describe_device, load_results, save_figure, versions
+
+__all__ = ["build", "run", "lr_find", "interpret_run"]
+
+
+def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
+    """The experiment's Learner on its data, ready for `lr_find` or `fit_one_cycle`, and the configured experiment.
+
+    `overrides` are `configure`'s (data=..., size=..., fast_data=True, ...)."""
+    exp = configure(name, verbose=verbose, **overrides)
+    if exp.seed is not None:  # each rank its own augmentation draws, reproducibly (seed + rank, as timm does); DDP
+        # copies rank 0's initial weights to every rank. CPU runs repeat exactly; on a GPU kernels may still vary.
+        set_seed(exp.seed + rank_distrib())
+    dls = get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
+                   num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout,
+                   valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed,
+                   augment=exp.augment)  # fmt: skip
+    if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
+        raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
+                         f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
+    model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width, stem=exp.stem)
+    _check_input_size(model, exp)
+    if exp.init is not None:
+        load_body(model, exp.init, exp.model, exp.width, exp.stem)
+    if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (PERFORMANCE.md), same accuracy;
+        # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
+        # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
+        model = model.to(memory_format=torch.channels_last)
+    cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
+           *([BatchNormRecalibration()] if exp.recalibrate_bn else []),
+           *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
+    learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
+                        label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
+                        splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
+    return learn, exp
+
+
+def _check_input_size(model, exp: Experiment) -> None:
+    "A model that is not fully convolutional accepts one size only: say so before training, not deep in torch."
+    fixed = getattr(model, "input_size", None)
+    if fixed is not None and exp.size != fixed:
+        raise InputError(f"model {exp.model!r} cannot take {exp.size} px images (it is not fully convolutional): "
+                         f"use its experiment's size, {fixed} px")  # fmt: skip
+
+
+def _check_free(out: str | os.PathLike) -> None:
+    if not (Path(out) / "results.json").exists():
+        return
+    done = load_results(out)
+    if not done.finished and (Path(out) / CHECKPOINT).exists():
+        n, total = len(done.history), done.settings.get("epochs", "?")
+        raise RunExists(f"{out} holds an unfinished run ({n} of {total} epochs): continue it with resume=True "
+                        "(--resume), or choose another output folder", folder=out, unfinished=True)  # fmt: skip
+    raise RunExists(f"{out} already holds a finished run: choose another output folder or remove it", folder=out)
+
+
+def _new_run_folder(out: str | os.PathLike | None, name: str) -> Path:
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{name}-{stamp}"
+        i = 2
+        while out.exists():
+            out, i = Path("runs") / f"{name}-{stamp}-{i}", i + 1
+    out = Path(out)
+    _check_free(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(
+    name: str | Experiment,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    save: bool = True,
+    resume: bool = False,
+    **overrides,
+) -> Results:
+    """Train an experiment with `fit_one_cycle` (fastai's `fine_tune` with `init`); `overrides` (any of `OPTIONS`)
+    change the chapter's settings.
+
+    Every epoch is saved into `out` (results.json, and checkpoint.pth for `resume`). `resume=True` continues the
+    run in `out` from its last checkpoint with the same settings (a fresh start if it has none)."""
+    start = time.perf_counter()
+    exp = configure(name, verbose=rank_distrib() == 0, **overrides)
+    if resume and exp.init is not None:
+        raise InputError("a fine-tuning run (init) cannot be resumed yet: start it again (it is short)")
+    if resume and (out is None or not save):
+        raise InputError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
+    state = load_checkpoint(out) if resume else None
+    if not resume and save and out is not None:
+        _check_free(out)  # before any work (resuming a run killed before its first checkpoint starts it again)
+    world, rank = num_distrib(), rank_distrib()
+    if world > 1 and (resume or exp.fast_data):
+        raise InputError("distributed runs (torchrun / accelerate launch) support neither --resume nor --fast-data yet")
+    if world > 1:
+        distributed_ready()
+    set_deterministic(exp.deterministic)
+    learn, exp = build(exp, verbose=rank == 0)
+    dls, plan = learn.dls, None
+    if exp.budget is not None and state is not None:  # a resumed budget run keeps the schedule it planned
+        exp, plan = replace(exp, epochs=state["settings"]["epochs"]), state["settings"].get("budget_plan")
+    elif exp.budget is not None:
+        exp, plan = plan_budget(learn, exp, time.perf_counter() - start)
+        if rank == 0:
+            print(f"resnets: {plan['epochs']} epoch(s) fit the budget of {exp.budget:.0f} s on this machine "
+                  f"(predicted {plan['predicted_s']:.0f} s in all)")  # fmt: skip
+    settings = {**exp.to_dict(), "source": str(exp.data), "data": str(dls.path), "precision": learn.precision,
+                "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds), "n_classes": dls.c,
+                "argv": sys.argv}  # fmt: skip
+    if plan is not None:
+        settings["budget_plan"] = plan
+    if world > 1:
+        settings.update(world_size=world)
+    results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
+                      book=exp.book, learn=learn)  # fmt: skip
+    if state is not None:
+        _check_same_settings(state["settings"], settings, out)
+        results.history = list(state["history"])
+        if state["epoch"] + 1 >= exp.epochs:
+            print(f"resnets: {out} finished all {exp.epochs} epochs already")
+    folder = None if not save or rank > 0 else Path(out) if resume else _new_run_folder(out, exp.name)
+    if resume:
+        folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(folder, results, state)
+    if state is not None:
+        restore_model(learn, state)
+        print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
+    keep = LastValidPreds()
+    run_cbs = [RunHistory(results, folder, checkpoint.start_epoch, start), checkpoint, StopOnNaN(folder),
+               EpochLog(checkpoint.start_epoch), *([keep] if exp.tta else [])]
+    learn.add_cbs(run_cbs)
+    try:
+        with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
+            if exp.init is not None:  # fastai's schedule: the new head alone, then every layer (the body slower)
+                learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs, lr_mult=exp.lr_mult)
+            else:
+                fit = partial(fit_flat_cos, learn) if exp.schedule == "flat_cos" else learn.fit_one_cycle
+                fit(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
+    except torch.cuda.OutOfMemoryError as e:
+        more = f" and --resume to continue {folder}" if folder is not None else ""
+        msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"
+        raise MemoryError(msg) from None
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (written atomically); say how to go on
+        done = len(results.history)
+        if folder is None or not (folder / CHECKPOINT).exists():
+            raise RunInterrupted(f"interrupted before the first epoch of {exp.name} finished: nothing to resume") \
+                from None
+        raise RunInterrupted(f"interrupted after {done} of {exp.epochs} epochs; {folder / CHECKPOINT} keeps the last "
+                             f"one: continue with run({exp.name!r}, out={str(folder)!r}, resume=True, ...)",
+                             folder=folder) from None  # fmt: skip
+    finally:  # results.learn goes on as a plain Learner: more training in a notebook writes nothing into the run
+        learn.remove_cbs(run_cbs)
+    if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
+        print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
+    plain = None  # the plain images' logits and targets, which the interpretation reuses
+    if exp.tta:  # the last validation's predictions, and the mirrored images
+        results.tta_accuracy, *plain = flip_tta(learn, keep.kept)
+    trained_all = len(results.history) >= exp.epochs + (exp.freeze_epochs if exp.init else 0)
+    if folder is not None and world <= 1 and trained_all:  # confusion matrix, top losses, per-class accuracy
+        # (distributed runs: the other ranks have gone; `resnets interpret RUN_DIR` draws them in one process)
+        results.per_class_accuracy = interpret(learn, folder, predictions=plain)
+    results.finished = True
+    results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
+    if folder is not None:
+        results.folder = str(folder)
+        results.save(folder)
+    return results
+
+
+def _distributed(learn, world: int):
+    "Data-parallel training through fastai + Accelerate when launched by torchrun / accelerate launch."
+    if world <= 1:
+        return contextlib.nullcontext()
+    return learn.distrib_ctx(sync_bn=False, cpu=learn.dls.device.type == "cpu")
+
+
+def _check_same_settings(saved: dict, now: dict, out) -> None:
+    ignore = {"argv", "data", "source"}  # the command line differs by --resume; a moved data folder is still the data
+    saved = {**saved, **Experiment.from_dict(saved).to_dict()}  # an older checkpoint's missing options: defaults
+    diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        raise InputError(f"cannot resume {out} with different settings ({shown}): use the run's own options")
+
+
+def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, progress: bool = True, **overrides):
+    "Run fastai's `lr_find` for an experiment; saves the plot as lr_find.png in `out` when given."
+    learn, _ = build(name, **overrides)
+    with contextlib.nullcontext() if progress else learn.no_bar():
+        suggestion = learn.lr_find(show_plot=out is not None)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        save_figure(plt.gcf(), Path(out) / "lr_find.png")
+        plt.close("all")
+    return suggestion
+
+
+def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = None) -> dict[str, float]:
+    "Rebuild a saved run's Learner from its checkpoint and redraw its interpretation plots into its folder."
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir) if run_dir.is_dir() else None
+    if state is None:
+        raise MissingFile(f"no trained run at {run_dir}: pass the --out folder of a `resnets run` (it holds "
+                          "checkpoint.pth)")  # fmt: skip
+    s = state["settings"]
+    # the checkpoint holds the trained weights: no budget to plan, no earlier run to start from (it may be gone)
+    exp = Experiment.from_dict(s, data=data or s["data"], budget=None, init=None)
+    learn, _ = build(exp, verbose=False)  # its ImageSizes validates at the run's final size
+    learn.model.load_state_dict(state["model"])
+    learn.model.to(learn.dls.device)  # an inner validation skips the fit's move to the data's device
+    return interpret(learn, run_dir, k)
