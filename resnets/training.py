@@ -34,7 +34,7 @@ from .callbacks import (
     WeightAverage,
 )
 from .checkpoint import CHECKPOINT, load_checkpoint, restore_model, set_deterministic
-from .config import Experiment
+from .config import DEFAULTS, Experiment
 from .data import get_data
 from .distributed import distributed_ready
 from .errors import InputError, MissingFile, RunExists, RunInterrupted
@@ -221,7 +221,7 @@ def _distributed(learn, world: int):
 
 def _check_same_settings(saved: dict, now: dict, out) -> None:
     ignore = {"argv", "data", "source"}  # the command line differs by --resume; a moved data folder is still the data
-    saved = {**saved, **Experiment.from_dict(saved).to_dict()}  # an older checkpoint's missing options: defaults
+    saved = {**{k: v for k, v in DEFAULTS.items() if k not in saved}, **saved}  # an older checkpoint's: defaults
     diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
     if diff:
         shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))

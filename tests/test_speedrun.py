@@ -51,10 +51,11 @@ def test_test_size_on_both_pipelines(imagenette, fast):
 
 def test_a_size_given_alone_replaces_a_progressive_schedule(capsys):
     tested_larger = replace(get_experiment("speedrun10"), test_size=112)  # a recipe with a schedule and a test size
-    sized = configure(tested_larger, size=32, presize=40)
-    assert sized.sizes == () and sized.size == 32 and sized.valid_size == 32
-    out = capsys.readouterr().out
-    assert "size 32 throughout" in out and "not the experiment's test size 112" in out and sized.test_size is None
+    sized = configure(tested_larger, size=32, presize=112)  # the test size is the user's to change: it stays
+    assert sized.sizes == () and sized.size == 32 and sized.valid_size == 112 and sized.test_size == 112
+    assert "size 32 throughout" in capsys.readouterr().out
+    with pytest.raises(InputError, match=r"test_size \(112\) is larger than presize \(40\)"):
+        configure(tested_larger, size=32, presize=40)
     assert configure(tested_larger, verbose=False).test_size == 112
     assert configure("speedrun10", verbose=False).sizes, "the recipe itself keeps its schedule"
     assert configure("speedrun10", verbose=False, sizes=(32, 40), presize=48).size == 40
