@@ -34,7 +34,7 @@ TRIALS = {
     "P1-half-width-64-80-96-12ep": dict(width=0.5, presize=128, sizes=(64, 80, 96), epochs=12, lr=6e-3,
                                         label_smoothing=0.1),
 }
-out = Path(__file__).parent / "trials2.jsonl"
+out = (Path(__file__).resolve().parents[2] / "results" / "speedrun-trials") / "trials2.jsonl"
 for name in sys.argv[1:] or list(TRIALS):
     settings = {**BASE, **TRIALS[name]}
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Speedrun trials, round 4 (`speedrun10`): every setting chosen on the held-out tenth of the training images.
 
-    python results/speedrun-trials/trials4.py [TRIAL ...]
+    python scripts/trials/trials4.py [TRIAL ...]
 
 Each trial is `speedrun10` v3 (the recipe when this round began: v4's settings with batches of 128 and a 112 px
 test size) with the settings named, run as one `resnets.run` from the call's start: wall time includes loading the
@@ -19,4 +19,4 @@ TRIALS = {
     "L2-B64+light-augment": dict(bs=64, augment="light"),
     "F1-B64-tested-at-96": dict(bs=64, test_size=96, recalibrate_bn=False),
 }
-run_trials("speedrun10", V3, TRIALS, Path(__file__).parent / "trials4.jsonl", "/work/scratch/trials4", sys.argv[1:])
+run_trials("speedrun10", V3, TRIALS, (Path(__file__).resolve().parents[2] / "results" / "speedrun-trials") / "trials4.jsonl", "/work/scratch/trials4", sys.argv[1:])

@@ -5,7 +5,7 @@ validation images of those 5 classes. Writes finetune.json beside this script. F
 learns at the head's rate) was chosen with tune.py on held-out training images, never on these validation images;
 the first run also kept fastai's default (100), recorded as well. A finished first-5-classes run is reused.
 
-    python results/finetune/finetune.py [DATA]
+    python scripts/finetune/finetune.py [DATA]
 """
 import json
 import shutil
@@ -17,7 +17,7 @@ import resnets
 from resnets.data import IMAGENETTE_NAMES
 
 D = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenette2-160"
-HERE, RECIPE, SEED = Path(__file__).parent, "speedrun", 42
+HERE, RECIPE, SEED = (Path(__file__).resolve().parents[2] / "results" / "finetune"), "speedrun", 42
 ids = sorted(IMAGENETTE_NAMES)
 FIRST, OTHER = tuple(ids[:5]), tuple(ids[5:])
 SMALL = dict(classes=OTHER, subset=(50, 1000), bs=32, epochs=8, seed=SEED)  # 50 training images a class

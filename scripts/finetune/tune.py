@@ -5,7 +5,7 @@ out to score on and 50 a class train, as in finetune.py. Fine-tuned from finetun
 fastai's lr_mult (the body learns at the head's rate / lr_mult) at 100 (fastai's default), 10 and 1, against from
 scratch. Rows are appended to tune.jsonl beside this script.
 
-    python results/finetune/tune.py [DATA]
+    python scripts/finetune/tune.py [DATA]
 """
 import json
 import sys
@@ -16,7 +16,7 @@ import resnets
 from resnets.data import IMAGENETTE_NAMES
 
 D = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenette2-160"
-HERE, RECIPE, SEED = Path(__file__).parent, "speedrun", 42
+HERE, RECIPE, SEED = (Path(__file__).resolve().parents[2] / "results" / "finetune"), "speedrun", 42
 OTHER = tuple(sorted(IMAGENETTE_NAMES)[5:])
 HELD = dict(classes=OTHER, subset=(150, 1), holdout=2 / 3, bs=32, seed=SEED)  # 50 train, 100 held out, a class
 ARMS = {"scratch": dict(epochs=9), **{f"lr_mult {m}": dict(init=str(HERE / "first-5-classes"), freeze_epochs=1,

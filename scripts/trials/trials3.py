@@ -18,7 +18,7 @@ TRIALS = {
     "T2-T1+light+12ep": dict(stem=(32, 64), augment="light", epochs=12),
     "T3-T2-in-11ep": dict(stem=(32, 64), augment="light", epochs=11),
 }
-out = Path(__file__).parent / "trials3.jsonl"
+out = (Path(__file__).resolve().parents[2] / "results" / "speedrun-trials") / "trials3.jsonl"
 for name in sys.argv[1:] or list(TRIALS):
     start = time.perf_counter()
     r = resnets.run("speedrun10", data=D, out=f"/tmp/trials3/{name}", progress=False, holdout=0.1, seed=42,

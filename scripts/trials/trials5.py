@@ -1,6 +1,6 @@
 """Speedrun trials, round 5 (`speedrun`): every setting chosen on the held-out tenth of the training images.
 
-    python results/speedrun-trials/trials5.py [TRIAL ...]
+    python scripts/trials/trials5.py [TRIAL ...]
 
 Each trial is `speedrun` (as registered, trial S8) with the settings named, run as one `resnets.run` from the
 call's start: wall time includes loading the cache, training, scoring the held-out images and flip TTA. Rows are
@@ -14,4 +14,4 @@ TRIALS = {
     "S9-batch-64+valid-last-2": dict(bs=64, valid_last=2),
     "S10-S9-in-8ep": dict(bs=64, valid_last=2, epochs=8),
 }
-run_trials("speedrun", {}, TRIALS, Path(__file__).parent / "trials5.jsonl", "/work/scratch/trials5", sys.argv[1:])
+run_trials("speedrun", {}, TRIALS, (Path(__file__).resolve().parents[2] / "results" / "speedrun-trials") / "trials5.jsonl", "/work/scratch/trials5", sys.argv[1:])
