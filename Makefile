@@ -7,7 +7,7 @@ EXP    ?= cnn
 DATA   ?=# empty: the library's own lookup ($RESNETS_DATA, ../shared/data, fastai's folder, then a download)
 ARGS   ?=
 
-.PHONY: setup run test test-all lint
+.PHONY: setup run test test-all lint docs
 setup: $(STAMP)
 
 # torch is pinned here, not in pyproject: 2.14.1/0.29.1 are the builds this project is tested with
@@ -27,6 +27,10 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest $(ARGS)
+
+# docs/options.md is generated from the record and the command line (tests/test_docs.py checks it is current)
+docs: setup
+	$(PY) -c "from resnets.cli import reference; open('docs/options.md', 'w').write(reference())"
 
 lint: setup
 	$(VENV)/bin/ruff check resnets tests

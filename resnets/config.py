@@ -17,7 +17,8 @@ from pathlib import Path
 from .errors import InputError, check_number
 
 __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS", "SCHEDULES", "MODEL_NAMES",
-           "DATA_SETS", "GROUPS", "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
+           "DATA_SETS", "GROUPS", "check_choice",
+           "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
            "check_source", "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
@@ -66,7 +67,7 @@ def check_subset(subset) -> tuple[int, int]:
     return pair
 
 
-def _check_choice(name: str, value, allowed) -> None:
+def check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise InputError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
 
@@ -231,7 +232,7 @@ class Experiment:
             getattr(self, f"_check_{group}")()
 
     def _check_model(self):
-        _check_choice("model", self.model, MODEL_NAMES)
+        check_choice("model", self.model, MODEL_NAMES)
         check_number("width", self.width, kind=(int, float), low=0, strict=True)
         for w in self.stem:
             check_number("each stem width", w)
@@ -250,15 +251,15 @@ class Experiment:
             check_number("classes", self.classes)
         check_fraction("valid_pct", self.valid_pct)
         check_fraction("holdout", self.holdout, low_open=False, example="0.1")
-        _check_choice("augment", self.augment, AUGMENTS)
+        check_choice("augment", self.augment, AUGMENTS)
         for k in ("flip", "fast_data"):
             _check_bool(k, getattr(self, k))
 
     def _check_schedule(self):
         check_number("epochs", self.epochs)
         check_number("lr", self.lr, kind=(int, float), low=0, strict=True)
-        _check_choice("opt", self.opt, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("opt", self.opt, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
         if self.sizes and self.sizes[-1] != self.size:
             raise InputError(f"sizes must end at the training size: {self.sizes} ends at {self.sizes[-1]}, size is "
                              f"{self.size} (leave size out and it follows sizes)")  # fmt: skip
@@ -288,7 +289,7 @@ class Experiment:
             _check_bool(k, getattr(self, k))
 
     def _check_runtime(self):
-        _check_choice("precision", self.precision, PRECISIONS)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.seed is not None:
             check_number("seed", self.seed, low=0)
         if self.num_workers is not None:

@@ -37,7 +37,7 @@ from fastai.data.external import fastai_path
 from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
 from fastai.vision.augment import RandomResizedCropGPU
 
-from .config import AUGMENT_KW, AUGMENTS, DATA_SETS, check_fraction, check_subset
+from .config import AUGMENT_KW, AUGMENTS, DATA_SETS, check_choice, check_fraction, check_subset
 from .errors import InputError, check_number
 from .fastdata import ChapterAugment, fast_dataloaders
 from .labels import IMAGENETTE_NAMES, class_label, table_label
@@ -203,7 +203,6 @@ def _readable(files: list[Path], bad_images: str = "skip") -> list[Path]:
 
 def _random_split(files: list[Path], label: dict, valid_pct: float, seed: int) -> tuple[list[Path], list[Path]]:
     "A seeded split, `valid_pct` of each class to validation (at least one image each way): the same every run."
-    check_fraction("valid_pct", valid_pct)
     by_class: dict[str, list[Path]] = {}
     for f in files:
         by_class.setdefault(label[f], []).append(f)
@@ -262,6 +261,7 @@ def find_split(
 ) -> tuple[list[Path], list[Path], dict | None]:
     """(training files, validation files, labels) from any of the layouts `get_data` takes; labels is None where
     a file's class is its folder's name (`class_label`), else a table for `table_label`."""
+    check_fraction("valid_pct", valid_pct)
     path = Path(path)
     if path.is_dir() and (path / "train").is_dir():  # train/ and val/ (or valid/)
         items, valid_name = find_items(path, valid_name, classes, subset, check_images, bad_images)
@@ -344,9 +344,7 @@ def get_data(
         raise InputError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
     if bad_images not in ("skip", "raise"):
         raise InputError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
-    check_fraction("valid_pct", valid_pct)
-    if augment not in AUGMENTS:  # the record checks its settings; get_data is also called directly
-        raise InputError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+    check_choice("augment", augment, AUGMENTS)  # the record's check: get_data is also called without one
     path = resolve_source(source)
     train, valid, table = find_split(path, valid_name, classes, subset, check_images, bad_images, valid_pct,
                                      label_col, seed)  # fmt: skip

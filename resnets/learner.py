@@ -31,7 +31,7 @@ from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
 
-from .config import OPTIMIZERS, PRECISIONS, check_regularisation
+from .config import OPTIMIZERS, PRECISIONS, check_choice, check_regularisation
 from .errors import InputError
 
 __all__ = ["OPT_FUNCS", "PRECISIONS", "check_regularisation", "choose_precision", "top_k_accuracy", "top_5_accuracy",
@@ -89,8 +89,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
     "The precision to train in on `device`, and one line saying why."
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)  # the record's check: this is also called without one
     device = torch.device(device)
     if device.type != "cuda":
         if precision in ("auto", "fp32"):

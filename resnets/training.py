@@ -67,7 +67,7 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     _check_input_size(model, exp)
     if exp.init is not None:
         load_body(model, exp.init, exp.model, exp.width, exp.stem)
-    if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (PERFORMANCE.md), same accuracy;
+    if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (docs/performance.md), same accuracy;
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)

@@ -21,6 +21,13 @@ MNIST_TINY = SHARED_DATA / "mnist_tiny"
 TINY = dict(classes=2, subset=8, size=32, presize=40, bs=8, epochs=1)
 
 
+# The book's final accuracies of the chapter's five experiments.
+BOOK_FINAL = {"cnn": 0.6591, "res_cnn": 0.6678, "double_res_cnn": 0.6927, "resnet18": 0.7572, "resnet50": 0.8726}
+# A tiny ResNet-18 (quarter width) on the fast path, and the two classes it is first trained on (tench, springer).
+TINY_RESNET = {**TINY, "subset": 6, "model": "resnet18", "width": 0.25, "fast_data": True}
+FIRST = ("n01440764", "n02102040")
+
+
 # The slow tier: a test that trains or predicts on the real images (it asks for one of these fixtures) is marked
 # slow here, as is one marked by hand (a subprocess, a notebook); `make test` leaves them out, `make test-all` runs
 # every tier. A `gpu` test is skipped here when there is no CUDA GPU.
@@ -50,6 +57,38 @@ def mnist_tiny() -> Path:
     if not (MNIST_TINY / "train").is_dir():
         pytest.skip(f"MNIST_TINY not found at {MNIST_TINY} (set RESNETS_SHARED_DATA to its parent folder)")
     return MNIST_TINY
+
+
+# Trained tiny runs shared by the tests that only read them (a test that changes one copies it first).
+@pytest.fixture(scope="session")
+def tiny_cnn_run(imagenette, tmp_path_factory):
+    "Experiment 1 at the TINY settings, finished: its Results (folder, history, learner)."
+    from resnets import run
+
+    return run("cnn", data=imagenette, out=tmp_path_factory.mktemp("tiny") / "cnn", progress=False, num_workers=0,
+               **TINY)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(imagenette, tmp_path_factory):
+    "The run folder of a tiny ResNet trained on two classes (FIRST): what fine-tuning and interpretation start from."
+    from resnets import run
+
+    folder = tmp_path_factory.mktemp("tiny") / "resnet18"
+    run("resnet18", data=imagenette, out=folder, progress=False, **{**TINY_RESNET, "classes": FIRST})
+    return folder
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    "Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."
+    z = np.sort(np.concatenate([a, b]))
+    cdf = lambda v: np.searchsorted(np.sort(v), z, side="right") / len(v)  # noqa: E731
+    return float(np.abs(cdf(a) - cdf(b)).max())
+
+
+def curve(r) -> list[tuple]:
+    "A run's per-epoch (train loss, valid loss, accuracy)."
+    return [(h["train_loss"], h["valid_loss"], h["accuracy"]) for h in r.history]
 
 
 def save_image(path: Path, mode: str = "RGB", size=(48, 40), fmt: str | None = None, seed: int = 0) -> Path:

@@ -54,7 +54,7 @@ def test_profile_splits_a_training_step_into_its_stages(imagenette, tmp_path, mo
 def test_gpu_script_cpu_path(tmp_path):
     env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "RESNETS_CACHE": str(tmp_path / "cache"),
            "CUDA_VISIBLE_DEVICES": "" if not torch.cuda.is_available() else os.environ.get("CUDA_VISIBLE_DEVICES", "")}
-    p = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "out"), str(tmp_path / "synthetic")],
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), str(tmp_path / "out"), str(tmp_path / "synthetic")],
                        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)  # fmt: skip
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = tmp_path / "out"
@@ -62,3 +62,18 @@ def test_gpu_script_cpu_path(tmp_path):
     assert {"matmul_gflops", "models", "data", "epoch"} <= set(report)
     assert json.loads((out / "cnn-fast" / "results.json").read_text())["finished"]
     assert "end-to-end epoch of cnn" in (out / "bench.txt").read_text()
+
+
+def test_bench_conv1x1_times_both_and_checks_values():
+    from resnets.bench import bench_conv1x1
+
+    (row,) = bench_conv1x1(shapes=((2, 16, 8, 5),), repeats=2)
+    assert row["conv2d_ms"] > 0 and row["einsum_ms"] > 0 and row["max_abs_diff"] < 1e-4
+    assert row["einsum_over_conv2d"] == pytest.approx(row["einsum_ms"] / row["conv2d_ms"])
+
+
+def test_bench_models_reports_params_flops_and_speed():
+    from resnets.bench import bench_models
+
+    (row,) = bench_models(["cnn"], size=32, bs=2, repeats=1)
+    assert row["params"] == 395_674 and row["gflops_per_image"] > 0 and row["train_images_per_s"] > 0

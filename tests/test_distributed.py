@@ -29,6 +29,24 @@ def _torchrun(data, out: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
+# Each rank saves the first training batch that `build` gives it, in file order: the same images on every rank,
+# so only the augmentation's random draws can tell the ranks apart.
+FIRST_BATCH = """
+    import sys
+
+    import torch
+    from fastai.torch_core import rank_distrib
+
+    from resnets import build
+
+    learn, _ = build("cnn", data=sys.argv[1], classes=2, subset=8, size=32, presize=40, bs=8, seed=3, num_workers=0,
+                     verbose=False)
+    xb, yb = learn.dls.train.new(shuffle=False).one_batch()
+    torch.save({"x": xb.as_subclass(torch.Tensor), "y": yb.as_subclass(torch.Tensor)},
+               f"{sys.argv[2]}/rank{rank_distrib()}.pt")
+"""
+
+
 @pytest.mark.slow
 def test_two_ranks_train_once_with_metrics_over_the_whole_validation_set(imagenette, tmp_path):
     out = tmp_path / "runs" / "cnn-ddp"
@@ -50,24 +68,6 @@ def test_two_ranks_train_once_with_metrics_over_the_whole_validation_set(imagene
     valid_loss, acc, _top5 = learn.validate()
     assert acc == pytest.approx(r.history[-1]["accuracy"], abs=1e-6)
     assert valid_loss == pytest.approx(r.history[-1]["valid_loss"], rel=1e-4)
-
-
-# Each rank saves the first training batch that `build` gives it, in file order: the same images on every rank,
-# so only the augmentation's random draws can tell the ranks apart.
-FIRST_BATCH = """
-    import sys
-
-    import torch
-    from fastai.torch_core import rank_distrib
-
-    from resnets import build
-
-    learn, _ = build("cnn", data=sys.argv[1], classes=2, subset=8, size=32, presize=40, bs=8, seed=3, num_workers=0,
-                     verbose=False)
-    xb, yb = learn.dls.train.new(shuffle=False).one_batch()
-    torch.save({"x": xb.as_subclass(torch.Tensor), "y": yb.as_subclass(torch.Tensor)},
-               f"{sys.argv[2]}/rank{rank_distrib()}.pt")
-"""
 
 
 @pytest.mark.slow

@@ -20,6 +20,34 @@ def mnist_run(mnist_tiny, tmp_path_factory):
     return run("mnist_pool", data=mnist_tiny, epochs=2, out=out, progress=False, num_workers=0, seed=0)
 
 
+ONNX_TOLERANCE = 1e-4  # largest |logit difference| accepted between onnxruntime and eager torch (fp32 both)
+
+
+class _Payload:
+    "Pickles as a call of `exec`: whatever unpickles it creates the file `marker`."
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def _refused(cmd: list[str], message: str) -> None:
+    "The command line fails with exit code 2 and one line of error saying `message`, no traceback."
+    p = subprocess.run([sys.executable, "-m", "resnets", *cmd], capture_output=True, text=True)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert last.startswith(f"resnets {cmd[0]}: error: ") and message in last, p.stderr
+
+
+def test_k_is_checked_by_the_predictor():
+    from resnets.export import Predictor
+
+    with pytest.raises(InputError, match="k must be an integer >= 1"):
+        Predictor.predict(None, "x.jpg", k=0)
+
+
 def test_exported_model_predicts_as_well_as_it_validated(mnist_run, mnist_tiny):
     path = export(mnist_run.folder)
     predictor = load(path)
@@ -42,9 +70,6 @@ def test_torchscript_matches_the_model_on_real_images(mnist_run, mnist_tiny, tmp
         traced = torch.jit.load(str(tmp_path / "m.pt"))
     best = predictor.predict(images[0])[0][0]
     assert traced(predictor.preprocess(images[0])).argmax().item() == predictor.vocab.index(best)
-
-
-ONNX_TOLERANCE = 1e-4  # largest |logit difference| accepted between onnxruntime and eager torch (fp32 both)
 
 
 def test_onnx_matches_the_model_on_real_images_and_carries_its_preprocessing(mnist_run, mnist_tiny, tmp_path):
@@ -126,24 +151,7 @@ def test_clear_errors(mnist_run, tmp_path):
     assert p.returncode == 2 and "not a readable resnets model file" in p.stderr and "Traceback" not in p.stderr
 
 
-class _Payload:
-    "Pickles as a call of `exec`: whatever unpickles it creates the file `marker`."
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
-
-
-def _refused(cmd: list[str], message: str) -> None:
-    "The command line fails with exit code 2 and one line of error saying `message`, no traceback."
-    p = subprocess.run([sys.executable, "-m", "resnets", *cmd], capture_output=True, text=True)
-    last = p.stderr.strip().splitlines()[-1]
-    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-    assert last.startswith(f"resnets {cmd[0]}: error: ") and message in last, p.stderr
-
-
+@pytest.mark.slow  # starts a subprocess
 def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path):
     marker, path = tmp_path / "pwned", tmp_path / "evil.resnets"
     torch.save({"format": FORMAT, "payload": _Payload(marker)}, path)
@@ -155,6 +163,7 @@ def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     marker, folder = tmp_path / "pwned", tmp_path / "run"
     folder.mkdir()

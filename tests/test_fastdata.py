@@ -10,7 +10,7 @@ import torch
 from fastai.torch_core import TensorImage
 from fastai.vision.all import imagenet_stats
 
-from conftest import TINY, make_tree, save_image
+from conftest import TINY, ks_statistic, make_tree, save_image
 from resnets import get_data, run
 from resnets.config import AUGMENT_KW
 from resnets.fastdata import ChapterAugment, build_cache
@@ -20,32 +20,6 @@ from resnets.fastdata import ChapterAugment, build_cache
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def test_cache_is_built_once_and_rebuilt_when_the_data_change(tmp_path, cache, capsys):
-    root = make_tree(tmp_path / "d", n_train=3, n_valid=2)
-    files = sorted(root.rglob("*.jpg"))
-    arr = build_cache(files, 24)
-    assert arr.shape == (len(files), 24, 24, 3) and arr.dtype == np.uint8
-    assert "decoding 10 images" in capsys.readouterr().out
-    (path,) = cache.glob("*.npy")
-    assert np.array_equal(build_cache(files, 24), arr) and "decoding" not in capsys.readouterr().out
-    assert list(cache.glob("*.npy")) == [path], "reused, not rebuilt"
-    from PIL import Image
-
-    Image.new("RGB", (30, 30), (255, 0, 0)).save(files[0])  # the data change: a new cache, with the new pixels
-    os.utime(files[0], ns=(1, 1))
-    new = build_cache(files, 24)
-    assert len(list(cache.glob("*.npy"))) == 2
-    assert np.abs(new[0].astype(int) - [255, 0, 0]).max() <= 3  # red, give or take JPEG
-    assert not list(cache.glob("*.tmp")), "no half-built cache left behind"
-
-
-def _ks(a: np.ndarray, b: np.ndarray) -> float:
-    "Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."
-    z = np.sort(np.concatenate([a, b]))
-    cdf = lambda v: np.searchsorted(np.sort(v), z, side="right") / len(v)  # noqa: E731
-    return float(np.abs(cdf(a) - cdf(b)).max())
 
 
 def _pipelines(presize=80, size=64, augment="chapter"):
@@ -81,6 +55,25 @@ def _draws(pipe, calls: int, n: int = 250, presize: int = 80) -> np.ndarray:
     return torch.cat(rows).numpy().round(3)  # rounded: "no change" is an atom at 0.5 / 1 / 0 in both
 
 
+def test_cache_is_built_once_and_rebuilt_when_the_data_change(tmp_path, cache, capsys):
+    root = make_tree(tmp_path / "d", n_train=3, n_valid=2)
+    files = sorted(root.rglob("*.jpg"))
+    arr = build_cache(files, 24)
+    assert arr.shape == (len(files), 24, 24, 3) and arr.dtype == np.uint8
+    assert "decoding 10 images" in capsys.readouterr().out
+    (path,) = cache.glob("*.npy")
+    assert np.array_equal(build_cache(files, 24), arr) and "decoding" not in capsys.readouterr().out
+    assert list(cache.glob("*.npy")) == [path], "reused, not rebuilt"
+    from PIL import Image
+
+    Image.new("RGB", (30, 30), (255, 0, 0)).save(files[0])  # the data change: a new cache, with the new pixels
+    os.utime(files[0], ns=(1, 1))
+    new = build_cache(files, 24)
+    assert len(list(cache.glob("*.npy"))) == 2
+    assert np.abs(new[0].astype(int) - [255, 0, 0]).max() <= 3  # red, give or take JPEG
+    assert not list(cache.glob("*.tmp")), "no half-built cache left behind"
+
+
 def test_fast_augmentation_draws_what_the_chapters_draws():
     "2,000 images through fastai's aug_transforms(min_scale=0.5) and through ChapterAugment: the same distributions."
     chapter, fast = _pipelines()
@@ -90,7 +83,7 @@ def test_fast_augmentation_draws_what_the_chapters_draws():
     b = _draws(fast, 8)
     # KS critical value for 2,000 vs 2,000 at the 0.1 % level is 0.062; the seeds are fixed, so this is repeatable
     for i, what in enumerate(["brightness", "contrast", "flip", "rotation"]):
-        assert _ks(a[:, i], b[:, i]) < 0.062, what
+        assert ks_statistic(a[:, i], b[:, i]) < 0.062, what
     # and the ranges themselves (the old fast path's linear lighting reached 0.32-0.68 for a mid-grey pixel)
     for col in (a, b):
         assert 0.4 <= col[:, 0].min() and col[:, 0].max() <= 0.6 and 0.7 < (col[:, 0] != 0.5).mean() < 0.8
@@ -126,8 +119,8 @@ def test_fast_crops_are_the_chapters_square_crops():
     crops = torch.stack([aug.crop(160, 160) for _ in range(4000)])
     assert torch.equal(crops[:, 0, 0], crops[:, 1, 1]), "square"
     side = (crops[:, 0, 0] * 159 + 1).round().numpy()
-    assert _ks(theirs[:, 0], side) < 0.05 and side.min() >= round(math.sqrt(0.5) * 160) and side.max() <= 160
-    left = ((crops[:, 0, 2] + 1) * 159 - side + 1) / 2  # back from the normalised centre to the top-left pixel
+    assert ks_statistic(theirs[:, 0], side) < 0.05 and side.min() >= round(math.sqrt(0.5) * 160) and side.max() <= 160
+    left = ((crops[:, 0, 2].numpy() + 1) * 159 - side + 1) / 2  # back from the normalised centre to the top-left pixel
     assert (left.round() >= 0).all() and (left.round() + side <= 160).all(), "inside the image"
     assert abs(float(np.corrcoef(left, side)[0, 1])) < 0.9 and left.std() > 3, "positions drawn, not centred"
 

@@ -1,19 +1,24 @@
+"""resnets.layers: the chapter's blocks (ResBlock, its shortcut, the bottleneck), the stem, the 1x1 conv by einsum."""
+
 import pytest
 import torch
+import torch.nn.functional as F
 from fastai.layers import ConvLayer
 from torch import nn
 
-from resnets import ResBlock, SimpleResBlock, avg_pool, basic_convs, bottleneck_convs, stem
+from resnets import (
+    ResBlock,
+    SimpleResBlock,
+    avg_pool,
+    basic_convs,
+    bottleneck_convs,
+    conv1x1_einsum,
+    stem,
+)
 
 
 def _bns(m):
     return [l for l in m.modules() if isinstance(l, nn.BatchNorm2d)]
-
-
-def test_avg_pool_is_adaptive_avg_pool_flattened():
-    x = torch.randn(2, 5, 7, 3)
-    assert avg_pool(x).shape == (2, 5)
-    torch.testing.assert_close(avg_pool(x), nn.AdaptiveAvgPool2d(1)(x).flatten(1))
 
 
 def _branch_bias(block):
@@ -21,6 +26,36 @@ def _branch_bias(block):
     bias = _bns(block.convs)[-1].bias
     assert torch.all(bias == 1e-3)
     return bias.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv1x1_einsum_matches_conv2d(bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 7, 5, requires_grad=True)
+    w = torch.randn(8, 16, 1, 1, requires_grad=True)
+    b = torch.randn(8, requires_grad=True) if bias else None
+    ours, ref = conv1x1_einsum(x, w, b), F.conv2d(x, w, b)
+    assert ours.shape == ref.shape == (3, 8, 7, 5)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    inputs = [x, w] + ([b] if bias else [])
+    grads_ours = torch.autograd.grad(ours, inputs, g)
+    grads_ref = torch.autograd.grad(ref, inputs, g)
+    for a, r in zip(grads_ours, grads_ref):
+        torch.testing.assert_close(a, r)
+
+
+def test_conv1x1_einsum_bad_shapes():
+    with pytest.raises(ValueError, match=r"weight must have shape \(nf, ni, 1, 1\)"):
+        conv1x1_einsum(torch.randn(1, 4, 3, 3), torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"x must have shape \(bs, 4, h, w\)"):
+        conv1x1_einsum(torch.randn(1, 5, 3, 3), torch.randn(2, 4, 1, 1))
+
+
+def test_avg_pool_is_adaptive_avg_pool_flattened():
+    x = torch.randn(2, 5, 7, 3)
+    assert avg_pool(x).shape == (2, 5)
+    torch.testing.assert_close(avg_pool(x), nn.AdaptiveAvgPool2d(1)(x).flatten(1))
 
 
 @pytest.mark.parametrize("train", [True, False])

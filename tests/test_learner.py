@@ -1,16 +1,198 @@
+"""resnets.learner: the Learner, its precision, its metrics and losses (top-5, label smoothing, MixUp), and fastai's
+own tools on it (predict, get_preds, show_results, ClassificationInterpretation, export) for every loss and both data
+paths."""
+
+from __future__ import annotations
+
+import math
 import warnings
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
-from fastai.learner import AvgLoss
+from fastai.callback.mixup import MixUp
+from fastai.interpret import ClassificationInterpretation
+from fastai.learner import AvgLoss, load_learner
 from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import top_k_accuracy as fastai_top_k
 from fastai.torch_core import apply
 from fastcore.basics import noop
 from torch import nn
 
-from resnets import callbacks, choose_precision, create_model, get_data, get_learner, learner, run
+import resnets
+from resnets import (
+    choose_precision,
+    create_model,
+    get_data,
+    get_learner,
+    learner,
+    run,
+    top_5_accuracy,
+    top_k_accuracy,
+)
+from resnets.callbacks import Checkpoint, RunHistory, StopOnNaN
 from resnets.learner import ValidLoss, accuracy_metric, top_5_metric
+
+LOSSES = {"plain": {}, "label_smoothing": {"label_smoothing": 0.1}, "mixup": {"mixup": 0.4}}
+
+
+@pytest.fixture(scope="module", params=[(loss, fast) for fast in (False, True) for loss in LOSSES],
+                ids=lambda p: f"{p[0]}-{'fast' if p[1] else 'chapter'}")  # fmt: skip
+def learn(request, imagenette, tmp_path_factory, monkeypatch_module):
+    "An untrained learner on 2 real classes, 8 images each per split, 32 px: these checks need no training."
+    loss, fast = request.param
+    monkeypatch_module.setenv("RESNETS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    learn, _ = resnets.build("cnn", data=imagenette, fast_data=fast, classes=2, subset=8, size=32, presize=40, bs=8,
+                             num_workers=0, verbose=False, **LOSSES[loss])  # fmt: skip
+    return learn
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def titles() -> list[str]:
+    return [ax.get_title() for fig in map(plt.figure, plt.get_fignums()) for ax in fig.axes if ax.get_title()]
+
+
+def test_top_k_accuracy_on_a_constructed_case():
+    preds = torch.tensor([
+        [9.0, 8, 7, 6, 5, 4, 3],   # target 0: rank 1
+        [9.0, 8, 7, 6, 5, 4, 3],   # target 4: rank 5, in the top 5
+        [9.0, 8, 7, 6, 5, 4, 3],   # target 5: rank 6, out
+        [0.0, 0, 0, 0, 0, 0, 1],   # target 6: rank 1
+    ])  # fmt: skip
+    targs = torch.tensor([0, 4, 5, 6])
+    assert top_5_accuracy(preds, targs).item() == 0.75
+    assert top_k_accuracy(preds, targs, k=1).item() == 0.5
+    assert top_k_accuracy(preds, targs, k=6).item() == 1.0
+    assert top_k_accuracy(preds[:, :3], torch.tensor([2, 2, 2, 1]), k=5).item() == 1.0  # k capped at 3 classes
+
+
+def test_top_k_accuracy_agrees_with_fastai():
+    torch.manual_seed(0)
+    preds, targs = torch.randn(500, 10), torch.randint(0, 10, (500,))
+    for k in (1, 3, 5):
+        torch.testing.assert_close(top_k_accuracy(preds, targs, k), fastai_top_k(preds, targs, k))
+
+
+def test_label_smoothing_loss_on_a_known_input(tree):
+    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
+    learn = get_learner(dls, create_model("cnn", n_out=3), label_smoothing=0.1, verbose=False)
+    logits, target = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0])
+    z = math.exp(2) + 2
+    nll = [-math.log(math.exp(2) / z), -math.log(1 / z), -math.log(1 / z)]
+    # target distribution: 0.9 + 0.1/3 on class 0, 0.1/3 on the others
+    expected = 0.9 * nll[0] + 0.1 * sum(nll) / 3
+    assert learn.loss_func(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    plain = get_learner(dls, create_model("cnn", n_out=3), verbose=False)
+    assert plain.loss_func(logits, target).item() == pytest.approx(nll[0], rel=1e-6)
+
+
+def test_mixup_mixes_each_image_with_another_of_the_batch(tree):
+    dls = get_data(tree, presize=40, resize=32, bs=6, num_workers=0)
+
+    seen = {}
+
+    class Before(Callback):
+        order = MixUp.order - 1
+
+        def before_batch(self):
+            seen["x"], seen["y"] = self.learn.xb[0].clone(), self.learn.yb[0].clone()
+
+    class After(Callback):
+        order = MixUp.order + 1
+
+        def before_batch(self):
+            mix = next(cb for cb in self.learn.cbs if isinstance(cb, MixUp))
+            seen["mixed"], seen["lam"], seen["yb"] = self.learn.xb[0].clone(), mix.lam.clone(), self.learn.yb[0]
+            raise CancelFitException  # one training batch is enough
+
+    learn = get_learner(dls, create_model("cnn", n_out=2), mixup=0.4, cbs=[Before(), After()], verbose=False)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+    x, y, mixed, lam = seen["x"], seen["y"], seen["mixed"], seen["lam"]
+    assert torch.equal(seen["yb"], y), "with a y_int loss MixUp mixes the losses, not the integer labels"
+    assert (lam >= 0.5).all() and (lam <= 1).all()
+    assert not torch.allclose(mixed, x)
+    for i in range(len(x)):  # mixed_i = lam_i * x_i + (1 - lam_i) * x_j for some j in the batch
+        assert any(torch.allclose(mixed[i], lam[i] * x[i] + (1 - lam[i]) * x[j], atol=1e-5) for j in range(len(x)))
+
+
+def test_predict_gives_one_class_and_probabilities(learn):
+    img = learn.dls.valid_ds.items[0]
+    label, idx, probs = learn.predict(img)
+    vocab = list(learn.dls.vocab)
+    assert isinstance(label, str) and label in vocab, label
+    assert isinstance(idx, torch.Tensor) and idx.ndim == 0 and vocab[int(idx)] == label
+    assert probs.shape == (len(vocab),) and probs.min() >= 0
+    assert probs.sum().item() == pytest.approx(1, abs=1e-5)
+    assert int(probs.argmax()) == int(idx)
+
+
+def test_get_preds_decodes_to_one_label_per_image(learn):
+    probs, targs, decoded = learn.get_preds(with_decoded=True)
+    n = len(learn.dls.valid_ds)
+    assert decoded.shape == (n,) and targs.shape == (n,), "one decoded label per image"
+    assert probs.shape == (n, learn.dls.c) and probs.sum(1).allclose(torch.ones(n), atol=1e-5), "probabilities"
+    assert torch.equal(decoded, probs.argmax(1))
+
+
+def test_show_batch_and_show_results_title_images_with_class_names(learn):
+    vocab = set(learn.dls.vocab)
+    learn.dls.show_batch(max_n=4)
+    shown = titles()
+    assert len(shown) == 4 and set(shown) <= vocab, shown
+    plt.close("all")
+    learn.show_results(max_n=4)
+    shown = titles()
+    # show_results titles each image with its target then the prediction, one class name per line
+    assert len(shown) == 4 and all(len(t.split("\n")) == 2 and set(t.split("\n")) <= vocab for t in shown), shown
+
+
+def test_interpretation_confusion_matrix_and_top_losses(learn):
+    interp = ClassificationInterpretation.from_learner(learn)
+    cm = interp.confusion_matrix()
+    assert cm.shape == (learn.dls.c, learn.dls.c) and cm.sum() == len(learn.dls.valid_ds)
+    interp.plot_confusion_matrix()
+    interp.plot_top_losses(3)
+    assert len(titles()) >= 3
+
+
+@pytest.mark.filterwarnings("ignore:load_learner` uses Python's insecure pickle")
+def test_export_then_load_learner_predicts_the_same(learn, tmp_path):
+    img = learn.dls.valid_ds.items[0]
+    path = tmp_path / "export.pkl"
+    learn.export(path)
+    loaded = load_learner(path)
+    label, idx, probs = learn.predict(img)
+    label2, idx2, probs2 = loaded.predict(img)
+    assert (label2, int(idx2)) == (label, int(idx))
+    torch.testing.assert_close(probs2, probs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:load_learner` uses Python's insecure pickle")
+def test_run_hands_back_its_trained_learner(imagenette, tmp_path):
+    "After `run()`, `results.learn` is the trained Learner, without the run's callbacks, ready for fastai's tools."
+    results = resnets.run("cnn", out=tmp_path / "run", progress=False, data=imagenette, classes=2, subset=8, size=32,
+                          presize=40, bs=8, epochs=1, num_workers=0)  # fmt: skip
+    learn = results.learn
+    assert learn.train_iter == 2, "one epoch of 16 training images in batches of 8"
+    assert not [cb for cb in learn.cbs if isinstance(cb, (Checkpoint, RunHistory, StopOnNaN))]
+    label, idx, probs = learn.predict(learn.dls.valid_ds.items[0])
+    assert label in learn.dls.vocab and probs.sum().item() == pytest.approx(1, abs=1e-5)
+    learn.export(tmp_path / "export.pkl")  # nothing of the run (its folder, its Results) is left to pickle
+    assert load_learner(tmp_path / "export.pkl").predict(learn.dls.valid_ds.items[0])[0] == label
 
 
 @pytest.mark.parametrize("asked", ["auto", "fp32", "fp16", "bf16"])
@@ -113,83 +295,3 @@ def test_learner_on_cuda_uses_mixed_precision(tree):
     assert learn.precision == "fp16" and any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3)
-
-
-def test_weight_average_is_what_validation_scores_and_the_model_keeps(tree):
-    "The average is recomputed here from every step's weights; training carries on from its own weights."
-    from fastai.callback.core import Callback
-
-    from resnets.callbacks import WeightAverage
-
-    steps, starts, scored = [], [], []
-
-    class Watch(Callback):
-        order = 90  # after WeightAverage's update
-
-        def before_batch(self):
-            if self.training and self.iter == 0:
-                starts.append(self.model.state_dict()["0.0.weight"].clone())
-
-        def after_step(self):
-            steps.append({k: v.clone().float() for k, v in self.model.state_dict().items()})
-
-        def after_validate(self):
-            scored.append((len(steps), self.model.state_dict()["0.0.weight"].clone()))
-
-    def average(n):
-        avg = dict(steps[0])
-        for s in steps[1:n]:
-            avg = {k: 0.8 * avg[k] + 0.2 * s[k] for k in avg}
-        return avg
-
-    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
-    learn = get_learner(dls, create_model("cnn", n_out=dls.c), cbs=[WeightAverage(0.8), Watch()], verbose=False)
-    with learn.no_bar(), learn.no_logging():
-        learn.fit(2, 1e-2)
-    assert len(scored) == 2 and all(torch.allclose(w, average(n)["0.0.weight"], atol=1e-6) for n, w in scored), \
-        "each epoch's validation scored the average of the steps so far"
-    kept, final = learn.model.state_dict(), average(len(steps))
-    for k, v in kept.items():
-        if v.is_floating_point():
-            assert torch.allclose(v, final[k], atol=1e-6), k
-    assert not torch.allclose(kept["0.0.weight"], steps[-1]["0.0.weight"]), "the average, not the last step"
-    assert len(starts) == 2 and torch.equal(starts[1], steps[scored[0][0] - 1]["0.0.weight"]), \
-        "the second epoch trains on from the first's last step, not from the average"
-    with pytest.raises(Exception, match="decay must be between 0 and 1"):
-        WeightAverage(1.0)
-
-
-def test_batchnorm_recalibration_averages_what_validation_sees_on_training_images(tree):
-    from resnets.evaluate import recalibrate_bn
-
-    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
-    learn = get_learner(dls, create_model("cnn", n_out=dls.c), verbose=False)
-    bn = next(m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d))
-    weights = {k: v.clone() for k, v in learn.model.state_dict().items() if "running" not in k}
-    learn.model.train()
-    assert recalibrate_bn(learn, n=8) == 8
-    assert learn.model.training, "the model's mode is put back"
-    items = dls.train_ds.items
-    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:8].tolist()
-    seen = []
-    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
-    learn.model.eval()
-    with torch.no_grad():
-        for (xb,) in dls.test_dl([items[i] for i in pick], bs=4):  # validation's preprocessing
-            learn.model(xb)
-    hook.remove()
-    assert len(seen) == 2
-    mean = torch.stack([x.mean((0, 2, 3)) for x in seen]).mean(0)
-    var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in seen]).mean(0)
-    torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-4)
-    assert bn.momentum == 0.1, "the layer's own momentum is put back"
-    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in weights.items() if "num_batches" not in k)
-
-
-def test_recalibration_runs_once_before_the_last_validation(tree, monkeypatch):
-    calls = []
-    monkeypatch.setattr(callbacks, "recalibrate_bn", lambda learn, n: calls.append((learn.epoch, learn.training)))
-    r = run("cnn", data=tree, presize=40, size=32, bs=4, epochs=2, recalibrate_bn=True, save=False, progress=False,
-            num_workers=0)  # fmt: skip
-    assert calls == [(1, False)] and r.settings["recalibrate_bn"] is True

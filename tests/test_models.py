@@ -1,9 +1,14 @@
+"""resnets.models: every model's size, shapes and structure against fastai's xresnet, and any config either
+runs or is refused with a clear error (hypothesis)."""
+
 import pytest
 import torch
 from fastai.vision.models.xresnet import xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from resnets import MODELS, ChapterCNN, DepthNet, ResBlock, ResNet, create_model, list_models
+from resnets import MODELS, ChapterCNN, DepthNet, InputError, ResBlock, ResNet, create_model, list_models, run
 
 
 def n_params(m: nn.Module) -> int:
@@ -54,7 +59,6 @@ def expected_depth_net(n, residual, width=16, n_out=10):  # He et al.'s 6n+2-lay
 
 PLAIN = {"cnn", "mnist_pool", "mnist_flat", "plain20", "plain56"}  # no residual blocks
 ONE_SIZE = {"mnist_flat": 28}  # flattens its last grid, so it takes one input size only
-
 EXPECTED = {
     "cnn": expected_cnn("conv"), "res_cnn": expected_cnn("res"), "double_res_cnn": expected_cnn("double_res"),
     "resnet10": expected_resnet([1, 1, 1, 1], 1),
@@ -65,6 +69,60 @@ EXPECTED = {
     "plain20": expected_depth_net(3, False), "plain56": expected_depth_net(9, False),
     "res20": expected_depth_net(3, True), "res56": expected_depth_net(9, True),
 }  # fmt: skip
+
+
+FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+anything = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(-2, 5), st.text(max_size=3))
+layers_like = st.one_of(st.lists(st.integers(-1, 2), max_size=5), st.lists(anything, max_size=3), anything)
+
+
+def _forward_or_input_error(build, c_in, n_out, h, w):
+    try:
+        model = build()
+    except InputError:
+        return "rejected"
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, c_in, h, w))
+    assert out.shape == (2, n_out) and torch.isfinite(out).all()
+    return "ran"
+
+
+def test_mnist_models_with_and_without_the_pool():
+    pooled, flat = create_model("mnist_pool", n_out=2), create_model("mnist_flat", n_out=2)
+    n_params = [sum(p.numel() for p in m.parameters()) for m in (pooled, flat)]
+    assert n_params[0] < n_params[1]
+    strides = [sum(isinstance(l, torch.nn.Conv2d) and l.stride == (2, 2) for l in m.modules()) for m in (pooled, flat)]
+    assert strides == [3, 5], "the pool lets 3 stride-2 convs do what takes 5 without it"
+    for size in (28, 56):
+        assert pooled(torch.randn(2, 3, size, size)).shape == (2, 2)
+    assert flat(torch.randn(2, 3, 28, 28)).shape == (2, 2)
+    with pytest.raises(InputError, match="28x28 images only"):  # flattening ties it to one input size
+        flat(torch.randn(2, 3, 56, 56))
+
+
+def test_a_size_the_model_cannot_take_is_a_clear_error(mnist_tiny):
+    with pytest.raises(ValueError, match=r"'mnist_flat' cannot take 64 px images .*use its experiment's size, 28 px"):
+        run("mnist_flat", data=mnist_tiny, size=64, presize=64, save=False, progress=False, num_workers=0)
+
+
+@pytest.mark.parametrize("zero_gamma", [True, False])
+def test_zero_gamma_ablation_flag_reaches_every_residual_branch(zero_gamma):
+    for name in ("res_cnn", "double_res_cnn", "resnet18", "resnet50"):
+        m = create_model(name, zero_gamma=zero_gamma)
+        lasts = [[b for b in blk.convs.modules() if isinstance(b, torch.nn.BatchNorm2d)][-1]
+                 for blk in m.modules() if hasattr(blk, "convs")]  # fmt: skip
+        assert lasts and all(torch.all(bn.weight == (0.0 if zero_gamma else 1.0)) for bn in lasts)
+
+
+def test_counted_flops_match_a_hand_count():
+    from resnets.models import count_flops
+
+    # one 3x3 conv 3->8 at 16x16 (stride 1, no bias) + BatchNorm/ReLU (not matmuls) -> 2 * 9*3*8 * 16*16
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU())
+    assert count_flops(m, 16) == 2 * 9 * 3 * 8 * 16 * 16
+    r18, r50 = count_flops(create_model("resnet18"), 128), count_flops(create_model("resnet50"), 128)
+    # torchvision's ResNet-18 is 1.8 GMACs at 224 px; the deep 3-conv stem adds ~0.35 GMACs; x (128/224)^2
+    assert 1.2e9 < r18 < 1.5e9 and r18 < r50
 
 
 def test_registry_is_what_we_test():
@@ -236,3 +294,40 @@ def test_bad_depth_net_arguments():
         DepthNet(n=0)
     with pytest.raises(ValueError, match="width"):
         DepthNet(width=-16)
+
+
+@FAST
+@given(layers=st.lists(st.integers(1, 2), min_size=1, max_size=4), expansion=st.integers(1, 4),
+       n_out=st.integers(1, 12), c_in=st.integers(1, 4), h=st.integers(1, 80), w=st.integers(1, 80))  # fmt: skip
+def test_every_valid_resnet_config_runs_at_every_size(layers, expansion, n_out, c_in, h, w):
+    assert _forward_or_input_error(lambda: ResNet(n_out, layers, expansion, c_in), c_in, n_out, h, w) == "ran"
+
+
+@FAST
+@given(layers=layers_like, expansion=anything, n_out=anything, c_in=st.integers(1, 3))
+def test_any_resnet_config_runs_or_is_rejected_clearly(layers, expansion, n_out, c_in):
+    k = n_out if isinstance(n_out, int) else 1
+    _forward_or_input_error(lambda: ResNet(n_out, layers, expansion, c_in), c_in, k, 40, 40)
+
+
+@FAST
+@given(block=st.sampled_from(["conv", "res", "double_res", "triple", ""]), n_out=anything,
+       n=anything, residual=st.booleans(), h=st.integers(1, 64), w=st.integers(1, 64))  # fmt: skip
+def test_chapter_cnns_and_depth_nets_run_or_are_rejected_clearly(block, n_out, n, residual, h, w):
+    k = n_out if isinstance(n_out, int) else 1
+    _forward_or_input_error(lambda: ChapterCNN(n_out, block), 3, k, h, w)
+    _forward_or_input_error(lambda: DepthNet(n_out, n if not isinstance(n, int) or n < 3 else 1, residual), 3, k, h, w)
+
+
+@FAST
+@given(name=st.sampled_from(["cnn", "resnet18", "mnist_flat", "res20"]),
+       shape=st.lists(st.integers(1, 40), min_size=2, max_size=5))  # fmt: skip
+def test_a_wrongly_shaped_input_is_an_input_error(name, shape):
+    model = create_model(name).eval()
+    fits = len(shape) == 4 and shape[1] == 3 and (name != "mnist_flat" or shape[2:] == [28, 28])
+    with torch.no_grad():
+        if fits:
+            assert model(torch.randn(*shape)).shape == (shape[0], 10)
+        else:
+            with pytest.raises(InputError, match="shaped|images only"):
+                model(torch.randn(*shape))

@@ -1,11 +1,22 @@
-"""resnets.results: a run is compared with the book only when its settings are the book's."""
+"""resnets.results: results files, summaries, and the comparison with the book (only when the settings are the
+book's)."""
 
 from __future__ import annotations
 
 import pytest
 
-from resnets import Results, configure
-from resnets.cli import main
+from resnets import EXPERIMENTS, Results, compare, configure, load_results
+
+
+def _results(folder, acc=0.7, n=5, **settings):
+    history = [{"epoch": i, "train_loss": 1.0, "valid_loss": 1.0, "accuracy": acc, "time": 10.0} for i in range(n)]
+    s = {"size": 128, "presize": 160, "bs": 128, "lr": 3e-3, "n_classes": 10, **settings}
+    return Results("cnn", s, 0, history=history, device="cpu", book=EXPERIMENTS["cnn"].book, folder=folder)
+
+
+def _cnn_results(acc, n=5):
+    history = [{"epoch": i, "train_loss": 1.0, "valid_loss": 1.0, "accuracy": acc, "time": 10.0} for i in range(n)]
+    return Results("cnn", {"size": 128}, 0, history=history, device="cpu", book=EXPERIMENTS["cnn"].book)
 
 
 def _run(**overrides) -> Results:
@@ -13,6 +24,40 @@ def _run(**overrides) -> Results:
     settings = {**exp.to_dict(), "source": str(exp.data), "data": "/somewhere/imagenette2-160", "n_classes": 10}
     history = [{"epoch": i, "accuracy": 0.7, "train_loss": 1.0, "valid_loss": 1.0, "time": 1.0} for i in range(5)]
     return Results("resnet18", settings, 42, history=history, book=exp.book, finished=True)
+
+
+def test_compare_names_each_run_and_compares_only_like_with_like():
+    small = _results("runs/cnn-small", acc=0.5, classes=3, subset=20, n_classes=3)
+    table = compare([_results("runs/cnn-a"), small, _results("runs/cnn-b", n=2)])
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["run", "experiment"]
+    a, s, b = lines[2:5]
+    assert a.startswith("runs/cnn-a") and "0.6591" in a and "+4.1" in a
+    assert s.startswith("runs/cnn-small") and s.count("\u2013") == 2 and "-17" not in s, "no 10-class comparison"
+    assert "0.5078" in b, "compared at the same epoch"
+    assert "runs/cnn-small: not the book's settings" in table and "3 classes (book 10)" in table
+    assert "nan" not in table
+    assert "not compared with the book" in small.summary() and "points" not in small.summary()
+
+
+def test_summary_and_compare_against_the_book(tmp_path):
+    r = _cnn_results(0.7000)
+    assert r.book_accuracy == 0.6591
+    assert "accuracy 0.7000 after 5 epoch(s)" in r.summary() and "(+4.1 points)" in r.summary()
+    assert _cnn_results(0.5, n=2).book_accuracy == 0.5078  # compared at the same epoch
+    assert _cnn_results(0.5, n=8).book_accuracy == 0.6591  # longer than the book: its final epoch
+    r.save(tmp_path / "a")
+    table = compare([tmp_path / "a", _cnn_results(0.6)])
+    lines = table.splitlines()
+    assert len(lines) == 4 and "+4.1" in lines[2] and "-5.9" in lines[3]
+
+
+def test_load_results_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results at"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a resnets results file"):
+        load_results(tmp_path)
 
 
 def test_the_book_s_own_settings_are_compared():
@@ -40,27 +85,3 @@ def test_the_data_named_by_its_folder_or_its_name_is_the_book_s():
     assert r.book_differences() == []
     r.settings["source"] = "imagenette-160/noisy_imagenette.csv"
     assert r.book_differences() and r.book_accuracy is None
-
-
-def test_a_negative_value_is_answered_in_one_line_by_the_record(capsys):
-    assert main(["run", "cnn", "--lr", "-1e-3"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "lr must be a number > 0" in err
-
-
-def test_an_unknown_experiment_is_one_line_with_the_choices(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["run", "nope"])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err.count("\n") == 0 and "invalid choice: 'nope'" in err and "speedrun10" in err
-
-
-def test_a_missing_data_folder_is_answered_before_training(capsys, tmp_path):
-    assert main(["run", "cnn", "--data", str(tmp_path / "missing")]) == 2
-    assert "no folder or file at" in capsys.readouterr().err
-
-
-def test_lr_find_takes_only_the_options_it_uses(capsys):
-    with pytest.raises(SystemExit):
-        main(["lr-find", "cnn", "--budget", "10m"])
-    assert "unrecognized arguments: --budget" in capsys.readouterr().err

@@ -1,3 +1,5 @@
+"""resnets.studies: the chapter's claims as studies of matched arms, run, tabled, plotted and resumed."""
+
 import json
 import subprocess
 import sys

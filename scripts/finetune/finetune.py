@@ -16,7 +16,7 @@ from pathlib import Path
 import resnets
 from resnets.data import IMAGENETTE_NAMES
 
-D = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenette2-160"
+D = sys.argv[1] if len(sys.argv) > 1 else "imagenette-160"  # the library's lookup
 HERE, RECIPE, SEED = (Path(__file__).resolve().parents[2] / "results" / "finetune"), "speedrun", 42
 ids = sorted(IMAGENETTE_NAMES)
 FIRST, OTHER = tuple(ids[:5]), tuple(ids[5:])

@@ -15,7 +15,7 @@ from pathlib import Path
 import resnets
 from resnets.data import IMAGENETTE_NAMES
 
-D = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenette2-160"
+D = sys.argv[1] if len(sys.argv) > 1 else "imagenette-160"  # the library's lookup
 HERE, RECIPE, SEED = (Path(__file__).resolve().parents[2] / "results" / "finetune"), "speedrun", 42
 OTHER = tuple(sorted(IMAGENETTE_NAMES)[5:])
 HELD = dict(classes=OTHER, subset=(150, 1), holdout=2 / 3, bs=32, seed=SEED)  # 50 train, 100 held out, a class
@@ -24,7 +24,7 @@ ARMS = {"scratch": dict(epochs=9), **{f"lr_mult {m}": dict(init=str(HERE / "firs
 for name, kw in ARMS.items():
     start = time.perf_counter()
     r = resnets.run(RECIPE, data=D, out=f"/tmp/finetune-tune/{name.replace(' ', '-')}", progress=False, **HELD, **kw)
-    row = {"arm": name, "settings": kw, "n_train": r.settings["n_train"], "n_heldout": r.settings["n_valid"],
+    row = {"arm": name, "settings": kw, "resolved": r.settings, "n_train": r.settings["n_train"], "n_heldout": r.settings["n_valid"],
            "heldout_accuracy": r.accuracy, "tta_accuracy": r.tta_accuracy, "wall_s": round(time.perf_counter() - start, 1),
            "per_epoch": [round(h["accuracy"], 4) for h in r.history]}
     print(json.dumps(row), flush=True)

@@ -1,10 +1,11 @@
-# python scripts/trials/testsize4.py [RUN_NAME ...]  (needs trials4.py's runs under /work/scratch/trials4/)
+# python scripts/trials/testsize4.py [RUN_NAME ...]  (needs trials4.py's runs under $RESNETS_SCRATCH/trials4/, default runs/trials)
 """Held-out probe of round 4's checkpoints (trained on 90 % of train; scored on the held-out tenth): the test size,
 each after re-estimating BatchNorm's statistics at that size on 1,024 training images (`recalibrate_bn`, as
 `--recalibrate-bn` does). Checkpoints of runs with `--recalibrate-bn` hold the statistics re-estimated at 112 px,
 so their 96 px rows are re-estimated too; a run without it (F1) is also scored as trained. Rows are appended to
 testsize4.jsonl."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from resnets.data import set_image_size
 from resnets.evaluate import flip_tta_accuracy
 from resnets.learner import recalibrate_bn
 
-ROOT = Path("/work/scratch/trials4")
+ROOT = Path(os.environ.get("RESNETS_SCRATCH", "runs/trials")) / "trials4"
 for run in [ROOT / n for n in sys.argv[1:]] or sorted(ROOT.iterdir()):
     state = load_checkpoint(run)
     s = state["settings"]

@@ -9,7 +9,7 @@ from resnets.evaluate import flip_tta_accuracy
 state = load_checkpoint("/tmp/trials/T0-chapter-at-64px")
 rows = []
 for ts in (64, 80, 96, 112, 128):
-    learn, exp = resnets.build("resnet18", data="../shared/data/imagenette2-160", holdout=0.1, fast_data=True,
+    learn, exp = resnets.build("resnet18", data="imagenette-160", holdout=0.1, fast_data=True,
                                presize=128, size=64, test_size=ts, verbose=False)
     learn.model.load_state_dict(state["model"])
     t = time.perf_counter()

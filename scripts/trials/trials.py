@@ -7,7 +7,7 @@ import resnets
 from resnets.data import set_image_size
 from resnets.evaluate import flip_tta_accuracy
 
-D = "../shared/data/imagenette2-160"
+D = "imagenette-160"  # found by the library's lookup
 TRIALS = {
     "T0-chapter-at-64px": dict(size=64, epochs=5, lr=3e-3),
     "T1-label-smoothing": dict(size=64, epochs=5, lr=3e-3, label_smoothing=0.1),
@@ -20,7 +20,7 @@ for name in names:
     r = resnets.run("resnet18", data=D, holdout=0.1, fast_data=True, presize=128, out=f"/tmp/trials/{name}",
                     progress=False, **TRIALS[name])
     train_s = time.perf_counter() - start
-    learn, row = r.learn, {"trial": name, "settings": TRIALS[name], "holdout_accuracy": r.accuracy, "run_s": train_s,
+    learn, row = r.learn, {"trial": name, "settings": TRIALS[name], "resolved": r.settings, "holdout_accuracy": r.accuracy, "run_s": train_s,
                            "history": r.history}
     for ts in (64, 80, 96, 112, 128):
         set_image_size(learn.dls, ts)

@@ -10,7 +10,7 @@ from pathlib import Path
 t_import = time.perf_counter()
 import resnets  # noqa: E402
 
-D = "../shared/data/imagenette2-160"
+D = "imagenette-160"  # found by the library's lookup
 BASE = dict(model="resnet18", presize=128, fast_data=True, tta=True, holdout=0.1)
 TRIALS = {
     "S1-half-width-64px-8ep": dict(width=0.5, size=64, epochs=8, lr=3e-3),
@@ -38,9 +38,9 @@ out = (Path(__file__).resolve().parents[2] / "results" / "speedrun-trials") / "t
 for name in sys.argv[1:] or list(TRIALS):
     settings = {**BASE, **TRIALS[name]}
     start = time.perf_counter()
-    r = resnets.run("speedrun", data=D, out=f"/tmp/trials2/{name}", progress=False, **settings)
+    r = resnets.run("speedrun-v1", data=D, out=f"/tmp/trials2/{name}", progress=False, **settings)
     wall = time.perf_counter() - start
-    row = {"trial": name, "settings": TRIALS[name], "holdout_accuracy": r.accuracy, "tta_accuracy": r.tta_accuracy,
+    row = {"trial": name, "settings": TRIALS[name], "resolved": r.settings, "holdout_accuracy": r.accuracy, "tta_accuracy": r.tta_accuracy,
            "wall_s": round(wall, 1), "epochs": [(h["epoch"], round(h["accuracy"], 4), round(h["elapsed"], 1))
                                                 for h in r.history]}
     print(json.dumps(row), flush=True)

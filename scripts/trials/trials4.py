@@ -2,16 +2,13 @@
 
     python scripts/trials/trials4.py [TRIAL ...]
 
-Each trial is `speedrun10` v3 (the recipe when this round began: v4's settings with batches of 128 and a 112 px
-test size) with the settings named, run as one `resnets.run` from the call's start: wall time includes loading the
+Each trial is `speedrun10-v3` (the recipe when this round began) with the settings named, run as one `resnets.run` from the call's start: wall time includes loading the
 cache, training, scoring the held-out images, BatchNorm re-estimation and flip TTA. Rows are appended to
 trials4.jsonl beside this script."""
 import sys
-from pathlib import Path
 
 from trialrun import run_trials
 
-V3 = dict(bs=128, test_size=112, recalibrate_bn=True)
 TRIALS = {
     "V3-speedrun10": {},
     "B64-batch-64": dict(bs=64),
@@ -19,4 +16,4 @@ TRIALS = {
     "L2-B64+light-augment": dict(bs=64, augment="light"),
     "F1-B64-tested-at-96": dict(bs=64, test_size=96, recalibrate_bn=False),
 }
-run_trials("speedrun10", V3, TRIALS, (Path(__file__).resolve().parents[2] / "results" / "speedrun-trials") / "trials4.jsonl", "/work/scratch/trials4", sys.argv[1:])
+run_trials("speedrun10-v3", TRIALS, "trials4.jsonl", sys.argv[1:])

@@ -2,11 +2,10 @@
 
     python scripts/trials/trials5.py [TRIAL ...]
 
-Each trial is `speedrun` (as registered, trial S8) with the settings named, run as one `resnets.run` from the
+Each trial is `speedrun-v1` (trial S8) with the settings named, run as one `resnets.run` from the
 call's start: wall time includes loading the cache, training, scoring the held-out images and flip TTA. Rows are
 appended to trials5.jsonl beside this script."""
 import sys
-from pathlib import Path
 
 from trialrun import run_trials
 
@@ -14,4 +13,4 @@ TRIALS = {
     "S9-batch-64+valid-last-2": dict(bs=64, valid_last=2),
     "S10-S9-in-8ep": dict(bs=64, valid_last=2, epochs=8),
 }
-run_trials("speedrun", {}, TRIALS, (Path(__file__).resolve().parents[2] / "results" / "speedrun-trials") / "trials5.jsonl", "/work/scratch/trials5", sys.argv[1:])
+run_trials("speedrun-v1", TRIALS, "trials5.jsonl", sys.argv[1:])

@@ -1,18 +1,21 @@
-"""Resume puts the optimiser state where fit puts the model (a GPU), and carries the fp16 loss scaler on."""
+"""resnets.checkpoint: nothing lost. A killed run resumes to the history of an uninterrupted one; the optimiser
+state goes where fit puts the model (a GPU) and the fp16 loss scaler carries on."""
 
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 
-from conftest import TINY
-from resnets import run, training
+from conftest import TINY, curve
+from resnets import load_results, run, training
 from resnets.callbacks import Checkpoint
-from resnets.checkpoint import load_checkpoint
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from resnets.checkpoint import CHECKPOINT, load_checkpoint
 
 
 class _StopAfter(Callback):
@@ -81,6 +84,24 @@ def _interrupted_run(imagenette, out, monkeypatch, *cbs, **kw):
     assert load_checkpoint(out)["epoch"] == 0
 
 
+class _SetScale(Callback):
+    "Gives the loss scaler a scale no new GradScaler starts at, before the Checkpoint saves the epoch."
+
+    order = Checkpoint.order - 1
+
+    def after_epoch(self):
+        self.learn.scaler.update(new_scale=3.0 * 2**10)
+
+
+SETTINGS = ["--classes", "2", "--subset", "32", "--size", "32", "--presize", "40", "--bs", "8", "--epochs", "4",
+            "--workers", "0", "--seed", "1", "--no-progress"]  # fmt: skip
+
+
+def _run_cli(data, out, *extra, **kw):
+    cmd = [sys.executable, "-m", "resnets", "run", "cnn", "--data", str(data), *SETTINGS, "--out", str(out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
 def test_the_optimiser_state_is_resumed_on_the_device_fit_moves_the_model_to(imagenette, tmp_path, monkeypatch):
     _interrupted_run(imagenette, tmp_path / "r", monkeypatch)
     # A stand-in for a GPU on CPU: data loaders on the meta device, so fastai's TrainEvalCallback moves the model
@@ -107,7 +128,6 @@ def test_the_loss_scaler_is_saved_and_carried_on_when_resuming(imagenette, tmp_p
 
 
 @pytest.mark.gpu
-@gpu
 def test_a_gpu_run_resumes_and_trains_on(imagenette, tmp_path, monkeypatch):
     _interrupted_run(imagenette, tmp_path / "r", monkeypatch, precision="fp32")
     probe = _Probe()
@@ -118,17 +138,7 @@ def test_a_gpu_run_resumes_and_trains_on(imagenette, tmp_path, monkeypatch):
     assert r.finished and len(r.history) == 2 and all(math.isfinite(h["train_loss"]) for h in r.history)
 
 
-class _SetScale(Callback):
-    "Gives the loss scaler a scale no new GradScaler starts at, before the Checkpoint saves the epoch."
-
-    order = Checkpoint.order - 1
-
-    def after_epoch(self):
-        self.learn.scaler.update(new_scale=3.0 * 2**10)
-
-
 @pytest.mark.gpu
-@gpu
 def test_an_fp16_gpu_run_resumes_with_its_loss_scale(imagenette, tmp_path, monkeypatch):
     first = _Probe()
     _interrupted_run(imagenette, tmp_path / "r", monkeypatch, _SetScale(), first, precision="fp16")
@@ -140,3 +150,27 @@ def test_an_fp16_gpu_run_resumes_with_its_loss_scale(imagenette, tmp_path, monke
             **{**TINY, "epochs": 2})  # fmt: skip
     assert probe.scaler_state == saved and probe.scaler_state["scale"] != 2.0**16  # not a fresh GradScaler's
     assert r.finished and len(r.history) == 2
+
+
+@pytest.mark.parametrize("opt", [[], ["--opt", "ranger", "--schedule", "flat_cos"]], ids=["adam", "ranger"])
+def test_a_killed_run_resumes_to_the_history_of_an_uninterrupted_one(imagenette, tmp_path, opt):
+    ref = _run_cli(imagenette, tmp_path / "ref", *opt)
+    assert ref.wait(600) == 0, ref.stderr.read()
+    killed = tmp_path / "killed"
+    p = _run_cli(imagenette, killed, *opt)
+    deadline = time.time() + 600
+    while not (killed / CHECKPOINT).exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)  # mid-epoch 2 (or while saving epoch 1): no chance to clean up
+    p.wait()
+    partial = load_results(killed)
+    assert not partial.finished and 1 <= len(partial.history) < 4, "killed before the end"
+    assert load_checkpoint(killed)["epoch"] + 1 <= len(partial.history)
+    p = _run_cli(imagenette, killed, *opt, "--resume")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert "resuming" in out
+    done, uninterrupted = load_results(killed), load_results(tmp_path / "ref")
+    assert done.finished and len(done.history) == 4
+    # CPU, same seed, state restored exactly: the same numbers, not just close ones
+    assert curve(done) == curve(uninterrupted)

@@ -3,7 +3,7 @@
 # suite and one real experiment, and leave everything under OUT. Meant for one NVIDIA GPU with torch
 # installed and no network; about 8 minutes. Its CPU path (SMOKE=1) is what the tests run.
 #
-#   bash bench/gpu.sh OUT [DATA]
+#   bash scripts/gpu.sh OUT [DATA]
 #     OUT    folder for bench.json, bench.txt, the experiment's run folder and log.txt
 #     DATA   images laid out as train/ and val/ (default: .data/imagenette2-160 if carried, else
 #            /tmp/resnets-synthetic); where there are none, a synthetic Imagenette-shaped set is built
@@ -11,7 +11,7 @@
 #   WHEELS=dir  fastai's wheels (default: .whl, then ../shared/wheels-gpu)
 #   SMOKE=1     tiny sizes and subsets: checks the whole path in a minute on a CPU
 set -euo pipefail
-OUT=${1:?usage: bash bench/gpu.sh OUT [DATA]}
+OUT=${1:?usage: bash scripts/gpu.sh OUT [DATA]}
 DATA=${2:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"

@@ -1,6 +1,6 @@
 """Per-image prediction time on this CPU: the eager model, TorchScript and onnxruntime, on the same images.
 
-    python bench/predict_latency.py RUN_DIR IMAGE_FOLDER [--n 50] [--out latency.json]
+    python scripts/predict_latency.py RUN_DIR IMAGE_FOLDER [--n 50] [--out latency.json]
 
 Exports RUN_DIR (a `resnets run --out` folder) to a model file, TorchScript and ONNX in a temporary folder, checks
 that all three give the same logits on the images, then times the network alone (one preprocessed image at a
@@ -11,11 +11,11 @@ preprocess, network, top-5) for each.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -25,20 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnets.export import ONNX_OPSET, export, export_onnx, export_torchscript, load  # noqa: E402
 from resnets.results import describe_device, versions  # noqa: E402
+from resnets.timing import median_seconds  # noqa: E402
 
 
 def _median_ms(fns: dict, items, rounds: int = 3, warmup: int = 5) -> dict:
     """Median milliseconds of each function over the items: in blocks (one backend's threads alone on the cores,
-    as a user runs one), the backends taking turns block by block for `rounds` rounds (drift hits them all)."""
+    as a user runs one; each block the median of one call per item), the backends taking turns block by block for
+    `rounds` rounds (drift hits them all); the median of the blocks."""
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            for x in items[:warmup]:
-                fn(x)
-            for x in items:
-                start = time.perf_counter()
-                fn(x)
-                times[k].append(time.perf_counter() - start)
+            each = itertools.cycle(items)
+            times[k].append(median_seconds(lambda: fn(next(each)), repeats=len(items), warmup=warmup))  # noqa: B023
     return {k: 1000 * statistics.median(t) for k, t in times.items()}
 
 

@@ -1,18 +1,18 @@
 """Training throughput of ResNet-18 at half width with three stems, model only (synthetic images, no data loading).
 
-    python bench/stems.py [OUT.json]
+    python scripts/stems.py [OUT.json]
 
 The chapter's stem is three 3x3 convs (32, 32, 64 wide, here halved) at half the input's resolution, before the
 max-pool: on a CPU its convolutions and BatchNorms over that large grid cost a quarter of a training step. `--stem`
-takes fewer convs. Steps: batch 128, Adam, channels-last, 2 warm-up steps then 5 timed, each size and stem in turn.
+takes fewer convs. Steps: batch 128, Adam, channels-last, 2 warm-up steps then the median of 5 timed (resnets.timing), each size and stem in turn.
 """
 import json
 import sys
-import time
 
 import torch
 
 from resnets.models import create_model
+from resnets.timing import median_seconds
 
 STEMS = {"chapter (32,32,64)": (32, 32, 64), "two convs (32,64)": (32, 64), "one conv (64)": (64,)}
 
@@ -29,12 +29,7 @@ def images_per_s(stem: tuple[int, ...], size: int, bs: int = 128, steps: int = 5
         opt.step()
         opt.zero_grad()
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * bs / (time.perf_counter() - start)
+    return bs / median_seconds(step, repeats=steps, warmup=2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Time recipes as a user runs them: `resnets run RECIPE --seed S`, one command per seed, from its start.
 
-    python bench/speedrun.py OUT --recipe speedrun --seeds 0 1 2 [--data PATH] [--target 0.757] [-- MORE OPTIONS]
+    python scripts/speedrun.py OUT --recipe speedrun --seeds 0 1 2 [--data PATH] [--target 0.757] [-- MORE OPTIONS]
     (e.g. `-- --fast-data`: any further options go to `resnets run` as they are)
 
 Each seed runs in its own process with an empty image cache (so decoding the images is timed too) and

@@ -1,0 +1,94 @@
+"""resnets.evaluate: flip TTA and what a run shows about its mistakes (confusion matrix, top losses, per-class
+accuracy, `resnets interpret`)."""
+
+
+import pytest
+import torch
+from fastai.interpret import ClassificationInterpretation
+
+from conftest import TINY
+from resnets import build, run
+from resnets.cli import main
+from resnets.evaluate import Interpretation, flip_tta_accuracy
+
+
+def test_every_run_draws_its_mistakes_and_records_per_class_accuracy(tiny_resnet):
+    assert (tiny_resnet / "confusion_matrix.png").stat().st_size > 1000
+    assert (tiny_resnet / "top_losses.png").stat().st_size > 1000
+    import json
+
+    r = json.loads((tiny_resnet / "results.json").read_text())
+    per_class = r["per_class_accuracy"]
+    assert set(per_class) == {"tench", "English springer"}, "named by their readable names"
+    n = r["settings"]["n_valid"] // 2  # 6 validation images of each class
+    assert sum(a * n for a in per_class.values()) / (2 * n) == pytest.approx(r["history"][-1]["accuracy"])
+
+
+def test_the_confusion_matrix_is_fastais(imagenette):
+    learn, _ = build("cnn", data=imagenette, verbose=False, **{**TINY, "classes": 3})
+    with learn.no_bar():
+        ours, theirs = Interpretation.from_learner(learn), ClassificationInterpretation.from_learner(learn)
+        assert (ours.confusion_matrix() == theirs.confusion_matrix()).all()
+        assert torch.allclose(ours.losses, theirs.losses)
+    assert ours.confusion_matrix().sum() == len(learn.dls.valid_ds)
+
+
+def test_resnets_interpret_redraws_a_run(tiny_resnet, capsys):
+    for f in ("confusion_matrix.png", "top_losses.png"):
+        (tiny_resnet / f).unlink()
+    assert main(["interpret", str(tiny_resnet), "-k", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "tench" in out and "English springer" in out and "%" in out
+    assert (tiny_resnet / "confusion_matrix.png").exists() and (tiny_resnet / "top_losses.png").exists()
+    assert main(["interpret", str(tiny_resnet.parent / "missing")]) == 2
+    assert "no trained run" in capsys.readouterr().err
+
+
+def test_flip_tta_averages_an_image_and_its_mirror(imagenette):
+    learn, _ = build("cnn", data=imagenette, verbose=False, **TINY)
+    model = learn.model.eval()
+    hits = 0
+    with torch.no_grad():
+        for xb, yb in learn.dls.valid:
+            x = xb.as_subclass(torch.Tensor)
+            p = model(x).softmax(1) + model(torch.flip(x, [3])).softmax(1)
+            hits += (p.argmax(1) == yb.as_subclass(torch.Tensor)).sum().item()
+    assert flip_tta_accuracy(learn) == hits / 16
+    r = run("cnn", data=imagenette, save=False, progress=False, tta=True, **TINY)
+    assert r.tta_accuracy is not None and 0 <= r.tta_accuracy <= 1 and "flip TTA" in r.summary()
+
+
+def test_flip_tta_reuses_the_last_validation(imagenette):
+    "A fit's last validation, kept: the same TTA accuracy and logits, from half the forward passes."
+    from resnets.callbacks import LastValidPreds
+    from resnets.evaluate import flip_tta
+
+    keep = LastValidPreds()
+    learn, _ = build("cnn", data=imagenette, verbose=False, cbs=keep, **TINY)
+    learn.fit(2)
+    assert keep.kept is not None and len(keep.kept[0]) == 16
+    calls = []
+    hook = learn.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    reused = flip_tta(learn, keep.kept)
+    n_reused, calls[:] = len(calls), []
+    fresh = flip_tta(learn)
+    hook.remove()
+    assert reused[0] == fresh[0] and torch.allclose(reused[1], fresh[1], atol=1e-5) and torch.equal(reused[2], fresh[2])
+    assert sum(calls) == 32 and n_reused * 2 == len(calls), "the mirrored images only"
+    assert flip_tta(learn, (keep.kept[0][:3], keep.kept[1][:3]))[0] == fresh[0], "a partial set is not reused"
+
+
+def test_the_interpretation_reuses_the_tta_pass(imagenette):
+    "The TTA pass's plain logits give the interpretation get_preds would: the same probabilities, losses, matrix."
+    from resnets.evaluate import Interpretation, flip_tta
+
+    learn, _ = build("cnn", data=imagenette, verbose=False, label_smoothing=0.1, **TINY)
+    learn.fit(1)
+    acc, logits, targs = flip_tta(learn)
+    reused, fresh = Interpretation.from_predictions(learn, logits, targs), Interpretation.from_learner(learn)
+    assert torch.equal(reused.targs, fresh.targs) and len(reused.losses) == 16
+    assert torch.allclose(reused.preds, fresh.preds, atol=1e-5) and torch.allclose(reused.losses, fresh.losses,
+                                                                                     atol=1e-5)  # fmt: skip
+    assert (reused.confusion_matrix() == fresh.confusion_matrix()).all()
+    with pytest.raises(ValueError, match="3 predictions and 3 targets for 16 images"):
+        Interpretation.from_predictions(learn, logits[:3], targs[:3])

@@ -1,0 +1,130 @@
+"""resnets.training: build and run an experiment, write its results every epoch, the same seed's same losses, resume
+checks."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import BOOK_FINAL, TINY, curve
+from resnets import InputError, load_results, run
+from resnets.checkpoint import CHECKPOINT
+
+
+@pytest.mark.slow
+def test_mnist_tiny_trains_to_high_accuracy(mnist_tiny):
+    # 3s vs 7s, 709 training images, 5 epochs: about 30 s here; seeds 1-3 reached 0.924-0.983 when written
+    r = run("mnist_pool", data=mnist_tiny, seed=42, save=False, progress=False)
+    assert r.accuracy >= 0.9
+
+
+@pytest.mark.parametrize("name", list(BOOK_FINAL))
+def test_each_experiment_runs_from_python(name, imagenette, tmp_path):
+    r = run(name, data=imagenette, out=tmp_path / name, seed=0, progress=False, num_workers=0, **TINY)
+    assert r.finished and len(r.history) == 1
+    h = r.history[0]
+    assert set(h) >= {"epoch", "train_loss", "valid_loss", "accuracy", "top_5_accuracy", "time"}
+    assert h["top_5_accuracy"] == 1.0, "2 classes: the target is always in the top 5"
+    assert 0 <= h["accuracy"] <= 1 and h["time"] > 0
+    saved = load_results(tmp_path / name)
+    assert saved.history == r.history and saved.seed == 0
+    assert saved.settings["size"] == 32 and saved.settings["n_train"] == 16 and saved.settings["epochs"] == 1
+    assert set(saved.versions) >= {"resnets", "fastai", "torch"} and saved.device.startswith("cpu")
+    assert saved.book["accuracy"][-1] == BOOK_FINAL[name]
+    modes = {f: (tmp_path / name / f).stat().st_mode & 0o777 for f in ("results.json", "results.png", "checkpoint.pth")}
+    assert len(set(modes.values())) == 1, f"one writer, one set of permissions: {modes}"
+    png = (tmp_path / name / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_results_written_after_each_epoch(imagenette, tmp_path, monkeypatch):
+    # An interrupted run keeps its finished epochs: stop training inside epoch 2 and look at the file.
+    from resnets import callbacks
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+    real_after_epoch = callbacks.RunHistory.after_epoch
+
+    def after_epoch(self):
+        real_after_epoch(self)
+        seen.append(json.loads((tmp_path / "r" / "results.json").read_text()))
+        if self.epoch == 1:
+            raise Stop("interrupted in epoch 2")
+
+    monkeypatch.setattr(callbacks.RunHistory, "after_epoch", after_epoch)
+    with pytest.raises(Stop):
+        run("cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, **{**TINY, "epochs": 3})
+    assert [len(s["history"]) for s in seen] == [1, 2]
+    assert not seen[-1]["finished"]
+    assert "[unfinished]" in load_results(tmp_path / "r").summary()
+
+
+def test_a_second_run_does_not_overwrite_the_first(imagenette, tiny_cnn_run):
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        run("cnn", data=imagenette, out=tiny_cnn_run.folder, progress=False, num_workers=0, **TINY)
+
+
+@pytest.mark.parametrize("opt,schedule", [("adam", "one_cycle"), ("ranger", "flat_cos")])
+def test_the_optimiser_and_the_schedule_are_the_ones_asked_for(imagenette, tmp_path, opt, schedule):
+    from fastai.optimizer import Lookahead
+
+    r = run("res_cnn", data=imagenette, out=tmp_path / "r", progress=False, num_workers=0, opt=opt,
+            schedule=schedule, **{**TINY, "subset": 16, "epochs": 2, "lr": 1e-3})  # 4 batches an epoch, 8 in all
+    assert isinstance(r.learn.opt, Lookahead) == (opt == "ranger")
+    lrs = r.learn.recorder.lrs
+    assert len(lrs) == 8
+    if schedule == "flat_cos":  # the full rate for three quarters of the steps, then annealed
+        assert lrs[:7] == [pytest.approx(1e-3)] * 7 and lrs[7] < 1e-3
+    else:  # one-cycle warms up from lr / 25 to lr, then anneals
+        assert lrs[0] == pytest.approx(1e-3 / 25) and max(lrs) == pytest.approx(1e-3) and lrs[-1] < 1e-4
+    s = load_results(tmp_path / "r").settings
+    assert (s["opt"], s["schedule"]) == (opt, schedule)
+
+
+@pytest.mark.parametrize("fast_data", [False, True])
+def test_the_same_seed_gives_the_same_losses(imagenette, tmp_path, fast_data):
+    kw = dict(data=imagenette, progress=False, num_workers=0, fast_data=fast_data, **{**TINY, "epochs": 2})
+    a, b = (run("res_cnn", out=tmp_path / n, seed=3, **kw) for n in "ab")
+    assert curve(a) == curve(b)
+    c = run("res_cnn", out=tmp_path / "c", seed=4, **kw)
+    assert curve(c) != curve(a)
+
+
+def test_resume_checks_its_settings_and_needs_a_folder(imagenette, tiny_cnn_run, tmp_path):
+    kw = dict(data=imagenette, progress=False, num_workers=0, **TINY)
+    shutil.copytree(tiny_cnn_run.folder, tmp_path / "r")
+    with pytest.raises(ValueError, match="lr: 0.003 then, 0.01 now"):
+        run("cnn", out=tmp_path / "r", resume=True, lr=1e-2, **kw)
+    with pytest.raises(ValueError, match="out=FOLDER"):
+        run("cnn", resume=True, **kw)
+    (tmp_path / "r" / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="remove it"):
+        run("cnn", out=tmp_path / "r", resume=True, **kw)
+
+
+def test_out_of_memory_names_the_batch_size(imagenette, tmp_path, monkeypatch):
+    from fastai.learner import Learner
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Learner, "fit_one_cycle", oom)
+    with pytest.raises(MemoryError, match=r"batch size 8 .*--bs 4 and --resume"):
+        run("cnn", data=imagenette, out=tmp_path / "oom", progress=False, num_workers=0, **TINY)
+
+
+def test_a_checkpoint_older_than_an_option_resumes_with_it_at_its_default():
+    "Settings saved before `lr_mult` and `ema` existed compare as their defaults, not as a change."
+    from dataclasses import fields
+
+    from resnets import Experiment
+    from resnets.training import _check_same_settings
+
+    now = {f.name: f.default for f in fields(Experiment) if f.metadata.get("option")}
+    saved = {k: v for k, v in now.items() if k not in ("lr_mult", "ema")}
+    _check_same_settings(saved, now, "runs/old")
+    with pytest.raises(InputError, match=r"cannot resume runs/old with different settings \(ema: 0.0 then, 0.99 now\)"):
+        _check_same_settings(saved, {**now, "ema": 0.99}, "runs/old")
