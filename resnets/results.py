@@ -77,7 +77,9 @@ def describe_device(device) -> str:
                 break
     except OSError:
         pass
-    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+    # the vector instructions torch's kernels use here (AVX2, AVX512, ...): two CPUs of one name can differ in them,
+    # and with them the speed and the last digits of a seeded run
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
 
 
 @dataclass

@@ -77,3 +77,20 @@ def test_bench_models_reports_params_flops_and_speed():
 
     (row,) = bench_models(["cnn"], size=32, bs=2, repeats=1)
     assert row["params"] == 395_674 and row["gflops_per_image"] > 0 and row["train_images_per_s"] > 0
+
+
+def test_bench_models_from_the_cli_passes_device_and_variants(monkeypatch, capsys):
+    from resnets import bench
+    from resnets.cli import main
+
+    seen = {}
+
+    def fake(names, **kw):
+        seen.update(kw, names=names)
+        return [{"model": n, "params": 1, "gflops_per_image": 0.1, **{f"{v}_images_per_s": 1.0 for v in kw["variants"]}}
+                for n in names]  # fmt: skip
+
+    monkeypatch.setattr(bench, "bench_models", fake)
+    main(["bench", "models", "--models", "cnn", "--size", "32", "--device", "cpu", "--variants", "eager"])
+    assert (seen["names"], seen["device"], tuple(seen["variants"]), seen["size"]) == (["cnn"], "cpu", ("eager",), 32)
+    assert "eager" in capsys.readouterr().out
