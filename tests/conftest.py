@@ -79,6 +79,17 @@ def tiny_resnet(imagenette, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def generated_run(tmp_path_factory):
+    """A finished 2-epoch run of experiment 1 on generated images (32 px, two classes): the quick tier's trained
+    run, for the modules that read one (export, evaluate, checkpoint). Nothing to learn: its numbers are chance."""
+    from resnets import run
+
+    data = make_tree(tmp_path_factory.mktemp("generated") / "data", n_train=8, n_valid=4)
+    return run("cnn", data=data, out=tmp_path_factory.mktemp("generated") / "run", size=32, presize=40, bs=4,
+               epochs=2, progress=False, num_workers=0, seed=0)  # fmt: skip
+
+
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
     "Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."
     z = np.sort(np.concatenate([a, b]))

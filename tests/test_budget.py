@@ -20,3 +20,14 @@ def test_a_budget_fits_the_epochs_and_is_kept(imagenette, tmp_path):
     assert abs(plan["predicted_s"] - r.wall_time) < 0.5 * budget, (plan, r.wall_time)
     with pytest.raises(InputError, match=r"too small for one epoch .* at least --budget \d+"):
         run("cnn", save=False, budget=0.5, **kw)
+
+
+def test_a_budget_on_generated_images_is_planned_and_recorded(tree, tmp_path):
+    "The quick tier's budget check: the plan's epochs are the run's, and a budget below one epoch is refused."
+    kw = dict(data=tree, size=32, presize=40, bs=4, progress=False, num_workers=0)
+    r = run("cnn", out=tmp_path / "b", budget=6.0, **kw)
+    plan = r.settings["budget_plan"]
+    assert plan["epochs"] == r.settings["epochs"] == len(r.history) >= 1
+    assert plan["predicted_s"] > 0
+    with pytest.raises(InputError, match=r"too small for one epoch"):
+        run("cnn", save=False, budget=0.01, **kw)

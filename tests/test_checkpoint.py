@@ -15,7 +15,7 @@ from fastai.callback.fp16 import MixedPrecision
 from conftest import TINY, curve
 from resnets import load_results, run, training
 from resnets.callbacks import Checkpoint
-from resnets.checkpoint import CHECKPOINT, load_checkpoint
+from resnets.checkpoint import CHECKPOINT, load_checkpoint, restore_model
 
 
 class _StopAfter(Callback):
@@ -174,3 +174,16 @@ def test_a_killed_run_resumes_to_the_history_of_an_uninterrupted_one(imagenette,
     assert done.finished and len(done.history) == 4
     # CPU, same seed, state restored exactly: the same numbers, not just close ones
     assert curve(done) == curve(uninterrupted)
+
+
+def test_a_finished_run_s_checkpoint_restores_its_model(generated_run):
+    "The quick tier's checkpoint check: weights-only, the last epoch's, and a fresh learner given it predicts alike."
+    state = load_checkpoint(generated_run.folder)
+    assert state["epoch"] == len(generated_run.history) - 1 == 1 and state["vocab"] == ["cat", "dog"]
+    fresh, _ = training.build("cnn", data=generated_run.settings["data"], size=32, presize=40, bs=4, num_workers=0,
+                              verbose=False)  # fmt: skip
+    restore_model(fresh, state)
+    xb, _ = generated_run.learn.dls.valid.one_batch()
+    with torch.no_grad():
+        ours, theirs = fresh.model.eval()(xb), generated_run.learn.model.eval()(xb)
+    assert torch.equal(ours, theirs)

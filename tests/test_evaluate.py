@@ -2,6 +2,8 @@
 accuracy, `resnets interpret`)."""
 
 
+from pathlib import Path
+
 import pytest
 import torch
 from fastai.interpret import ClassificationInterpretation
@@ -9,7 +11,7 @@ from fastai.interpret import ClassificationInterpretation
 from conftest import TINY
 from resnets import build, run
 from resnets.cli import main
-from resnets.evaluate import Interpretation, flip_tta_accuracy
+from resnets.evaluate import Interpretation, flip_tta, flip_tta_accuracy
 
 
 def test_every_run_draws_its_mistakes_and_records_per_class_accuracy(tiny_resnet):
@@ -92,3 +94,18 @@ def test_the_interpretation_reuses_the_tta_pass(imagenette):
     assert (reused.confusion_matrix() == fresh.confusion_matrix()).all()
     with pytest.raises(ValueError, match="3 predictions and 3 targets for 16 images"):
         Interpretation.from_predictions(learn, logits[:3], targs[:3])
+
+
+def test_flip_tta_and_the_interpretation_of_a_quick_run(generated_run):
+    "The quick tier's evaluate check: flip TTA equals averaging the two passes by hand; the plots were drawn."
+    learn = generated_run.learn
+    acc, logits, targs = flip_tta(learn)
+    model, by_hand = learn.model.eval(), []
+    with torch.no_grad():
+        for xb, _ in learn.dls.valid:
+            x = xb.as_subclass(torch.Tensor)
+            by_hand.append(model(x).softmax(1) + model(x.flip(-1)).softmax(1))
+    assert acc == pytest.approx((torch.cat(by_hand).argmax(1) == targs).float().mean().item())
+    assert logits.shape == (len(learn.dls.valid_ds), 2)
+    assert (Path(generated_run.folder) / "confusion_matrix.png").stat().st_size > 1000
+    assert set(generated_run.per_class_accuracy) == {"cat", "dog"}

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,14 @@ def test_a_model_file_rebuilds_its_stem(mnist_run, tmp_path):
     assert torch.equal(loaded.eval()(x), net.eval()(x))
     with pytest.raises(RuntimeError, match="size mismatch"):  # the chapter's stem: the file's weights do not fit
         create_model("resnet18", n_out=2, width=0.25).load_state_dict(net.state_dict())
+
+
+def test_a_run_exports_to_one_file_that_predicts_as_the_model_does(generated_run, tmp_path):
+    "The quick tier's export check, on generated images: the file, its names, TorchScript equal to eager."
+    path = export(generated_run.folder, tmp_path / "m.resnets")
+    p = load(path)
+    img = next(Path(generated_run.settings["data"]).glob("val/cat/*.jpg"))
+    top = p.predict(img, k=2)
+    assert sorted(folder for folder, _, _ in top) == ["cat", "dog"]
+    assert sum(prob for _, _, prob in top) == pytest.approx(1.0, abs=1e-5)
+    assert export_torchscript(p, tmp_path / "m.pt", images=[img]) < 1e-5
