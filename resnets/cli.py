@@ -315,6 +315,11 @@ def _checked(name: str, kw: dict, options: tuple[str, ...]) -> Experiment:
     if exp.init is not None and not Path(exp.init).expanduser().exists():
         raise MissingFile(f"nothing to start from at {exp.init}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
+    w = exp.pretrained
+    if isinstance(w, str) and ("/" in w or w.endswith((".safetensors", ".pth", ".pt", ".bin"))) and \
+            not Path(w).expanduser().exists():  # a file or folder, not a timm tag  # fmt: skip
+        raise MissingFile(f"no weights at {w}: pass a .safetensors file, a timm hub folder, a timm tag "
+                          "(resnet50d.ra2_in1k) or --pretrained alone for the model's default")  # fmt: skip
     return exp
 
 

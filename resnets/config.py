@@ -17,11 +17,12 @@ from pathlib import Path
 from .errors import InputError, check_number
 
 __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS", "SCHEDULES", "MODEL_NAMES",
-           "DATA_SETS", "GROUPS", "check_choice",
+           "DATA_SETS", "GROUPS", "PRETRAINED_MODELS", "check_choice",
            "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
            "check_source", "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+PRETRAINED_MODELS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # resnets.pretrained
 # Batch augmentation: fastai's aug_transforms(min_scale=0.5) as the chapter has it, or its random crop and flip
 # only. The keywords are aug_transforms' and ChapterAugment's (the fast path's) alike.
 AUGMENT_KW: dict[str, dict] = {"chapter": {},
@@ -140,6 +141,11 @@ class Experiment:
                                "`resnets export`): its body, a new head for these classes, then fastai's fine_tune "
                                "(the head alone for freeze_epochs, then every layer, the body at lower learning "
                                "rates)", str, metavar="RUN_DIR")  # fmt: skip
+    pretrained: bool | str = _option("model", False, "start from ImageNet weights (timm's ResNet-D, the chapter's "
+                                     "network): a timm tag such as resnet50d.ra2_in1k, a .safetensors file or a timm "
+                                     "hub folder, or no value for the model's default tag; its preprocessing, a new "
+                                     "head for these classes, then fastai's fine_tune as with init", str,
+                                     metavar="TAG|FILE", nargs="?", const=True)  # fmt: skip
     # -- data: which images, how they are sized, augmented and loaded
     data: str | os.PathLike = _option("data", "imagenette-160", "a folder with train/ and val/, a folder of class "
                                       "folders, a CSV, a name (imagenette-160, ...) or a URL", str,
@@ -169,7 +175,7 @@ class Experiment:
     # -- schedule: how long and how fast
     epochs: int = _option("schedule", 5, "number of epochs", int, metavar="N")
     lr: float = _option("schedule", 3e-3, "maximum learning rate of the schedule (one-cycle's peak, flat_cos's flat "
-                        "part; with init, the head's)", float, metavar="LR")  # fmt: skip
+                        "part; with init or pretrained, the head's)", float, metavar="LR")  # fmt: skip
     opt: str = _option("schedule", "adam", "optimiser: adam (fastai's Adam, the chapter's) or ranger (fastai's "
                        "ranger: RAdam with Lookahead)", str, choices=OPTIMIZERS)  # fmt: skip
     schedule: str = _option("schedule", "one_cycle", "learning-rate schedule: one_cycle (fastai's fit_one_cycle, the "
@@ -180,10 +186,10 @@ class Experiment:
                                      _parse_sizes, metavar="PX,PX,...")  # fmt: skip
     budget: float | None = _option("schedule", None, "seconds (or 10m, 1h) for the whole run: the epochs are fitted "
                                    "to this machine's measured speed", parse_seconds, metavar="TIME")  # fmt: skip
-    freeze_epochs: int = _option("schedule", 1, "with init: epochs that train the new head alone, before `epochs` of "
-                                 "the whole network", int, metavar="N")  # fmt: skip
-    lr_mult: float = _option("schedule", 100.0, "with init: the body's learning rate is the head's divided by this "
-                             "(fastai's fine_tune lr_mult; 1: the same rate for every layer)", float,
+    freeze_epochs: int = _option("schedule", 1, "with init or pretrained: epochs that train the new head alone, "
+                                 "before `epochs` of the whole network", int, metavar="N")  # fmt: skip
+    lr_mult: float = _option("schedule", 100.0, "with init or pretrained: the body's learning rate is the head's "
+                             "divided by this (fastai's fine_tune lr_mult; 1: the same rate for every layer)", float,
                              metavar="X")  # fmt: skip
     # -- regularisation
     label_smoothing: float = _option("regularisation", 0.0, "label smoothing eps, e.g. 0.1 (0: off)", float,
@@ -226,6 +232,12 @@ class Experiment:
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         if self.init is not None:
             object.__setattr__(self, "init", str(self.init))
+        if self.pretrained in (None, "", "false", "False"):
+            object.__setattr__(self, "pretrained", False)
+        elif self.pretrained in ("true", "True"):
+            object.__setattr__(self, "pretrained", True)
+        elif not isinstance(self.pretrained, bool):
+            object.__setattr__(self, "pretrained", str(self.pretrained))
         if self.budget is not None:
             object.__setattr__(self, "budget", parse_seconds(self.budget))
         for group in GROUPS:
@@ -237,6 +249,14 @@ class Experiment:
         for w in self.stem:
             check_number("each stem width", w)
         _check_bool("zero_gamma", self.zero_gamma)
+        if self.pretrained is not False:
+            if self.init is not None:
+                raise InputError("init and pretrained both choose the starting weights: give one of them")
+            if self.model not in PRETRAINED_MODELS:
+                raise InputError(f"ImageNet weights (pretrained) exist for {', '.join(PRETRAINED_MODELS)}, not "
+                                 f"{self.model!r}: pass --model resnet18 (or another of them)")  # fmt: skip
+            if self.width != 1:
+                raise InputError(f"ImageNet weights are for the full width: leave --width out (got {self.width})")
 
     def _check_data(self):
         for k in ("presize", "size"):
@@ -269,11 +289,17 @@ class Experiment:
             check_number("budget", self.budget, kind=(int, float), low=0, strict=True)
         check_number("freeze_epochs", self.freeze_epochs, low=0)
         check_number("lr_mult", self.lr_mult, kind=(int, float), low=1)
-        if self.init is not None and self.budget is not None:
-            raise InputError("init (fine-tuning) does not take a budget yet: give --epochs instead of --budget")
-        if self.init is not None and self.schedule != "one_cycle":
-            raise InputError("init (fine-tuning) trains with fastai's fine_tune, whose schedule is one-cycle: leave "
+        how = "init" if self.init is not None else "pretrained"
+        if self.fine_tunes and self.budget is not None:
+            raise InputError(f"{how} (fine-tuning) does not take a budget yet: give --epochs instead of --budget")
+        if self.fine_tunes and self.schedule != "one_cycle":
+            raise InputError(f"{how} (fine-tuning) trains with fastai's fine_tune, whose schedule is one-cycle: leave "
                              "--schedule out")  # fmt: skip
+
+    @property
+    def fine_tunes(self) -> bool:
+        "Whether the run starts from trained weights (`init` or `pretrained`) and trains with fastai's fine_tune."
+        return self.init is not None or self.pretrained is not False
 
     def _check_regularisation(self):
         check_regularisation(self.label_smoothing, self.mixup)

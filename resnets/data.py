@@ -36,10 +36,11 @@ from fastai.data.all import (
 from fastai.data.external import fastai_path
 from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
 from fastai.vision.augment import RandomResizedCropGPU
+from PIL import Image
 
 from .config import AUGMENT_KW, AUGMENTS, DATA_SETS, check_choice, check_fraction, check_subset
 from .errors import InputError, check_number
-from .fastdata import ChapterAugment, fast_dataloaders
+from .fastdata import RESAMPLES, ChapterAugment, fast_dataloaders
 from .labels import IMAGENETTE_NAMES, class_label, table_label
 
 __all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "table_label", "DataError", "data_folders", "resolve_source",
@@ -328,6 +329,9 @@ def get_data(
     label_col: str | None = None,
     seed: int = 42,
     augment: str = "chapter",
+    stats=imagenet_stats,
+    resample: str = "bilinear",
+    valid_crop: float = 1.0,
 ) -> DataLoaders:
     """The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats.
 
@@ -337,7 +341,10 @@ def get_data(
     `fast=True`: the same images decoded once into a uint8 cache and augmented in batches on the training
     device (resnets.fastdata); several times faster where decoding and augmentation bound the training.
     `holdout`: validate on this fraction of the training images (a fixed sample per class), not on val/.
-    `augment="light"`: the random square crop and the flip only (no rotation, zoom, warp or lighting)."""
+    `augment="light"`: the random square crop and the flip only (no rotation, zoom, warp or lighting).
+    `stats`, `resample`, `valid_crop`: what pretrained weights were trained with (resnets.pretrained): the mean and
+    std, the filter images are first resized with (bilinear, fastai's; bicubic, timm's), and the side of the centre
+    crop validation keeps of the presize square before resizing it to `resize` (1: all of it, the chapter's)."""
     for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
         check_number(k, v)
     if resize > presize:
@@ -345,6 +352,10 @@ def get_data(
     if bad_images not in ("skip", "raise"):
         raise InputError(f"bad_images must be 'skip' or 'raise', got {bad_images!r}")
     check_choice("augment", augment, AUGMENTS)  # the record's check: get_data is also called without one
+    check_choice("resample", resample, RESAMPLES)
+    check_number("valid_crop", valid_crop, kind=(int, float), low=0, strict=True)
+    if valid_crop > 1:
+        raise InputError(f"valid_crop is the side of validation's centre crop, a fraction up to 1, got {valid_crop}")
     path = resolve_source(source)
     train, valid, table = find_split(path, valid_name, classes, subset, check_images, bad_images, valid_pct,
                                      label_col, seed)  # fmt: skip
@@ -353,16 +364,19 @@ def get_data(
     label = class_label if table is None else partial(table_label, table=table)
     if fast:
         dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label,
-                               augment=augment)  # fmt: skip
+                               augment=augment, stats=stats, resample=resample, valid_crop=valid_crop)  # fmt: skip
     else:
         held = set(valid)
+        augment_tfms = aug_transforms(min_scale=0.5, size=resize, do_flip=flip, **AUGMENT_KW[augment])
+        for t in augment_tfms:  # validation's centre crop (fastai's valid_scale scales each side of the square)
+            if isinstance(t, RandomResizedCropGPU):
+                t.valid_scale = valid_crop
         dblock = DataBlock(
             blocks=(ImageBlock, CategoryBlock),
             splitter=FuncSplitter(held.__contains__),
             get_y=label,  # readable names in show_batch, plots, results and predictions
-            item_tfms=Resize(presize),
-            batch_tfms=[*aug_transforms(min_scale=0.5, size=resize, do_flip=flip, **AUGMENT_KW[augment]),
-                        Normalize.from_stats(*imagenet_stats)],  # fmt: skip
+            item_tfms=Resize(presize, resamples=(RESAMPLES[resample], Image.NEAREST)),
+            batch_tfms=[*augment_tfms, Normalize.from_stats(*stats)],
         )
         kw = {} if num_workers is None else {"num_workers": num_workers}
         dls = dblock.dataloaders(train + valid, bs=bs, device=device, **kw)

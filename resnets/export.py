@@ -32,8 +32,21 @@ __all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchs
 
 FORMAT = "resnets-model-v1"
 ONNX_OPSET = 18  # onnxruntime 1.16 (2023) and later run it
-_ONNX_META = ("format", "model", "width", "stem", "n_out", "vocab", "names", "presize", "resize", "stats", "experiment",
-              "epochs_trained")  # what an ONNX file carries of the model file, as JSON in its metadata
+# what an ONNX file carries of the model file, as JSON in its metadata
+_ONNX_META = ("format", "model", "width", "stem", "n_out", "vocab", "names", "presize", "resize", "stats", "resample",
+              "crop", "experiment", "epochs_trained")
+
+
+def _stats(s: dict) -> list:
+    "The mean and std a run normalised with: its pretrained weights' (resnets.pretrained), else ImageNet's."
+    p = s.get("preprocessing")
+    return [list(p["mean"]), list(p["std"])] if p else [list(v) for v in imagenet_stats]
+
+
+def _crop(s: dict, size: int) -> float:
+    "The side of the centre crop validation kept of the presize square (1: all of it)."
+    p = s.get("preprocessing")
+    return min(1.0, (size + 0.5) / s["presize"]) if p and p.get("crop_pct", 1) != 1 else 1.0
 
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -54,7 +67,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
                 "stem": list(s.get("stem") or ()), "n_out": len(vocab),
                 "state_dict": state["model"],
                 "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
-                "presize": s["presize"], "resize": size, "stats": [list(v) for v in imagenet_stats],
+                "presize": s["presize"], "resize": size, "stats": _stats(s),
+                "resample": s.get("preprocessing", {}).get("interpolation", "bilinear"), "crop": _crop(s, size),
                 "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
                 "history": state["history"]}, out)  # fmt: skip
     return out
@@ -84,7 +98,9 @@ class Predictor:
 
     def preprocess(self, img) -> torch.Tensor:
         "An image (path, PIL image or HxWx3 array) -> a normalised (1, 3, size, size) tensor, as validation saw it."
-        return preprocess(_read_image(img), self.meta["presize"], self.meta["resize"], self.meta["stats"])
+        m = self.meta  # files of earlier versions: bilinear, no centre crop
+        return preprocess(_read_image(img), m["presize"], m["resize"], m["stats"], m.get("resample", "bilinear"),
+                          m.get("crop", 1.0))  # fmt: skip
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +199,8 @@ def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> floa
         if k in predictor.meta:
             proto.metadata_props.add(key=k, value=json.dumps(predictor.meta[k]))
     proto.metadata_props.add(key="preprocessing", value=(
-        f"RGB; shortest side resized to {predictor.meta['presize']} and centre-cropped square; resized to {size} "
+        f"RGB; shortest side resized to {predictor.meta['presize']} ({predictor.meta.get('resample', 'bilinear')}) "
+        f"and centre-cropped square; centre {predictor.meta.get('crop', 1.0):.4f} of each side kept; resized to {size} "
         f"(bilinear); scaled to [0, 1]; normalised per channel with mean {predictor.meta['stats'][0]} and std "
         f"{predictor.meta['stats'][1]}; NCHW float32"))  # fmt: skip
     onnx.save(proto, str(out))

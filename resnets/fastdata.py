@@ -33,6 +33,7 @@ import os
 import random
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,13 @@ def cache_folder() -> Path:
     return Path(os.environ.get("RESNETS_CACHE", Path.home() / ".cache" / "resnets"))
 
 
-def load_square(img, size: int) -> np.ndarray:
+# The filters images are first resized with: fastai's Resize uses bilinear, timm's pretrained weights bicubic.
+RESAMPLES = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def load_square(img, size: int, resample: str = "bilinear") -> np.ndarray:
     """fastai's `Resize(size)` on a validation image: the centre square (its side the shorter side, as fastai
-    rounds it), resized with PIL's bilinear filter. Path or PIL image in, uint8 (size, size, 3) out."""
+    rounds it), resized with PIL's `resample` filter. Path or PIL image in, uint8 (size, size, 3) out."""
     im = Image.open(img) if not isinstance(img, Image.Image) else img
     try:
         im = im.convert("RGB")
@@ -67,7 +72,7 @@ def load_square(img, size: int) -> np.ndarray:
         m = min(w / size, h / size)
         side = int(m * size)
         left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
-        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+        im = im.crop((left, top, left + side, top + side)).resize((size, size), RESAMPLES[resample])
         return np.array(im, dtype=np.uint8)  # a writable copy
     finally:
         if not isinstance(img, Image.Image):
@@ -79,20 +84,20 @@ def _strip_size(w: int, h: int, size: int) -> tuple[int, int]:
     return size, max(size, round(max(w, h) * size / min(w, h)))
 
 
-def _load_strip(img, size: int) -> tuple[np.ndarray, bool]:
+def _load_strip(img, size: int, resample: str = "bilinear") -> tuple[np.ndarray, bool]:
     "`load_strip`'s array, and whether the image is a portrait one."
     with Image.open(img) as im:
         im = im.convert("RGB")
         w, h = im.size
         _, long = _strip_size(w, h, size)
-        arr = np.asarray(im.resize((long, size) if w >= h else (size, long), Image.BILINEAR), dtype=np.uint8)
+        arr = np.asarray(im.resize((long, size) if w >= h else (size, long), RESAMPLES[resample]), dtype=np.uint8)
     return (arr.transpose(1, 0, 2) if w >= h else arr), h > w
 
 
-def load_strip(img, size: int) -> np.ndarray:
-    """The whole image, its shorter side resized to `size` with PIL's bilinear filter, as uint8 (L, size, 3), the
+def load_strip(img, size: int, resample: str = "bilinear") -> np.ndarray:
+    """The whole image, its shorter side resized to `size` with PIL's `resample` filter, as uint8 (L, size, 3), the
     longer side first (a landscape image transposed) so that it is one contiguous block of a strips cache."""
-    return _load_strip(img, size)[0]
+    return _load_strip(img, size, resample)[0]
 
 
 def crop_strip(strip: np.ndarray, portrait: bool, pct: float) -> np.ndarray:
@@ -103,22 +108,30 @@ def crop_strip(strip: np.ndarray, portrait: bool, pct: float) -> np.ndarray:
     return sq if portrait else sq.transpose(1, 0, 2)
 
 
-def resize_valid(x: torch.Tensor, size: int) -> torch.Tensor:
-    "A float batch resized to `size` as fastai's RandomResizedCropGPU does for validation (align_corners=True)."
+def resize_valid(x: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
+    """A float batch resized to `size` as fastai's RandomResizedCropGPU does for validation (align_corners=True),
+    after its centre crop of `crop` of each side (fastai's valid_scale)."""
+    if crop != 1:
+        h, w = x.shape[-2:]
+        ch, cw = int(h * crop), int(w * crop)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = x[..., top : top + ch, left : left + cw]
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
 
 
-def preprocess(img, presize: int, size: int, stats=imagenet_stats) -> torch.Tensor:
+def preprocess(img, presize: int, size: int, stats=imagenet_stats, resample: str = "bilinear",
+               crop: float = 1.0) -> torch.Tensor:  # fmt: skip
     "One image as the validation set sees it: (1, 3, size, size), normalised. Used by export and predict."
-    x = torch.from_numpy(load_square(img, presize).copy()).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(load_square(img, presize, resample).copy()).permute(2, 0, 1)[None].float() / 255
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
-    return (resize_valid(x, size) - mean) / std
+    return (resize_valid(x, size, crop) - mean) / std
 
 
-def _cache_key(files: list[Path], size: int) -> str:
-    h = hashlib.sha1(f"v2 {size}".encode())  # v2: fastai's centre crop, then resize
+def _cache_key(files: list[Path], size: int, resample: str = "bilinear") -> str:
+    # v2: fastai's centre crop, then resize; another filter than fastai's bilinear is another cache
+    h = hashlib.sha1(f"v2 {size}{'' if resample == 'bilinear' else ' ' + resample}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
@@ -148,25 +161,28 @@ def _write_cache(path: Path, shape: tuple, load, files: list, size: int, slots: 
         tmp.unlink(missing_ok=True)
 
 
-def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None):
+def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
+                resample: str = "bilinear"):  # fmt: skip
     "A uint8 array (n, size, size, 3) of the decoded images, memory-mapped from a cache file built once."
     folder = Path(folder) if folder is not None else cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"images-{size}px-{len(files)}-{_cache_key(files, size)}.npy"
+    path = folder / f"images-{size}px-{len(files)}-{_cache_key(files, size, resample)}.npy"
     if not path.exists():
         print(f"resnets: decoding {len(files)} images once, at {size} px, into {path}")
-        _write_cache(path, (len(files), size, size, 3), load_square, files, size, range(len(files)), workers)
+        _write_cache(path, (len(files), size, size, 3), partial(load_square, resample=resample), files, size,
+                     range(len(files)), workers)  # fmt: skip
     return np.load(path, mmap_mode="r")
 
 
-def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None):
+def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
+                 resample: str = "bilinear"):  # fmt: skip
     """The non-square images among `files`, whole, their shorter sides resized to `size`, one after another in one
     uint8 array (total length, size, 3) memory-mapped from a cache file built once, and an index of them: rows of
     (position in `files`, start, length, portrait). No images file when every image is a square. Validation reads
     the squares of `build_cache`, but the strips cover every file, so that one cache serves any split of them."""
     folder = Path(folder) if folder is not None else cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"strips-{size}px-{len(files)}-{_cache_key(files, size)}"
+    stem = f"strips-{size}px-{len(files)}-{_cache_key(files, size, resample)}"
     index_path, path = folder / f"{stem}-index.npy", folder / f"{stem}.npy"
     index = np.load(index_path) if index_path.exists() else None  # written last: the strips before it are whole
     if index is None or (len(index) and not path.exists()):
@@ -181,8 +197,9 @@ def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None 
         index = np.array(rows, dtype=np.int64).reshape(-1, 4)
         if len(index):
             print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
-            _write_cache(path, (start, size, 3), load_strip, [files[i] for i in index[:, 0]], size,
-                         [slice(s, s + n) for _, s, n, _ in index], workers)  # fmt: skip
+            _write_cache(path, (start, size, 3), partial(load_strip, resample=resample),
+                         [files[i] for i in index[:, 0]], size, [slice(s, s + n) for _, s, n, _ in index],
+                         workers)  # fmt: skip
         tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             np.save(fh, index)
@@ -198,9 +215,9 @@ class CachedImage(RandTransform):
 
     split_idx, order = None, 0  # first: it reads the image
 
-    def __init__(self, size: int, files=(), cache=None, strips=None, index=None):
+    def __init__(self, size: int, files=(), cache=None, strips=None, index=None, resample: str = "bilinear"):
         super().__init__()
-        self.size, self.cache, self.strips = size, cache, strips
+        self.size, self.cache, self.strips, self.resample = size, cache, strips, resample
         self.index = {Path(f): i for i, f in enumerate(files)} if cache is not None else {}
         self.strip_of = {int(i): (int(s), int(n), bool(p)) for i, s, n, p in (index if strips is not None else ())}
         self.pct = 0.5
@@ -215,9 +232,9 @@ class CachedImage(RandTransform):
     def encodes(self, f: Path | str | Image.Image):
         i = self.index.get(f if isinstance(f, Path) else Path(f)) if not isinstance(f, Image.Image) else None
         if self.pct == 0.5 or isinstance(f, Image.Image):
-            arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size)
+            arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size, self.resample)
         elif i is None:
-            arr = np.array(crop_strip(*_load_strip(f, self.size), self.pct))
+            arr = np.array(crop_strip(*_load_strip(f, self.size, self.resample), self.pct))
         elif i in self.strip_of:
             start, n, portrait = self.strip_of[i]
             arr = np.array(crop_strip(self.strips[start : start + n], portrait, self.pct))
@@ -264,9 +281,9 @@ class ChapterAugment(RandTransform):
 
     def __init__(self, size: int, min_scale: float = 0.5, flip: bool = True, max_rotate: float = 10.0,
                  max_zoom: float = 1.1, max_warp: float = 0.2, p_affine: float = 0.75, max_lighting: float = 0.2,
-                 p_lighting: float = 0.75):  # fmt: skip
+                 p_lighting: float = 0.75, valid_crop: float = 1.0):  # fmt: skip
         super().__init__()
-        self.size, self.min_scale, self.flip = size, min_scale, flip
+        self.size, self.min_scale, self.flip, self.valid_crop = size, min_scale, flip, valid_crop
         self.max_rotate, self.max_zoom, self.max_warp, self.p_affine = max_rotate, max_zoom, max_warp, p_affine
         self.max_lighting, self.p_lighting = max_lighting, p_lighting
         self._base: dict = {}
@@ -330,7 +347,7 @@ class ChapterAugment(RandTransform):
 
     def encodes(self, x: TensorImage):
         if not self.train:
-            return TensorImage(resize_valid(x, self.size))
+            return TensorImage(resize_valid(x, self.size, getattr(self, "valid_crop", 1.0)))
         n, _, h, w = x.shape
         grid = self._grid(self.homography(n, h, w, x.device).to(x.dtype))
         out = F.grid_sample(x.as_subclass(torch.Tensor), grid, mode="bilinear", padding_mode="reflection",
@@ -342,17 +359,20 @@ class ChapterAugment(RandTransform):
 
 
 def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize: int, bs: int, flip: bool = True,
-                     device=None, min_scale: float = 0.5, label=class_label,
-                     augment: str = "chapter") -> DataLoaders:  # fmt: skip
+                     device=None, min_scale: float = 0.5, label=class_label, augment: str = "chapter",
+                     stats=imagenet_stats, resample: str = "bilinear",
+                     valid_crop: float = 1.0) -> DataLoaders:  # fmt: skip
     """fastai DataLoaders over validated training and validation files: images from the uint8 cache, labels by
     `label` (their folders' names by default), the chapter's augmentation as one fused batch transform
-    (`augment="light"`: its crop and flip only)."""
+    (`augment="light"`: its crop and flip only); `stats`, `resample`, `valid_crop` as `get_data`'s."""
     files = [Path(f) for f in [*train, *valid]]
     cached = sorted(set(files))  # one cache for the same images however they are split
-    images, (strips, index) = build_cache(cached, presize), build_strips(cached, presize)
+    images, (strips, index) = (build_cache(cached, presize, resample=resample),
+                               build_strips(cached, presize, resample=resample))
     splits = [list(range(len(train))), list(range(len(train), len(files)))]
-    tfms = [[CachedImage(presize, cached, images, strips, index)], [label, Categorize()]]
+    tfms = [[CachedImage(presize, cached, images, strips, index, resample)], [label, Categorize()]]
     dsets = Datasets(files, tfms=tfms, splits=splits)
-    after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip, **AUGMENT_KW[augment]),
-                   Normalize.from_stats(*imagenet_stats)]  # fmt: skip
+    after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip, valid_crop=valid_crop,
+                                                      **AUGMENT_KW[augment]),
+                   Normalize.from_stats(*stats)]  # fmt: skip
     return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)

@@ -42,6 +42,7 @@ from .evaluate import flip_tta, interpret
 from .finetune import body_head_splitter, load_body
 from .learner import OPT_FUNCS, accuracy_metric, fit_flat_cos, get_learner, top_5_metric
 from .models import create_model
+from .pretrained import Preprocessing, load_pretrained_body, read_pretrained
 from .recipes import configure
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -53,13 +54,21 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
 
     `overrides` are `configure`'s (data=..., size=..., fast_data=True, ...)."""
     exp = configure(name, verbose=verbose, **overrides)
+    weights, prep = None, Preprocessing()  # the chapter's: ImageNet's mean and std, fastai's bilinear, no crop
+    if exp.pretrained is not False:  # the images must be those the weights were trained on (resnets.pretrained)
+        weights, prep, where = read_pretrained(exp.pretrained, exp.model, exp.stem)
+        presize = prep.resize_for(exp.test_size or exp.size)
+        if verbose and presize != exp.presize:
+            print(f"resnets: presize {presize} for {where}: validation keeps the centre {exp.test_size or exp.size} px "
+                  f"of images resized to {presize} ({prep.interpolation}), as timm evaluates them ({prep.source})")
+        exp = replace(exp, presize=presize)
     if exp.seed is not None:  # each rank its own augmentation draws, reproducibly (seed + rank, as timm does); DDP
         # copies rank 0's initial weights to every rank. CPU runs repeat exactly; on a GPU kernels may still vary.
         set_seed(exp.seed + rank_distrib())
     dls = get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
                    num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout,
                    valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed,
-                   augment=exp.augment)  # fmt: skip
+                   augment=exp.augment, **prep.data_kw(exp.test_size or exp.size))  # fmt: skip
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
         raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
                          f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
@@ -67,6 +76,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     _check_input_size(model, exp)
     if exp.init is not None:
         load_body(model, exp.init, exp.model, exp.width, exp.stem)
+    if weights is not None:
+        load_pretrained_body(model, weights, where)
     if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (docs/performance.md), same accuracy;
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
@@ -77,6 +88,7 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
                         splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
+    learn.preprocessing = prep
     return learn, exp
 
 
@@ -127,8 +139,8 @@ def run(
     run in `out` from its last checkpoint with the same settings (a fresh start if it has none)."""
     start = time.perf_counter()
     exp = configure(name, verbose=rank_distrib() == 0, **overrides)
-    if resume and exp.init is not None:
-        raise InputError("a fine-tuning run (init) cannot be resumed yet: start it again (it is short)")
+    if resume and exp.fine_tunes:
+        raise InputError("a fine-tuning run (init, pretrained) cannot be resumed yet: start it again")
     if resume and (out is None or not save):
         raise InputError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
     state = load_checkpoint(out) if resume else None
@@ -154,6 +166,8 @@ def run(
                 "argv": sys.argv}  # fmt: skip
     if plan is not None:
         settings["budget_plan"] = plan
+    if exp.pretrained is not False:  # what the weights were trained on, as this run fed them
+        settings["preprocessing"] = learn.preprocessing.to_dict()
     if world > 1:
         settings.update(world_size=world)
     results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
@@ -176,7 +190,7 @@ def run(
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
-            if exp.init is not None:  # fastai's schedule: the new head alone, then every layer (the body slower)
+            if exp.fine_tunes:  # fastai's schedule: the new head alone, then every layer (the body slower)
                 learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs, lr_mult=exp.lr_mult)
             else:
                 fit = partial(fit_flat_cos, learn) if exp.schedule == "flat_cos" else learn.fit_one_cycle
@@ -200,7 +214,7 @@ def run(
     plain = None  # the plain images' logits and targets, which the interpretation reuses
     if exp.tta:  # the last validation's predictions, and the mirrored images
         results.tta_accuracy, *plain = flip_tta(learn, keep.kept)
-    trained_all = len(results.history) >= exp.epochs + (exp.freeze_epochs if exp.init else 0)
+    trained_all = len(results.history) >= exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
     if folder is not None and world <= 1 and trained_all:  # confusion matrix, top losses, per-class accuracy
         # (distributed runs: the other ranks have gone; `resnets interpret RUN_DIR` draws them in one process)
         results.per_class_accuracy = interpret(learn, folder, predictions=plain)

@@ -32,7 +32,7 @@ def test_one_record_holds_every_setting_and_overrides_are_checked_once():
     assert (exp.epochs, exp.fast_data, exp.precision, exp.size) == (2, True, "fp32", 128), "None keeps the default"
     assert configure(exp, verbose=False) == exp, "a configured record passes through"
     with pytest.raises(ValueError, match=r"unknown setting epoch: the settings are model, width, stem, zero_gamma, "
-                                         r"init, data, presize, size"):  # fmt: skip
+                                         r"init, pretrained, data, presize, size"):  # fmt: skip
         configure("cnn", epoch=3)
     with pytest.raises(ValueError, match="unknown settings fastdata, sise"):
         run("cnn", fastdata=True, sise=64)

@@ -12,7 +12,7 @@ from fastai.data.all import URLs
 from fastai.data.external import fastai_cfg
 from fastai.vision.all import Resize, imagenet_stats
 
-from conftest import IMAGENETTE, ks_statistic, make_tree, save_image
+from conftest import ks_statistic, make_tree, save_image
 from resnets import (
     IMAGENETTE_NAMES,
     DataError,
@@ -330,11 +330,11 @@ def test_the_noisy_imagenette_csv_with_a_chosen_label_column(imagenette, tmp_pat
         assert dls.vocab[int(y)] == names.get(table[rel], table[rel]), "the label is the column's, not the folder's"
 
 
-def test_noisy_labels_differ_from_the_folders():
+def test_noisy_labels_differ_from_the_folders(imagenette):
     "The 5 % column really is noisy: the CSV test above reads it, not the folder names."
-    if not (IMAGENETTE / "noisy_imagenette.csv").exists():
+    if not (imagenette / "noisy_imagenette.csv").exists():
         pytest.skip("no noisy_imagenette.csv")
-    df = pd.read_csv(IMAGENETTE / "noisy_imagenette.csv")
+    df = pd.read_csv(imagenette / "noisy_imagenette.csv")
     folder = df.path.str.split("/").str[1]
     assert 0.03 < (folder != df.noisy_labels_5).mean() < 0.07 and (folder == df.noisy_labels_0).all()
 
