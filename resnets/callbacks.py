@@ -16,6 +16,7 @@ fastai calls a Learner's callbacks at each event in ascending `order`. Its own, 
     60   ProgressCallback          (fastai) the progress bars and the table writer (learn.logger)
     61   EpochLog                  after ProgressCallback has put its table writer in place: replaces it in logs
     62   Checkpoint                after RunHistory (51): the checkpoint holds the epoch just recorded
+    63   CSVLogger (--log csv)     (fastai's) after EpochLog (61): writes the epoch's row, then hands it to EpochLog
     65   SkipValidation            after the Recorder and the progress bar have begun the phase, then cancels it
 
 Checkpoint's `before_fit` also depends on this order: it runs after TrainEvalCallback (-10) has moved the model
@@ -49,7 +50,7 @@ __all__ = ["ORDERS", "in_last_epochs", "ImageSizes", "StopOnNaN", "LastValidPred
 
 ORDERS = {"ImageSizes": -20, "StopOnNaN": -9, "LastValidPreds": 0, "WeightAverage": 5, "BatchNormRecalibration": 10,
           "RunHistory": Recorder.order + 1, "EpochLog": ProgressCallback.order + 1, "Checkpoint": Recorder.order + 12,
-          "SkipValidation": 65}  # fmt: skip
+          "CSVLogger": ProgressCallback.order + 3, "SkipValidation": 65}  # fmt: skip
 
 
 def in_last_epochs(learn, n: int = 1) -> bool:

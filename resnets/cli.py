@@ -132,8 +132,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="the top-5 classes of images, with names and probabilities")
     p.add_argument("model", metavar="MODEL", help="a file written by `resnets export` (.resnets, or .onnx: run by "
                    "onnxruntime)")  # fmt: skip
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (searched recursively)")
     p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5, at least 1)")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per image: its path, then the top k classes' "
+                   "names and probabilities")  # fmt: skip
     p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, conv1x1")
     p.add_argument("what", choices=["all", "models", "data", "epoch", "profile", "conv1x1"],
                    help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON")  # fmt: skip
@@ -323,6 +325,34 @@ def _checked(name: str, kw: dict, options: tuple[str, ...]) -> Experiment:
     return exp
 
 
+def _image_files(paths: list[str]) -> list[Path]:
+    "The images to predict: files as given, folders searched for image files (fastai's extensions), sorted."
+    from fastai.data.transforms import get_image_files
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(get_image_files(p))
+            if not found:
+                raise MissingFile(f"no image files in {p}: pass images, or a folder that holds some")
+            out += found
+        elif not p.exists():
+            raise MissingFile(f"no image at {p}")
+        else:
+            out.append(p)
+    return out
+
+
+def _write_predictions(path: str, rows: list[list[str]], k: int) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", *(c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}"))])
+        w.writerows(rows)
+    print(f"saved {len(rows)} predictions to {path}")
+
+
 def _progress(flag: bool | None) -> bool:
     "Progress bars: as asked, else only when writing to a terminal."
     return sys.stdout.isatty() if flag is None else flag
@@ -386,11 +416,16 @@ def main(argv: list[str] | None = None) -> int:
 
             check_number("k", args.k)
             predictor = load(args.model)
-            for img in args.images:
+            rows = []
+            for img in _image_files(args.images):
                 top = predictor.predict(img, k=args.k)
-                print(img)
-                for c, name, prob in top:
-                    print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
+                rows.append([str(img), *(v for _, name, prob in top for v in (name, f"{prob:.6f}"))])
+                if args.csv is None or len(rows) <= 20:  # a folder into a CSV: the first few on screen
+                    print(img)
+                    for c, name, prob in top:
+                        print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
+            if args.csv is not None:
+                _write_predictions(args.csv, rows, args.k)
         elif args.command == "compare":
             from .results import compare
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from .errors import InputError, check_number
 
 __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS", "SCHEDULES", "MODEL_NAMES",
-           "DATA_SETS", "GROUPS", "PRETRAINED_MODELS", "check_choice",
+           "DATA_SETS", "GROUPS", "LOGGERS", "PRETRAINED_MODELS", "check_choice",
            "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
            "check_source", "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+LOGGERS = ("csv", "tensorboard", "wandb")  # fastai's CSVLogger, TensorBoardCallback, WandbCallback
 PRETRAINED_MODELS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # resnets.pretrained
 # Batch augmentation: fastai's aug_transforms(min_scale=0.5) as the chapter has it, or its random crop and flip
 # only. The keywords are aug_transforms' and ChapterAugment's (the fast path's) alike.
@@ -219,6 +220,10 @@ class Experiment:
                                       flag="--workers", metavar="N")  # fmt: skip
     deterministic: bool = _option("runtime", False, "deterministic GPU kernels too (slower; on CPU a seed repeats "
                                   "a run on the same machine anyway)", bool)  # fmt: skip
+    log: str | None = _option("runtime", None, "also log every epoch as fastai does: csv (CSVLogger, history.csv in "
+                              "the run folder), tensorboard (TensorBoardCallback, RUN_DIR/tensorboard; pip install "
+                              "tensorboard) or wandb (WandbCallback, offline unless WANDB_MODE says otherwise; pip "
+                              "install wandb)", str, choices=LOGGERS)  # fmt: skip
     # -- the book's figures for this experiment (resnets.recipes)
     book_accuracy: tuple[float, ...] = ()
     book_valid_loss: tuple[float, ...] = ()
@@ -321,6 +326,8 @@ class Experiment:
         if self.num_workers is not None:
             check_number("num_workers", self.num_workers, low=0)
         _check_bool("deterministic", self.deterministic)
+        if self.log is not None:
+            check_choice("log", self.log, LOGGERS)
 
     def _check_image_size(self, name: str, v) -> None:
         check_number(name, v, low=16)

@@ -215,7 +215,7 @@ class Results:
 # (precision, seed, workers, determinism), the run's length (compared at the same epoch; a budget sets it), which
 # epochs are validated and the extra TTA score, and two data options that do nothing for a train/ val/ folder.
 BOOK_NEUTRAL = frozenset({"fast_data", "precision", "seed", "num_workers", "deterministic", "epochs", "budget",
-                          "valid_last", "tta", "valid_pct", "label_col"})
+                          "valid_last", "tta", "valid_pct", "label_col", "log"})
 
 
 def load_results(path: str | os.PathLike) -> Results:

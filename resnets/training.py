@@ -9,6 +9,7 @@ launch) go through fastai's `distrib_ctx`."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from fastai.callback.progress import CSVLogger
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastcore.foundation import L
 
 from .budget import plan_budget
 from .callbacks import (
+    ORDERS,
     BatchNormRecalibration,
     Checkpoint,
     EpochLog,
@@ -65,13 +68,17 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     if exp.seed is not None:  # each rank its own augmentation draws, reproducibly (seed + rank, as timm does); DDP
         # copies rank 0's initial weights to every rank. CPU runs repeat exactly; on a GPU kernels may still vary.
         set_seed(exp.seed + rank_distrib())
-    dls = get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
-                   num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout,
-                   valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed,
-                   augment=exp.augment, **prep.data_kw(exp.test_size or exp.size))  # fmt: skip
+    dls = _data(exp, prep)
     if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
-        raise InputError(f"the training set has {len(dls.train_ds)} images, fewer than one batch of {exp.bs}: "
-                         f"use a batch size of at most {len(dls.train_ds)} (--bs) or more images")  # fmt: skip
+        n = len(dls.train_ds)
+        if n < 4:
+            raise InputError(f"the training set has {n} image(s): a run needs at least 4 (two batches of 2)")
+        bs = 2 ** int(math.log2(n // 2))  # two batches an epoch at least, a power of two as batch sizes go
+        if verbose:
+            print(f"resnets: {n} training images, fewer than one batch of {exp.bs}: batches of {bs} instead (the "
+                  f"learning rate stays {exp.lr:g}, the recipe's; --bs and --lr choose others)")  # fmt: skip
+        exp = replace(exp, bs=bs)
+        dls = _data(exp, prep)
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width, stem=exp.stem)
     _check_input_size(model, exp)
     if exp.init is not None:
@@ -90,6 +97,41 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
                         splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
     learn.preprocessing = prep
     return learn, exp
+
+
+def _loggers(kind: str | None, folder: Path | None, settings: dict, append: bool, rank: int) -> list:
+    """fastai's logger callback for `--log` (rank 0 only; removed after the fit with the run's other callbacks, so
+    that the Learner exports afterwards: fastai's CSVLogger keeps a closed file handle)."""
+    if kind is None or rank > 0:
+        return []
+    if folder is None:
+        raise InputError(f"--log {kind} writes into the run folder: leave save on (it is off here)")
+    if kind == "csv":
+        logger = CSVLogger(fname=str(folder / "history.csv"), append=append)
+        logger.order = ORDERS["CSVLogger"]  # wraps EpochLog's table writer, or it would never be called
+        return [logger]
+    if kind == "tensorboard":
+        try:
+            from fastai.callback.tensorboard import TensorBoardCallback
+        except ImportError as e:
+            raise InputError("--log tensorboard needs tensorboard: pip install tensorboard") from e
+        return [TensorBoardCallback(log_dir=str(folder / "tensorboard"), trace_model=False)]
+    try:
+        import wandb
+        from fastai.callback.wandb import WandbCallback
+    except ImportError as e:
+        raise InputError("--log wandb needs wandb: pip install wandb") from e
+    os.environ.setdefault("WANDB_MODE", "offline")  # nothing leaves the machine unless asked (wandb sync later)
+    wandb.init(project="resnets", name=folder.name, dir=str(folder), config=settings, resume="allow")
+    return [WandbCallback(log_preds=False, log_model=False)]
+
+
+def _data(exp: Experiment, prep: Preprocessing):
+    "The experiment's DataLoaders, its images prepared as `prep` says (the chapter's, or pretrained weights')."
+    return get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
+                    num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout,
+                    valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed,
+                    augment=exp.augment, **prep.data_kw(exp.test_size or exp.size))  # fmt: skip
 
 
 def _check_input_size(model, exp: Experiment) -> None:
@@ -130,13 +172,15 @@ def run(
     progress: bool = True,
     save: bool = True,
     resume: bool = False,
+    cbs=None,
     **overrides,
 ) -> Results:
     """Train an experiment with `fit_one_cycle` (fastai's `fine_tune` with `init`); `overrides` (any of `OPTIONS`)
     change the chapter's settings.
 
     Every epoch is saved into `out` (results.json, and checkpoint.pth for `resume`). `resume=True` continues the
-    run in `out` from its last checkpoint with the same settings (a fresh start if it has none)."""
+    run in `out` from its last checkpoint with the same settings (a fresh start if it has none). `cbs`: more fastai
+    callbacks for the Learner (loggers, your own), as `build` and fastai's `Learner` take them."""
     start = time.perf_counter()
     exp = configure(name, verbose=rank_distrib() == 0, **overrides)
     if resume and exp.fine_tunes:
@@ -152,7 +196,7 @@ def run(
     if world > 1:
         distributed_ready()
     set_deterministic(exp.deterministic)
-    learn, exp = build(exp, verbose=rank == 0)
+    learn, exp = build(exp, cbs=cbs, verbose=rank == 0)
     dls, plan = learn.dls, None
     if exp.budget is not None and state is not None:  # a resumed budget run keeps the schedule it planned
         exp, plan = replace(exp, epochs=state["settings"]["epochs"]), state["settings"].get("budget_plan")
@@ -186,7 +230,8 @@ def run(
         print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
     keep = LastValidPreds()
     run_cbs = [RunHistory(results, folder, checkpoint.start_epoch, start), checkpoint, StopOnNaN(folder),
-               EpochLog(checkpoint.start_epoch), *([keep] if exp.tta else [])]
+               EpochLog(checkpoint.start_epoch), *([keep] if exp.tta else []),
+               *_loggers(exp.log, folder, settings, append=state is not None, rank=rank)]  # fmt: skip
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):

@@ -206,3 +206,16 @@ def test_a_run_exports_to_one_file_that_predicts_as_the_model_does(generated_run
     assert sorted(folder for folder, _, _ in top) == ["cat", "dog"]
     assert sum(prob for _, _, prob in top) == pytest.approx(1.0, abs=1e-5)
     assert export_torchscript(p, tmp_path / "m.pt", images=[img]) < 1e-5
+
+
+def test_predict_a_folder_into_a_csv(generated_run, tmp_path, capsys):
+    from resnets.cli import main
+
+    model = export(generated_run.folder, tmp_path / "m.resnets")
+    folder = Path(generated_run.settings["data"]) / "val"
+    main(["predict", str(model), str(folder), "-k", "2", "--csv", str(tmp_path / "p.csv")])
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "image,class_1,probability_1,class_2,probability_2" and len(rows) == 1 + 8
+    first = rows[1].split(",")
+    assert first[1] in ("cat", "dog") and 0.5 <= float(first[2]) <= 1
+    assert "saved 8 predictions" in capsys.readouterr().out

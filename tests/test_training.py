@@ -128,3 +128,43 @@ def test_a_checkpoint_older_than_an_option_resumes_with_it_at_its_default():
     _check_same_settings(saved, now, "runs/old")
     with pytest.raises(InputError, match=r"cannot resume runs/old with different settings \(ema: 0.0 then, 0.99 now\)"):
         _check_same_settings(saved, {**now, "ema": 0.99}, "runs/old")
+
+
+def test_a_small_folder_trains_in_smaller_batches_and_says_so(tree, tmp_path, capsys):
+    "12 training images and the recipe's batch of 128: batches of 4 (two an epoch at least), in one line."
+    r = run("cnn", data=tree, size=32, presize=40, epochs=1, save=False, progress=False, num_workers=0)
+    assert r.settings["bs"] == 4 and r.learn.dls.bs == 4
+    assert "fewer than one batch of 128: batches of 4 instead (the learning rate stays 0.003" in capsys.readouterr().out
+
+
+def test_run_passes_fastai_callbacks_through(tree):
+    from fastai.callback.core import Callback
+
+    class Count(Callback):
+        seen = 0
+
+        def after_batch(self):
+            Count.seen += 1
+
+    run("cnn", data=tree, size=32, presize=40, bs=4, epochs=1, save=False, progress=False, num_workers=0,
+        cbs=[Count()])  # fmt: skip
+    assert Count.seen >= 3  # 12 images in batches of 4, and the validation batches
+
+
+@pytest.mark.parametrize("kind", ["csv", "tensorboard"])
+def test_log_writes_fastai_s_logs_and_the_learner_still_exports(kind, tree, tmp_path):
+    r = run("cnn", data=tree, size=32, presize=40, bs=4, epochs=2, log=kind, out=tmp_path / "r", progress=False,
+            num_workers=0)  # fmt: skip
+    if kind == "csv":
+        rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
+        assert rows[0].startswith("epoch,train_loss,valid_loss,accuracy") and len(rows) == 3
+    else:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        (events,) = (tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*")
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        assert {"train_loss", "valid_loss", "accuracy"} <= set(acc.Tags()["scalars"])
+        assert len(acc.Scalars("accuracy")) == 2
+    r.learn.export(tmp_path / "learner.pkl")  # no logger left on the Learner to break pickling
+    assert (tmp_path / "learner.pkl").stat().st_size > 0
