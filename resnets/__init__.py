@@ -28,7 +28,7 @@ _MODULES = {
     "training": ["build", "lr_find", "run", "interpret_run"],
     "evaluate": ["Interpretation", "interpret", "flip_tta", "recalibrate_bn"],
     "results": ["Results", "compare", "load_results"],
-    "export": ["Predictor", "export", "export_torchscript", "load"],
+    "deploy": ["Predictor", "export", "export_torchscript", "load"],
     "studies": ["StudyResults", "run_study"],
     "finetune": ["body_head_splitter", "load_body"],
 }  # fmt: skip

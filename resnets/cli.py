@@ -89,7 +89,7 @@ def _is_number(s: str) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
-    commands = "{list,run,lr-find,compare,interpret,study,export,predict,bench}"
+    commands = "{list,run,lr-find,compare,interpret,study,export,push,predict,bench}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands, parser_class=_Parser)
     sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
     p = sub.add_parser("run", help="train an experiment, then compare with the book",
@@ -125,10 +125,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
     p.add_argument("--out", help="the model file (default: RUN_DIR/model.resnets)")
     p.add_argument("--torchscript", metavar="FILE", help="also a TorchScript file of the network")
+    p.add_argument("--timm", metavar="DIR", help="also the folder timm's save_for_hf writes (model.safetensors, "
+                   "config.json): timm.create_model('local-dir:DIR', pretrained=True) loads it")  # fmt: skip
     p.add_argument("--onnx", metavar="FILE", help="also an ONNX file (class names and preprocessing in its metadata; "
                    "`resnets predict FILE.onnx` runs it with onnxruntime)")  # fmt: skip
     p.add_argument("--check", nargs="*", default=[], metavar="IMAGE",
                    help="images on which the TorchScript / ONNX outputs are compared with the model's")  # fmt: skip
+    p = sub.add_parser("push", help="upload a run to the Hugging Face Hub for timm (export --timm, and a model card)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
+    p.add_argument("repo_id", metavar="USER/NAME", help="the Hub repository (made if it does not exist)")
+    p.add_argument("--private", action="store_true", help="make the repository private")
     p = sub.add_parser("predict", help="the top-5 classes of images, with names and probabilities")
     p.add_argument("model", metavar="MODEL", help="a file written by `resnets export` (.resnets, or .onnx: run by "
                    "onnxruntime)")  # fmt: skip
@@ -399,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             print(found.table())
             print(f"saved {found.folder}/study.json and study.png")
         elif args.command == "export":
-            from .export import ONNX_OPSET, export, export_onnx, export_torchscript, load
+            from .deploy import ONNX_OPSET, export, export_onnx, export_torchscript, load
 
             path = export(args.run_dir, args.out)
             print(f"saved {path}")
@@ -411,8 +417,18 @@ def main(argv: list[str] | None = None) -> int:
                 diff = export_torchscript(load(path), args.torchscript, args.check)
                 print(f"saved {args.torchscript}: largest difference from the model on {len(args.check)} image(s): "
                       f"{diff:.2e}")  # fmt: skip
+            if args.timm:
+                from .hub import export_timm
+
+                print(f"saved {export_timm(args.run_dir, args.timm)} (timm: create_model('local-dir:{args.timm}', "
+                      "pretrained=True))")  # fmt: skip
+        elif args.command == "push":
+            from .hub import push
+
+            push(args.run_dir, args.repo_id, private=args.private)
+            print(f"uploaded {args.run_dir} to https://huggingface.co/{args.repo_id}")
         elif args.command == "predict":
-            from .export import load
+            from .deploy import load
 
             check_number("k", args.k)
             predictor = load(args.model)

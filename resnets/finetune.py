@@ -15,6 +15,7 @@ from fastai.torch_core import params
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .deploy import is_onnx, load
 from .errors import InputError, MissingFile
 
 __all__ = ["body_head_splitter", "read_weights", "load_body"]
@@ -50,9 +51,6 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
     if not path.is_file():
         raise MissingFile(f"nothing to start from at {path}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
-    # imported here: a module-level import would bind the package's `resnets.export` to the module, shadowing
-    # the `export` function that `from resnets import export` gives (tests/test_imports.py names this exception)
-    from .export import is_onnx, load
 
     if is_onnx(path):
         raise InputError(f"{path} is an ONNX file, which fine-tuning cannot start from: pass the run folder it was "

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resnets.export import ONNX_OPSET, export, export_onnx, export_torchscript, load  # noqa: E402
+from resnets.deploy import ONNX_OPSET, export, export_onnx, export_torchscript, load  # noqa: E402
 from resnets.results import describe_device, versions  # noqa: E402
 from resnets.timing import median_seconds  # noqa: E402
 

@@ -6,7 +6,7 @@ import torch
 
 from conftest import TINY_RESNET
 from resnets import InputError, MissingFile, build, run
-from resnets.export import export
+from resnets.deploy import export
 
 OTHER = ("n02979186", "n03000684", "n03028079")  # three classes other than the ones the tiny ResNet learnt
 ON_OTHER = {**TINY_RESNET, "classes": OTHER}

@@ -161,7 +161,7 @@ def test_validation_sees_what_timm_s_eval_transform_gives(imagenette, fast, size
 def test_a_pretrained_run_records_its_preprocessing_and_exports_it(weights_file, tree, tmp_path, monkeypatch):
     "fastai's fine_tune from the weights (the head alone, then all); the model file predicts with the same images."
     from resnets import export, load, run
-    from resnets.export import _stats
+    from resnets.deploy import _stats
 
     path, _ = weights_file
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))

@@ -7,7 +7,8 @@
                              in the file's metadata; `load("m.onnx")` predicts with onnxruntime
 
 Preprocessing is the validation pipeline of training: the image resized (shortest side) and centre
-cropped to presize, resized to the training size, scaled to [0, 1] and normalised with ImageNet stats.
+cropped to presize (with pretrained weights: bicubic, and the centre crop they were evaluated with), resized to the
+training size, scaled to [0, 1] and normalised with the run's statistics (ImageNet's, or the weights').
 """
 
 from __future__ import annotations

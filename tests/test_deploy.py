@@ -12,7 +12,7 @@ from conftest import TINY
 from resnets import IMAGENETTE_NAMES, InputError, MissingFile, export, export_torchscript, load, run
 from resnets.checkpoint import CHECKPOINT, load_checkpoint
 from resnets.data import find_items
-from resnets.export import FORMAT, ONNX_OPSET, export_onnx
+from resnets.deploy import FORMAT, ONNX_OPSET, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _refused(cmd: list[str], message: str) -> None:
 
 
 def test_k_is_checked_by_the_predictor():
-    from resnets.export import Predictor
+    from resnets.deploy import Predictor
 
     with pytest.raises(InputError, match="k must be an integer >= 1"):
         Predictor.predict(None, "x.jpg", k=0)

@@ -1,0 +1,123 @@
+"""A trained run out into the timm / Hugging Face ecosystem.
+
+- `export_timm(run_dir, out)`: the folder timm's own `save_for_hf` writes (model.safetensors, config.json with the
+  architecture, the class names and the preprocessing), so that `timm.create_model("local-dir:OUT",
+  pretrained=True)` gives the run's network and logits, and `hf-hub:USER/NAME` does after an upload.
+- `model_card(run_dir)`: a README.md for that folder: the data, the classes, the settings, the accuracy, the
+  versions and the command that trained it.
+- `push(run_dir, repo_id)`: both, uploaded with huggingface_hub (`resnets push RUN_DIR USER/NAME`).
+
+The chapter's ResNets are timm's ResNet-D family (resnets.pretrained), so any run of resnet18 ... resnet152 at
+full width (and resnet10 with stem 24,32,64) exports; the chapter's small CNNs have no timm counterpart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .errors import InputError, MissingFile
+from .labels import IMAGENETTE_NAMES
+from .models import create_model
+from .pretrained import TIMM_ARCHS, resnets_to_timm
+
+__all__ = ["export_timm", "model_card", "push"]
+
+
+def _run_state(run_dir: Path) -> dict:
+    if not run_dir.is_dir():
+        raise MissingFile(f"no run folder at {run_dir}: pass the --out folder of a `resnets run`")
+    state = load_checkpoint(run_dir)
+    if state is None:
+        raise MissingFile(f"{run_dir} has no checkpoint.pth, so no trained model: train it with `resnets run --out`")
+    if not state.get("vocab"):
+        raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
+    return state
+
+
+def _timm_arch(s: dict) -> str:
+    key = (s["model"], tuple(s.get("stem") or ()))
+    if key not in TIMM_ARCHS or s.get("width", 1.0) != 1:
+        have = ", ".join(f"{m}{' --stem ' + ','.join(map(str, st)) if st else ''}" for m, st in TIMM_ARCHS)
+        stem = ",".join(map(str, key[1])) or "32,32,64"
+        raise InputError(f"a {s['model']} (width {s.get('width', 1.0)}, stem {stem}) has "
+                         f"no timm architecture: timm's ResNet-D family is {have}, at full width")  # fmt: skip
+    return TIMM_ARCHS[key]
+
+
+def _data_config(s: dict) -> dict:
+    "The preprocessing of the run's validation, as timm's data config describes it."
+    size = s.get("test_size") or s["size"]
+    p = s.get("preprocessing")
+    if p:  # pretrained weights': their mean, std, filter and centre crop
+        return {"input_size": (3, size, size), "mean": tuple(p["mean"]), "std": tuple(p["std"]),
+                "interpolation": p["interpolation"], "crop_pct": p["crop_pct"]}  # fmt: skip
+    # the chapter's: the centre square resized (bilinear, twice: to presize then size), ImageNet's statistics
+    return {"input_size": (3, size, size), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+            "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+
+
+def export_timm(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a run's trained network as timm's `save_for_hf` does, into `out`; returns `out`. Needs timm (pip
+    install 'resnets[timm]')."""
+    try:
+        import timm
+        from timm.models import save_for_hf
+    except ImportError as e:
+        raise InputError("export --timm needs timm: pip install 'resnets[timm]'") from e
+    run_dir, out = Path(run_dir), Path(out)
+    state = _run_state(run_dir)
+    s, vocab = state["settings"], list(state["vocab"])
+    arch = _timm_arch(s)
+    ours = create_model(s["model"], n_out=len(vocab), stem=tuple(s.get("stem") or ()))
+    net = timm.create_model(arch, pretrained=False, num_classes=len(vocab))
+    net.load_state_dict(resnets_to_timm(state["model"], ours))  # strict both ways
+    names = [IMAGENETTE_NAMES.get(c, c) for c in vocab]
+    config = {"label_names": names, "label_descriptions": dict(zip(names, vocab))}  # names, and the folders they were
+    save_for_hf(net.eval(), str(out), model_config=config, safe_serialization=True, data_config=_data_config(s))
+    return out
+
+
+def model_card(run_dir: str | os.PathLike) -> str:
+    "A model card (README.md) for a run's exported folder: what trained it, on what, how well, and how to use it."
+    run_dir = Path(run_dir)
+    r = json.loads((run_dir / "results.json").read_text())
+    s, h = r["settings"], r["history"]
+    acc = next((e["accuracy"] for e in reversed(h) if e.get("accuracy") is not None), None)
+    names = list(r.get("per_class_accuracy") or {})  # the class names, as the run's interpretation recorded them
+    cmd = " ".join(s.get("argv") or []) or f"resnets run {r['experiment']}"
+    keep = {k: v for k, v in s.items() if k not in ("argv", "budget_plan")}
+    lines = [
+        "---", "library_name: timm", "tags:", "- image-classification", "- timm", "- resnets", "---", "",
+        f"# {r['experiment']}: {_timm_arch(s)} trained with resnets", "",
+        "The chapter's ResNet from *Deep Learning for Coders* (chapter 14), trained with the resnets library on "
+        "fastai; the network is timm's ResNet-D layer for layer.", "",
+        f"- **Data**: `{s.get('source', s.get('data'))}`: {s.get('n_train')} training and {s.get('n_valid')} "
+        f"validation images, {s.get('n_classes')} classes" + (f" ({', '.join(names)})" if names else ""),
+        f"- **Accuracy**: {acc:.4f} on the validation images after {len(h)} epochs" if acc is not None else
+        "- **Accuracy**: not validated",
+        *([f"- **Flip TTA**: {r['tta_accuracy']:.4f}"] if r.get("tta_accuracy") else []),
+        f"- **Trained on**: {r.get('device')}, {r.get('wall_time', 0):.0f} s",
+        f"- **Versions**: {', '.join(f'{k} {v}' for k, v in r.get('versions', {}).items())}",
+        f"- **Command**: `{cmd}`", "",
+        "```python", "import timm", "model = timm.create_model('hf-hub:USER/NAME', pretrained=True).eval()", "```", "",
+        "## Settings", "", "```json", json.dumps(keep, indent=1, default=str), "```", "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def push(run_dir: str | os.PathLike, repo_id: str, private: bool = False, folder: str | os.PathLike | None = None):
+    """Export a run for timm (`export_timm`), add its model card, and upload the folder to the Hugging Face Hub
+    as `repo_id` (huggingface_hub: a token from `hf auth login` or $HF_TOKEN). Returns the upload's result."""
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = export_timm(run_dir, folder or Path(tmp) / "hub")
+        card = model_card(run_dir).replace("USER/NAME", repo_id)
+        (out / "README.md").write_text(card)
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message="resnets push")
