@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from fastai.vision.all import imagenet_stats
 from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .checkpoint import load_checkpoint, load_failure
 from .errors import InputError, MissingFile, check_number
@@ -31,7 +33,7 @@ from .models import create_model
 
 __all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchscript", "export_onnx"]
 
-FORMAT = "resnets-model-v1"
+FORMAT = "resnets-model-v1"  # the description's version: the same in v1 files (torch's format) and safetensors ones
 ONNX_OPSET = 18  # onnxruntime 1.16 (2023) and later run it
 # what an ONNX file carries of the model file, as JSON in its metadata
 _ONNX_META = ("format", "model", "width", "stem", "n_out", "vocab", "names", "presize", "resize", "stats", "resample",
@@ -64,15 +66,38 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
     out = Path(out) if out is not None else run_dir / "model.resnets"
     size = s["size"] if "size" in s else s["resize"]  # the option was `resize` in runs of earlier versions
-    torch.save({"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0),
-                "stem": list(s.get("stem") or ()), "n_out": len(vocab),
-                "state_dict": state["model"],
-                "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
-                "presize": s["presize"], "resize": size, "stats": _stats(s),
-                "resample": s.get("preprocessing", {}).get("interpolation", "bilinear"), "crop": _crop(s, size),
-                "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
-                "history": state["history"]}, out)  # fmt: skip
+    meta = {"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0), "stem": list(s.get("stem") or ()),
+            "n_out": len(vocab), "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
+            "presize": s["presize"], "resize": size, "stats": _stats(s),
+            "resample": s.get("preprocessing", {}).get("interpolation", "bilinear"), "crop": _crop(s, size),
+            "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
+            "history": state["history"]}  # fmt: skip
+    # safetensors: the tensors, and the description as JSON in its header; no pickle to load (see `load`)
+    save_file({k: v.contiguous() for k, v in state["model"].items()}, str(out), metadata={"resnets": json.dumps(meta)})
     return out
+
+
+def _read_model_file(path: Path) -> dict:
+    """The description and the weights (`state_dict`) of a model file: safetensors (this version), or the torch
+    file of earlier versions, read with weights_only (tensors and plain values: a crafted file runs no code)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:2] != b"PK":  # torch's files are zip archives; a safetensors file starts with its header's length
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {})["resnets"])
+                return {**meta, "state_dict": {k: f.get_tensor(k) for k in f.keys()}}
+        except Exception as e:
+            raise InputError(f"{path} is not a readable resnets model file ({type(e).__name__}: {e}): write one "
+                             "with `resnets export RUN_DIR`") from e  # fmt: skip
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        code, why = load_failure(e)
+        if code is not None:
+            raise InputError(f"{path} is not a safe resnets model file ({why}, which can run code): "
+                             "it was not loaded; load only files written by `resnets export`") from e  # fmt: skip
+        raise InputError(f"{path} is not a readable resnets model file ({why})") from e
 
 
 def _read_image(img) -> Image.Image:
@@ -162,14 +187,7 @@ def load(path: str | os.PathLike) -> Predictor:
             raise InputError(f"{path} was not written by `resnets export --onnx`: it has no class names or "
                              "preprocessing to predict with")  # fmt: skip
         return OnnxPredictor(session, {k: json.loads(v) for k, v in props.items() if k in _ONNX_META})
-    try:  # tensors and plain values only (all an exported file holds): a crafted file must not run its code
-        meta = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        code, why = load_failure(e)
-        if code is not None:
-            raise InputError(f"{path} is not a safe resnets model file ({why}, which can run code): "
-                             "it was not loaded; load only files written by `resnets export`") from e  # fmt: skip
-        raise InputError(f"{path} is not a readable resnets model file ({why})") from e
+    meta = _read_model_file(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
     model = create_model(meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0),

@@ -185,7 +185,7 @@ def test_a_model_file_rebuilds_its_stem(mnist_run, tmp_path):
     "A ResNet with a one-conv stem, saved as `export` writes it, loads with that stem (its weights fit no other)."
     from resnets.models import create_model
 
-    meta = torch.load(export(mnist_run.folder, tmp_path / "m.resnets"), weights_only=False)
+    meta = dict(load(export(mnist_run.folder, tmp_path / "m.resnets")).meta)
     assert meta["stem"] == [], "a run without a stem setting records the default"
     net = create_model("resnet18", n_out=2, width=0.25, stem=(64,))
     torch.save({**meta, "model": "resnet18", "width": 0.25, "stem": [64], "state_dict": net.state_dict()},
@@ -219,3 +219,23 @@ def test_predict_a_folder_into_a_csv(generated_run, tmp_path, capsys):
     first = rows[1].split(",")
     assert first[1] in ("cat", "dog") and 0.5 <= float(first[2]) <= 1
     assert "saved 8 predictions" in capsys.readouterr().out
+
+
+def test_a_model_file_is_safetensors_and_earlier_torch_files_still_load(generated_run, tmp_path):
+    "No pickle in the library's model files: safetensors with the description in its header; v1 torch files load."
+    from safetensors import safe_open
+
+    path = export(generated_run.folder, tmp_path / "m.resnets")
+    assert path.read_bytes()[:2] != b"PK"  # not a torch (zip) file
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["resnets"])
+        assert meta["format"] == FORMAT and meta["vocab"] == ["cat", "dog"] and len(list(f.keys())) > 10
+    new = load(path)
+    old_file = tmp_path / "old.resnets"  # what resnets 0.2's export wrote: one torch.save'd dict
+    torch.save({**new.meta, "state_dict": new.model.state_dict()}, old_file)
+    old = load(old_file)
+    img = next(Path(generated_run.settings["data"]).glob("val/dog/*.jpg"))
+    assert old.predict(img, k=2) == new.predict(img, k=2)
+    (tmp_path / "bad.resnets").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(InputError, match="not a readable resnets model file"):
+        load(tmp_path / "bad.resnets")
