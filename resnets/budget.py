@@ -61,10 +61,16 @@ def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]
     if exp.recalibrate_bn:  # a forward pass over (at most) 1,024 training images before the last validation
         final += valid * min(RECALIBRATION_IMAGES, len(learn.dls.train_ds)) / max(len(learn.dls.valid_ds), 1)
 
-    def predicted(epochs: int) -> float:
+    # fine-tuning (init, pretrained) trains fastai's fine_tune: `freeze_epochs` of the head alone first (timed as
+    # whole epochs: a frozen body still runs forward, and its backward is cut short; an upper bound), then `epochs`
+    fits = (exp.freeze_epochs,) if exp.fine_tunes and exp.freeze_epochs else ()
+
+    def fit_s(epochs: int) -> float:
         train = sum(step[exp.train_size(e, epochs)] * n_batches for e in range(epochs))
-        validated = min(epochs, exp.valid_last or epochs)
-        return train + epochs * overhead + validated * valid + final
+        return train + epochs * overhead + min(epochs, exp.valid_last or epochs) * valid
+
+    def predicted(epochs: int) -> float:
+        return sum(fit_s(n) for n in (*fits, epochs)) + final
 
     left = exp.budget - spent - (time.perf_counter() - start)
     epochs = 0

@@ -261,6 +261,7 @@ class Checkpoint(Callback):
     def before_fit(self):
         if self.state is not None:  # the optimiser's, the loss scaler's and the smoothed loss (see the table)
             restore_training_state(self.learn, self.state)
+            self.state = None  # once: fine_tune's second fit goes on from the first's state, not the checkpoint's
 
     def after_epoch(self):
         if self.folder is not None and self.epoch >= self.start_epoch:

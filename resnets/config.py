@@ -295,8 +295,6 @@ class Experiment:
         check_number("freeze_epochs", self.freeze_epochs, low=0)
         check_number("lr_mult", self.lr_mult, kind=(int, float), low=1)
         how = "init" if self.init is not None else "pretrained"
-        if self.fine_tunes and self.budget is not None:
-            raise InputError(f"{how} (fine-tuning) does not take a budget yet: give --epochs instead of --budget")
         if self.fine_tunes and self.schedule != "one_cycle":
             raise InputError(f"{how} (fine-tuning) trains with fastai's fine_tune, whose schedule is one-cycle: leave "
                              "--schedule out")  # fmt: skip

@@ -99,6 +99,27 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     return learn, exp
 
 
+def _fine_tune(learn, exp: Experiment, start: int, counters) -> None:
+    """fastai's `Learner.fine_tune` (the head alone for `freeze_epochs` with `slice(lr)`, then every layer at half
+    the rate, the body `lr_mult` times slower), written out so that a resumed run goes on from epoch `start` of the
+    two fits together: the fits already done are skipped, the one it stopped in goes on from its next epoch.
+    `counters`: the callbacks that count epochs within a fit (RunHistory, Checkpoint, EpochLog)."""
+    frozen = exp.freeze_epochs
+    if start < frozen:
+        learn.freeze()
+        for cb in counters:
+            cb.start_epoch = start
+        learn.fit_one_cycle(frozen, slice(exp.lr), pct_start=0.99, start_epoch=start)
+    learn.unfreeze()  # fastai's freeze_to clears the optimiser's state: the unfrozen fit starts afresh
+    if start == frozen:  # resumed just as that fit begins: nothing of the frozen fit's training state carries on
+        counters[1].state = None  # (the optimiser's state, cleared; the smoothed loss and the loss scaler, new)
+    for cb in counters:
+        cb.start_epoch = max(0, start - frozen)
+    base = exp.lr / 2  # as fastai's fine_tune halves it
+    learn.fit_one_cycle(exp.epochs, slice(base / exp.lr_mult, base), pct_start=0.3, div=5.0,
+                        start_epoch=max(0, start - frozen))  # fmt: skip
+
+
 def _loggers(kind: str | None, folder: Path | None, settings: dict, append: bool, rank: int) -> list:
     """fastai's logger callback for `--log` (rank 0 only; removed after the fit with the run's other callbacks, so
     that the Learner exports afterwards: fastai's CSVLogger keeps a closed file handle)."""
@@ -183,8 +204,6 @@ def run(
     callbacks for the Learner (loggers, your own), as `build` and fastai's `Learner` take them."""
     start = time.perf_counter()
     exp = configure(name, verbose=rank_distrib() == 0, **overrides)
-    if resume and exp.fine_tunes:
-        raise InputError("a fine-tuning run (init, pretrained) cannot be resumed yet: start it again")
     if resume and (out is None or not save):
         raise InputError("resume needs the run's folder: pass out=FOLDER (--out) of the run to continue")
     state = load_checkpoint(out) if resume else None
@@ -236,7 +255,7 @@ def run(
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
             if exp.fine_tunes:  # fastai's schedule: the new head alone, then every layer (the body slower)
-                learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs, lr_mult=exp.lr_mult)
+                _fine_tune(learn, exp, checkpoint.start_epoch, (run_cbs[0], checkpoint, run_cbs[3]))
             else:
                 fit = partial(fit_flat_cos, learn) if exp.schedule == "flat_cos" else learn.fit_one_cycle
                 fit(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)

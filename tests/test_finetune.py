@@ -51,12 +51,11 @@ def test_fine_tuning_runs_fastais_schedule_frozen_body_first(imagenette, tiny_re
     assert seen == [[True], [False]], "the body's convolutions train only after the frozen epoch"
 
 
-def test_lr_mult_sets_how_much_slower_the_body_learns(imagenette, tiny_resnet, tmp_path, monkeypatch):
-    "`lr_mult` reaches fastai's fine_tune: once unfrozen, the head's rate is the body's times lr_mult at every step."
+def test_lr_mult_sets_how_much_slower_the_body_learns(imagenette, tiny_resnet, tmp_path):
+    "`lr_mult` reaches the fine-tuning: once unfrozen, the head's rate is the body's times lr_mult at every step."
     from fastai.callback.core import Callback
-    from fastai.learner import Learner
 
-    ratios, fine_tune = [], Learner.fine_tune
+    ratios = []
 
     class Rates(Callback):
         def after_batch(self):
@@ -64,12 +63,7 @@ def test_lr_mult_sets_how_much_slower_the_body_learns(imagenette, tiny_resnet, t
                 body, head = (h["lr"] for h in self.opt.hypers)
                 ratios.append(head / body)
 
-    def watched(learn, *args, **kw):
-        learn.add_cb(Rates())
-        return fine_tune(learn, *args, **kw)
-
-    monkeypatch.setattr(Learner, "fine_tune", watched)
-    run("resnet18", data=imagenette, out=tmp_path / "ft", progress=False, init=tiny_resnet, lr_mult=10,
+    run("resnet18", data=imagenette, out=tmp_path / "ft", progress=False, init=tiny_resnet, lr_mult=10, cbs=[Rates()],
         **{**TINY_RESNET, "classes": OTHER, "epochs": 1})  # fmt: skip
     assert ratios and all(r == pytest.approx(10) for r in ratios)
     with pytest.raises(InputError, match="lr_mult must be a number >= 1"):
@@ -90,5 +84,3 @@ def test_init_errors_name_the_fix(imagenette, tiny_resnet, tmp_path):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "m.onnx", **ON_OTHER)
     with pytest.raises(MissingFile, match="no checkpoint.pth"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "empty", **ON_OTHER)
-    with pytest.raises(InputError, match="cannot be resumed"):
-        run("resnet18", data=imagenette, out=tiny_resnet, resume=True, init=tiny_resnet, **TINY_RESNET)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import BOOK_FINAL, TINY, curve
-from resnets import InputError, load_results, run
+from resnets import InputError, build, load_results, run
 from resnets.checkpoint import CHECKPOINT
 
 
@@ -168,3 +168,76 @@ def test_log_writes_fastai_s_logs_and_the_learner_still_exports(kind, tree, tmp_
         assert len(acc.Scalars("accuracy")) == 2
     r.learn.export(tmp_path / "learner.pkl")  # no logger left on the Learner to break pickling
     assert (tmp_path / "learner.pkl").stat().st_size > 0
+
+
+class _Killed(Exception):
+    "A kill, as the checkpoint of epoch `n` (counted over the whole run) has just been written."
+
+
+def _kill_after(n):
+    from fastai.callback.core import Callback
+
+    from resnets.callbacks import ORDERS
+
+    class KillAfter(Callback):
+        order = ORDERS["Checkpoint"] + 1
+
+        def after_epoch(self):
+            if len(self.learn.recorder.values) and self.learn.train_iter and _epochs_done(self.learn) == n + 1:
+                raise _Killed(f"killed after epoch {n}")
+
+    return KillAfter()
+
+
+def _epochs_done(learn):
+    "Epochs recorded in the run folder so far (RunHistory's count, over both fits of a fine-tuning run)."
+    return next(cb for cb in learn.cbs if type(cb).__name__ == "RunHistory").results.history.__len__()
+
+
+def _fine_tune_kw(generated_run, tree):
+    return dict(data=tree, init=generated_run.folder, size=32, presize=40, bs=4, freeze_epochs=1, epochs=2,
+                progress=False, num_workers=0, seed=5)  # fmt: skip
+
+
+def test_fine_tuning_is_fastai_s_fine_tune(generated_run, tree):
+    "The run's fine-tuning steps through the learning rates and momenta fastai's own fine_tune does, batch by batch."
+    from fastai.callback.core import Callback
+
+    def recorder():
+        seen = []
+
+        class Hypers(Callback):
+            def after_batch(self):
+                if self.training:
+                    seen.append([(round(h["lr"], 12), round(h["mom"], 12)) for h in self.opt.hypers])
+
+        return seen, Hypers()
+
+    ours, cb = recorder()
+    kw = _fine_tune_kw(generated_run, tree)
+    run("cnn", save=False, cbs=[cb], **kw)
+    theirs, cb = recorder()
+    learn, exp = build("cnn", cbs=[cb], verbose=False, **{k: v for k, v in kw.items() if k != "progress"})
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(exp.epochs, exp.lr, freeze_epochs=exp.freeze_epochs, lr_mult=exp.lr_mult)
+    assert len(ours) == len(theirs) == 3 * 3 and ours == theirs  # 12 images in batches of 4, 3 epochs
+
+
+@pytest.mark.parametrize("killed_after", [0, 1])
+def test_a_killed_fine_tuning_run_resumes_to_the_uninterrupted_history(generated_run, tree, tmp_path, killed_after):
+    "Killed after its frozen epoch (0) or in the middle of the unfrozen fit (1), it resumes to the same history."
+    kw = _fine_tune_kw(generated_run, tree)
+    whole = run("cnn", out=tmp_path / "whole", **kw)
+    with pytest.raises(_Killed):
+        run("cnn", out=tmp_path / "r", cbs=[_kill_after(killed_after)], **kw)
+    assert len(load_results(tmp_path / "r").history) == killed_after + 1
+    resumed = run("cnn", out=tmp_path / "r", resume=True, **kw)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert curve(resumed) == curve(whole)
+
+
+def test_a_fine_tuning_run_takes_a_budget(generated_run, tree, tmp_path):
+    kw = {**_fine_tune_kw(generated_run, tree), "epochs": 5}
+    r = run("cnn", out=tmp_path / "b", budget=8.0, **kw)
+    plan = r.settings["budget_plan"]
+    assert plan["epochs"] == r.settings["epochs"] >= 1 and len(r.history) == 1 + plan["epochs"], "frozen + planned"
