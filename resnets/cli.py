@@ -372,7 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     drop = {j for i, a in enumerate(argv) if a == "--data" or a.startswith("--data=")
             for j in ((i, i + 1) if a == "--data" else (i,))}  # fmt: skip
     shown = " ".join(a.replace("{", "{{").replace("}", "}}") for i, a in enumerate(argv) if i not in drop)
+    hint_given = "RESNETS_DATA_HINT" in os.environ  # (make run sets its own)
     os.environ.setdefault("RESNETS_DATA_HINT", f"resnets {shown} --data /path/to/{{folder}}")
+    try:
+        return _command(args, argv, kw)
+    finally:  # main() called in-process (a notebook, the tests): the next call or get_data() must not see this one's
+        if not hint_given:
+            os.environ.pop("RESNETS_DATA_HINT", None)
+
+
+def _command(args, argv: list[str], kw: dict) -> int:
+    "What `main` does, once the command line is parsed: one command, its mistakes as one line."
     try:
         if args.command == "list":
             _list()

@@ -233,3 +233,17 @@ def test_lr_find_takes_only_the_options_it_uses(capsys):
     with pytest.raises(SystemExit):
         main(["lr-find", "cnn", "--budget", "10m"])
     assert "unrecognized arguments: --budget" in capsys.readouterr().err
+
+
+def test_main_in_process_leaves_the_environment_as_it_was(monkeypatch, capsys):
+    "The data hint main() sets for its own command does not leak into the next call (a notebook, the tests)."
+    import os
+
+    from resnets.cli import main
+
+    monkeypatch.delenv("RESNETS_DATA_HINT", raising=False)
+    assert main(["list"]) == 0
+    assert "RESNETS_DATA_HINT" not in os.environ
+    monkeypatch.setenv("RESNETS_DATA_HINT", "make run DATA=/path/to/{folder}")
+    main(["list"])
+    assert os.environ["RESNETS_DATA_HINT"] == "make run DATA=/path/to/{folder}"
