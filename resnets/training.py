@@ -76,7 +76,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         bs = 2 ** int(math.log2(n // 2))  # two batches an epoch at least, a power of two as batch sizes go
         if verbose:
             print(f"resnets: {n} training images, fewer than one batch of {exp.bs}: batches of {bs} instead (the "
-                  f"learning rate stays {exp.lr:g}, the recipe's; --bs and --lr choose others)")  # fmt: skip
+                  f"learning rate stays {exp.lr:g}, the recipe's: an Adam step's size follows the rate, not the "
+                  f"batch, as SGD's would; --bs and --lr choose others)")  # fmt: skip
         exp = replace(exp, bs=bs)
         dls = _data(exp, prep)
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width, stem=exp.stem)
