@@ -161,11 +161,9 @@ def test_valid_last_validates_only_the_last_epochs(imagenette, tmp_path, capsys,
     "valid_last=1 of 3 epochs: one validation pass; the earlier epochs' metrics empty in the history, log and plot."
     import json
 
-    import resnets.training as training
-
-    probe, build_ = _Sizes(), training.build
-    monkeypatch.setattr(training, "build", lambda *a, **kw: build_(*a, cbs=probe, **kw))
-    r = run("cnn", data=imagenette, out=tmp_path / "r", progress=False, valid_last=1, tta=True, **{**TINY, "epochs": 3})
+    probe = _Sizes()
+    r = run("cnn", data=imagenette, out=tmp_path / "r", progress=False, valid_last=1, tta=True, cbs=[probe],
+            **{**TINY, "epochs": 3})  # fmt: skip
     assert {e for e, training in probe.seen if not training} == {2}, "no validation batch before the last epoch"
     h = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
     assert [e["accuracy"] is None and e["valid_loss"] is None for e in h] == [True, True, False]
