@@ -84,3 +84,15 @@ def test_init_errors_name_the_fix(imagenette, tiny_resnet, tmp_path):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "m.onnx", **ON_OTHER)
     with pytest.raises(MissingFile, match="no checkpoint.pth"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "empty", **ON_OTHER)
+
+
+def test_a_fine_tuning_budget_is_kept(imagenette, tiny_resnet, tmp_path):
+    "A fine-tuning run with --budget ends within the budget's tolerance (25 % + 2 s), both fits planned."
+    import time
+
+    budget, start = 30.0, time.perf_counter()
+    r = run("resnet18", data=imagenette, out=tmp_path / "b", progress=False, init=tiny_resnet, budget=budget,
+            **{**TINY_RESNET, "classes": OTHER, "subset": (32, 8)})  # fmt: skip
+    took = time.perf_counter() - start
+    assert took <= budget * 1.25 + 2, f"{took:.1f} s for a {budget:.0f} s budget"
+    assert len(r.history) == r.settings["freeze_epochs"] + r.settings["budget_plan"]["epochs"]
