@@ -30,7 +30,7 @@ test-all: setup
 
 # docs/options.md is generated from the record and the command line (tests/test_docs.py checks it is current)
 docs: setup
-	$(PY) -c "from resnets.cli import reference; open('docs/options.md', 'w').write(reference())"
+	$(PY) -c "from resnets.reference import reference; open('docs/options.md', 'w').write(reference())"
 
 lint: setup
 	$(VENV)/bin/ruff check resnets tests

@@ -15,11 +15,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import GROUPS, OPTION_GROUPS, Experiment, check_source
+from .config import GROUPS, OPTION_GROUPS, Experiment, check_source, is_weights_path
 from .errors import InputError, MissingFile, RunExists, check_number
 from .recipes import EXPERIMENTS, STUDIES, configure, get_study
 
-__all__ = ["main", "parser", "add_options", "COMMAND_OPTIONS", "reference"]
+__all__ = ["main", "parser", "add_options", "COMMAND_OPTIONS"]
 
 # torch and fastai take seconds to import: the record (resnets.config) and the recipes import neither, so every
 # setting and the data's path are checked first, and only a command that trains or reads runs imports the heavy
@@ -161,56 +161,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _flag_text(a: argparse.Action) -> str:
-    flags = ", ".join(f"`{o}`" for o in a.option_strings) or f"`{a.metavar or a.dest}`"
-    if a.choices and not a.option_strings:
-        return flags
-    if a.choices:
-        return f"{flags} {{{','.join(map(str, a.choices))}}}"
-    return f"{flags} {a.metavar}" if a.metavar and a.nargs != 0 else flags
-
-
-def _cell(text) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def reference() -> str:
-    """The options reference (docs/options.md), made from the command line's parser and the record's defaults, so
-    that it says what `resnets COMMAND --help` says; `make docs` writes it and a test checks it is current."""
-    record = {f.name: f for f in fields(Experiment) if f.metadata.get("option")}
-    top = parser()
-    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    out = ["# Options reference", "",
-           "Generated from the command line's parser and the `Experiment` record (`resnets/config.py`) by `make docs`;",
-           "`tests/test_docs.py` fails when it is out of date. Every *setting* is also a keyword of `run`, `build` and",
-           "`configure` in Python (the name in the second column); its default here is the record's, and each",
-           "experiment (`resnets list`) sets its own values for some of them.", ""]
-    for name, p in sub.choices.items():
-        out += [f"## resnets {name}", "", _cell(p.description or next(
-            (c.help for c in sub._choices_actions if c.dest == name), "")), ""]
-        for group in p._action_groups:
-            actions = [a for a in group._group_actions if not isinstance(a, argparse._HelpAction)]
-            if not actions:
-                continue
-            settings = all(a.dest in record for a in actions)
-            out += [f"### {group.title}", ""]
-            out += ["| option | Python | default | what it does |", "|---|---|---|---|"] if settings else \
-                ["| argument | what it does |", "|---|---|"]  # fmt: skip
-            for a in actions:
-                if settings:
-                    default = record[a.dest].default
-                    shown = ",".join(map(str, default)) if isinstance(default, tuple) and default else default
-                    out.append(f"| {_flag_text(a)} | `{a.dest}` | {_default(shown)} | {_cell(a.help)} |")
-                else:
-                    out.append(f"| {_flag_text(a)} | {_cell(a.help)} |")
-            out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _default(v) -> str:
-    return "-" if v is None or v == () else f"`{v}`"
-
-
 def _list() -> None:
     print(f"{'name':<16}{'model':<16}{'data':<16}{'size':>5}{'epochs':>7}{'book acc':>9}{'s/epoch':>8}  title")
     for e in EXPERIMENTS.values():
@@ -324,39 +274,10 @@ def _checked(name: str, kw: dict, options: tuple[str, ...]) -> Experiment:
         raise MissingFile(f"nothing to start from at {exp.init}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
     w = exp.pretrained
-    if isinstance(w, str) and ("/" in w or w.endswith((".safetensors", ".pth", ".pt", ".bin"))) and \
-            not Path(w).expanduser().exists():  # a file or folder, not a timm tag  # fmt: skip
+    if isinstance(w, str) and is_weights_path(w) and not Path(w).expanduser().exists():
         raise MissingFile(f"no weights at {w}: pass a .safetensors file, a timm hub folder, a timm tag "
                           "(resnet50d.ra2_in1k) or --pretrained alone for the model's default")  # fmt: skip
     return exp
-
-
-def _image_files(paths: list[str]) -> list[Path]:
-    "The images to predict: files as given, folders searched for image files (fastai's extensions), sorted."
-    from fastai.data.transforms import get_image_files
-
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(get_image_files(p))
-            if not found:
-                raise MissingFile(f"no image files in {p}: pass images, or a folder that holds some")
-            out += found
-        elif not p.exists():
-            raise MissingFile(f"no image at {p}")
-        else:
-            out.append(p)
-    return out
-
-
-def _write_predictions(path: str, rows: list[list[str]], k: int) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", *(c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}"))])
-        w.writerows(rows)
-    print(f"saved {len(rows)} predictions to {path}")
 
 
 def _progress(flag: bool | None) -> bool:
@@ -438,12 +359,12 @@ def _command(args, argv: list[str], kw: dict) -> int:
             push(args.run_dir, args.repo_id, private=args.private)
             print(f"uploaded {args.run_dir} to https://huggingface.co/{args.repo_id}")
         elif args.command == "predict":
-            from .deploy import load
+            from .deploy import image_files, load, write_predictions
 
             check_number("k", args.k)
             predictor = load(args.model)
             rows = []
-            for img in _image_files(args.images):
+            for img in image_files(args.images):
                 top = predictor.predict(img, k=args.k)
                 rows.append([str(img), *(v for _, name, prob in top for v in (name, f"{prob:.6f}"))])
                 if args.csv is None or len(rows) <= 20:  # a folder into a CSV: the first few on screen
@@ -451,7 +372,7 @@ def _command(args, argv: list[str], kw: dict) -> int:
                     for c, name, prob in top:
                         print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
             if args.csv is not None:
-                _write_predictions(args.csv, rows, args.k)
+                write_predictions(args.csv, rows, args.k)
         elif args.command == "compare":
             from .results import compare
 

@@ -19,7 +19,7 @@ from .errors import InputError, check_number
 __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS", "SCHEDULES", "MODEL_NAMES",
            "DATA_SETS", "GROUPS", "LOGGERS", "PRETRAINED_MODELS", "check_choice",
            "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
-           "check_source", "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
+           "check_source", "is_weights_path", "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 LOGGERS = ("csv", "tensorboard", "wandb")  # fastai's CSVLogger, TensorBoardCallback, WandbCallback
@@ -113,6 +113,11 @@ def check_source(source) -> None:
     if not path.exists():
         raise InputError(f"no folder or file at {path} and {text!r} is not a known data set: pass an existing folder "
                          f"(train/ and val/, or a folder per class), a CSV, a URL, or one of {', '.join(DATA_SETS)}")
+
+
+def is_weights_path(spec: str) -> bool:
+    "Whether a `pretrained` value names a file or folder (a weights file's suffix, or a path), not a timm tag."
+    return "/" in spec or os.sep in spec or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin")
 
 
 def _option(group: str, default, help: str, type=None, flag: str | None = None, **cli):
@@ -237,11 +242,9 @@ class Experiment:
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         if self.init is not None:
             object.__setattr__(self, "init", str(self.init))
-        if self.pretrained in (None, "", "false", "False"):
+        if self.pretrained is None:  # (as an older results file's from_dict may give it)
             object.__setattr__(self, "pretrained", False)
-        elif self.pretrained in ("true", "True"):
-            object.__setattr__(self, "pretrained", True)
-        elif not isinstance(self.pretrained, bool):
+        elif not isinstance(self.pretrained, bool):  # a tag or a path
             object.__setattr__(self, "pretrained", str(self.pretrained))
         if self.budget is not None:
             object.__setattr__(self, "budget", parse_seconds(self.budget))

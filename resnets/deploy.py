@@ -13,6 +13,7 @@ training size, scaled to [0, 1] and normalised with the run's statistics (ImageN
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import warnings
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastai.data.transforms import get_image_files
 from fastai.vision.all import imagenet_stats
 from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
@@ -30,8 +32,10 @@ from .errors import InputError, MissingFile, check_number
 from .fastdata import preprocess
 from .labels import IMAGENETTE_NAMES
 from .models import create_model
+from .pretrained import valid_crop
 
-__all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchscript", "export_onnx"]
+__all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchscript", "export_onnx", "image_files",
+           "write_predictions"]
 
 FORMAT = "resnets-model-v1"  # the description's version: the same in v1 files (torch's format) and safetensors ones
 ONNX_OPSET = 18  # onnxruntime 1.16 (2023) and later run it
@@ -46,30 +50,36 @@ def _stats(s: dict) -> list:
     return [list(p["mean"]), list(p["std"])] if p else [list(v) for v in imagenet_stats]
 
 
-def _crop(s: dict, size: int) -> float:
-    "The side of the centre crop validation kept of the presize square (1: all of it)."
+def _crop(s: dict) -> float:
+    "The side of the centre crop validation kept of the presize square (1: all of it), as the run's data had it."
     p = s.get("preprocessing")
-    return min(1.0, (size + 0.5) / s["presize"]) if p and p.get("crop_pct", 1) != 1 else 1.0
+    return valid_crop(s.get("test_size") or s["size"], s["presize"]) if p and p.get("crop_pct", 1) != 1 else 1.0
 
 
-def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    "Write the trained model of a run folder (from its last checkpoint) as one file; returns its path."
+def trained_state(run_dir: str | os.PathLike) -> dict:
+    "A run folder's last checkpoint, checked to hold a trained model with its class names (export's, hub's)."
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MissingFile(f"no run folder at {run_dir}: pass the --out folder of a `resnets run`")
     state = load_checkpoint(run_dir)
     if state is None:
         raise MissingFile(f"{run_dir} has no checkpoint.pth, so no trained model: train it with `resnets run --out`")
-    s = state["settings"]
-    vocab = list(state.get("vocab") or [])
-    if not vocab:
+    if not state.get("vocab"):
         raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
+    return state
+
+
+def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    "Write the trained model of a run folder (from its last checkpoint) as one file; returns its path."
+    run_dir = Path(run_dir)
+    state = trained_state(run_dir)
+    s, vocab = state["settings"], list(state["vocab"])
     out = Path(out) if out is not None else run_dir / "model.resnets"
     size = s["size"] if "size" in s else s["resize"]  # the option was `resize` in runs of earlier versions
     meta = {"format": FORMAT, "model": s["model"], "width": s.get("width", 1.0), "stem": list(s.get("stem") or ()),
             "n_out": len(vocab), "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
             "presize": s["presize"], "resize": size, "stats": _stats(s),
-            "resample": s.get("preprocessing", {}).get("interpolation", "bilinear"), "crop": _crop(s, size),
+            "resample": s.get("preprocessing", {}).get("interpolation", "bilinear"), "crop": _crop(s),
             "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
             "history": state["history"]}  # fmt: skip
     # safetensors: the tensors, and the description as JSON in its header; no pickle to load (see `load`)
@@ -246,3 +256,27 @@ def export_torchscript(predictor: Predictor, out: str | os.PathLike, images=()) 
             x = predictor.preprocess(img)
             diffs.append((loaded(x) - predictor.model(x)).abs().max().item())
     return max(diffs)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    "The images to predict: files as given, folders searched for image files (fastai's extensions), sorted."
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(get_image_files(p))
+            if not found:
+                raise MissingFile(f"no image files in {p}: pass images, or a folder that holds some")
+            out += found
+        elif not p.exists():
+            raise MissingFile(f"no image at {p}")
+        else:
+            out.append(p)
+    return out
+
+
+def write_predictions(path: str, rows: list[list[str]], k: int) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", *(c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}"))])
+        w.writerows(rows)
+    print(f"saved {len(rows)} predictions to {path}")

@@ -18,24 +18,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
-from .errors import InputError, MissingFile
+from .deploy import trained_state
+from .errors import InputError
 from .labels import IMAGENETTE_NAMES
 from .models import create_model
 from .pretrained import TIMM_ARCHS, resnets_to_timm
+from .results import load_results
 
 __all__ = ["export_timm", "model_card", "push"]
-
-
-def _run_state(run_dir: Path) -> dict:
-    if not run_dir.is_dir():
-        raise MissingFile(f"no run folder at {run_dir}: pass the --out folder of a `resnets run`")
-    state = load_checkpoint(run_dir)
-    if state is None:
-        raise MissingFile(f"{run_dir} has no checkpoint.pth, so no trained model: train it with `resnets run --out`")
-    if not state.get("vocab"):
-        raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
-    return state
 
 
 def _timm_arch(s: dict) -> str:
@@ -69,7 +59,7 @@ def export_timm(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     except ImportError as e:
         raise InputError("export --timm needs timm: pip install 'resnets[timm]'") from e
     run_dir, out = Path(run_dir), Path(out)
-    state = _run_state(run_dir)
+    state = trained_state(run_dir)
     s, vocab = state["settings"], list(state["vocab"])
     arch = _timm_arch(s)
     ours = create_model(s["model"], n_out=len(vocab), stem=tuple(s.get("stem") or ()))
@@ -83,25 +73,23 @@ def export_timm(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 def model_card(run_dir: str | os.PathLike) -> str:
     "A model card (README.md) for a run's exported folder: what trained it, on what, how well, and how to use it."
-    run_dir = Path(run_dir)
-    r = json.loads((run_dir / "results.json").read_text())
-    s, h = r["settings"], r["history"]
-    acc = next((e["accuracy"] for e in reversed(h) if e.get("accuracy") is not None), None)
-    names = list(r.get("per_class_accuracy") or {})  # the class names, as the run's interpretation recorded them
-    cmd = " ".join(s.get("argv") or []) or f"resnets run {r['experiment']}"
+    r = load_results(run_dir)
+    s, h, acc = r.settings, r.history, r.accuracy
+    names = list(r.per_class_accuracy)  # the class names, as the run's interpretation recorded them
+    cmd = " ".join(s.get("argv") or []) or f"resnets run {r.experiment}"
     keep = {k: v for k, v in s.items() if k not in ("argv", "budget_plan")}
     lines = [
         "---", "library_name: timm", "tags:", "- image-classification", "- timm", "- resnets", "---", "",
-        f"# {r['experiment']}: {_timm_arch(s)} trained with resnets", "",
+        f"# {r.experiment}: {_timm_arch(s)} trained with resnets", "",
         "The chapter's ResNet from *Deep Learning for Coders* (chapter 14), trained with the resnets library on "
         "fastai; the network is timm's ResNet-D layer for layer.", "",
         f"- **Data**: `{s.get('source', s.get('data'))}`: {s.get('n_train')} training and {s.get('n_valid')} "
         f"validation images, {s.get('n_classes')} classes" + (f" ({', '.join(names)})" if names else ""),
         f"- **Accuracy**: {acc:.4f} on the validation images after {len(h)} epochs" if acc is not None else
         "- **Accuracy**: not validated",
-        *([f"- **Flip TTA**: {r['tta_accuracy']:.4f}"] if r.get("tta_accuracy") else []),
-        f"- **Trained on**: {r.get('device')}, {r.get('wall_time', 0):.0f} s",
-        f"- **Versions**: {', '.join(f'{k} {v}' for k, v in r.get('versions', {}).items())}",
+        *([f"- **Flip TTA**: {r.tta_accuracy:.4f}"] if r.tta_accuracy else []),
+        f"- **Trained on**: {r.device}, {r.wall_time or 0:.0f} s",
+        f"- **Versions**: {', '.join(f'{k} {v}' for k, v in (r.versions or {}).items())}",
         f"- **Command**: `{cmd}`", "",
         "```python", "import timm", "model = timm.create_model('hf-hub:USER/NAME', pretrained=True).eval()", "```", "",
         "## Settings", "", "```json", json.dumps(keep, indent=1, default=str), "```", "",

@@ -21,7 +21,6 @@ saying what was tried and how to use a downloaded file instead. timm is needed o
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import is_weights_path
 from .errors import InputError, MissingFile
 
 __all__ = ["DEFAULT_TAGS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing", "timm_to_resnets", "resnets_to_timm",
@@ -71,11 +71,16 @@ class Preprocessing:
     def data_kw(self, size: int) -> dict:
         "`get_data`'s keywords for these images, for a run tested at `size`."
         return {"stats": (list(self.mean), list(self.std)), "resample": self.interpolation,
-                "valid_crop": min(1.0, (size + 0.5) / self.resize_for(size))}  # +0.5: fastai truncates
+                "valid_crop": valid_crop(size, self.resize_for(size))}
 
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
                 "crop_pct": self.crop_pct, "source": self.source}
+
+
+def valid_crop(size: int, presize: int) -> float:
+    "The side fraction of a presize square whose centre crop is `size` px as fastai cuts it (it truncates: +0.5)."
+    return min(1.0, (size + 0.5) / presize)
 
 
 def pretrained_architecture(tag: str) -> tuple[str, tuple[int, ...]]:
@@ -211,21 +216,14 @@ def read_pretrained(spec, model_name: str, stem: tuple[int, ...] = ()) -> tuple[
         spec = DEFAULT_TAGS[model_name]
     spec = str(spec)
     path = Path(spec).expanduser()
-    if path.is_dir():  # a hub folder: model.safetensors and config.json (timm's save_for_hf)
-        weights, config = path / "model.safetensors", path / "config.json"
+    if path.is_dir() or is_weights_path(spec):  # a file, or a hub folder (timm's save_for_hf: model.safetensors
+        weights = path / "model.safetensors" if path.is_dir() else path  # and config.json)
         if not weights.is_file():
-            raise MissingFile(f"{path} holds no model.safetensors: pass a timm hub folder, a weights file or a tag")
-        cfg = json.loads(config.read_text()).get("pretrained_cfg", {}) if config.is_file() else {}
-        return _read_file(weights), _preprocessing_of(cfg, f"{config}" if cfg else "ImageNet's defaults"), str(path)
-    if path.suffix in (".safetensors", ".pth", ".pt", ".bin") or os.sep in spec:
-        if not path.is_file():
-            raise MissingFile(f"no weights file at {path}: pass a .safetensors file, a timm hub folder or a tag "
+            raise MissingFile(f"no weights file at {weights}: pass a .safetensors file, a timm hub folder or a tag "
                               f"({', '.join(KNOWN_TAGS)})")  # fmt: skip
-        cfg = {}
-        sidecar = path.with_name("config.json")
-        if sidecar.is_file():
-            cfg = json.loads(sidecar.read_text()).get("pretrained_cfg", {})
-        return _read_file(path), _preprocessing_of(cfg, str(sidecar) if cfg else "ImageNet's defaults"), str(path)
+        config = weights.with_name("config.json")  # what the weights were trained on, when it is beside them
+        cfg = json.loads(config.read_text()).get("pretrained_cfg", {}) if config.is_file() else {}
+        return _read_file(weights), _preprocessing_of(cfg, str(config) if cfg else "ImageNet's defaults"), str(path)
     arch = pretrained_architecture(spec)
     if arch != (model_name, tuple(stem or ())):
         name, arch_stem = arch

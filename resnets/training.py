@@ -249,14 +249,14 @@ def run(
         restore_model(learn, state)
         print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
     keep = LastValidPreds()
-    run_cbs = [RunHistory(results, folder, checkpoint.start_epoch, start), checkpoint, StopOnNaN(folder),
-               EpochLog(checkpoint.start_epoch), *([keep] if exp.tta else []),
+    history, log = RunHistory(results, folder, checkpoint.start_epoch, start), EpochLog(checkpoint.start_epoch)
+    run_cbs = [history, checkpoint, StopOnNaN(folder), log, *([keep] if exp.tta else []),
                *_loggers(exp.log, folder, settings, append=state is not None, rank=rank)]  # fmt: skip
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
             if exp.fine_tunes:  # fastai's schedule: the new head alone, then every layer (the body slower)
-                _fine_tune(learn, exp, checkpoint.start_epoch, (run_cbs[0], checkpoint, run_cbs[3]))
+                _fine_tune(learn, exp, checkpoint.start_epoch, (history, checkpoint, log))
             else:
                 fit = partial(fit_flat_cos, learn) if exp.schedule == "flat_cos" else learn.fit_one_cycle
                 fit(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from conftest import ROOT
-from resnets.cli import reference
 from resnets.recipes import EXPERIMENTS
+from resnets.reference import reference
 
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))

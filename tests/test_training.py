@@ -183,7 +183,7 @@ def _kill_after(n):
         order = ORDERS["Checkpoint"] + 1
 
         def after_epoch(self):
-            if len(self.learn.recorder.values) and self.learn.train_iter and _epochs_done(self.learn) == n + 1:
+            if _epochs_done(self.learn) == n + 1:
                 raise _Killed(f"killed after epoch {n}")
 
     return KillAfter()
@@ -191,7 +191,7 @@ def _kill_after(n):
 
 def _epochs_done(learn):
     "Epochs recorded in the run folder so far (RunHistory's count, over both fits of a fine-tuning run)."
-    return next(cb for cb in learn.cbs if type(cb).__name__ == "RunHistory").results.history.__len__()
+    return len(next(cb for cb in learn.cbs if type(cb).__name__ == "RunHistory").results.history)
 
 
 def _fine_tune_kw(generated_run, tree):
