@@ -31,7 +31,8 @@ from torch import nn
 from .config import is_weights_path
 from .errors import InputError, MissingFile
 
-__all__ = ["DEFAULT_TAGS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing", "timm_to_resnets", "resnets_to_timm",
+__all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing", "timm_to_resnets",
+           "resnets_to_timm",
            "read_pretrained", "load_pretrained_body", "pretrained_architecture"]  # fmt: skip
 
 # resnets model (and stem) -> timm architecture
@@ -76,6 +77,10 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
                 "crop_pct": self.crop_pct, "source": self.source}
+
+
+# The chapter's own images: ImageNet's statistics, fastai's bilinear Resize, validation the whole presize square.
+CHAPTER_PREPROCESSING = Preprocessing(interpolation="bilinear", crop_pct=1.0, source="the chapter's")
 
 
 def valid_crop(size: int, presize: int) -> float:

@@ -45,7 +45,7 @@ from .evaluate import flip_tta, interpret
 from .finetune import body_head_splitter, load_body
 from .learner import OPT_FUNCS, accuracy_metric, fit_flat_cos, get_learner, top_5_metric
 from .models import create_model
-from .pretrained import Preprocessing, load_pretrained_body, read_pretrained
+from .pretrained import CHAPTER_PREPROCESSING, Preprocessing, load_pretrained_body, read_pretrained
 from .recipes import configure
 from .results import Results, describe_device, load_results, save_figure, versions
 
@@ -57,7 +57,7 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
 
     `overrides` are `configure`'s (data=..., size=..., fast_data=True, ...)."""
     exp = configure(name, verbose=verbose, **overrides)
-    weights, prep = None, Preprocessing()  # the chapter's: ImageNet's mean and std, fastai's bilinear, no crop
+    weights, prep = None, CHAPTER_PREPROCESSING  # ImageNet's mean and std, fastai's bilinear, no centre crop
     if exp.pretrained is not False:  # the images must be those the weights were trained on (resnets.pretrained)
         weights, prep, where = read_pretrained(exp.pretrained, exp.model, exp.stem)
         presize = prep.resize_for(exp.test_size or exp.size)

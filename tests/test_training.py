@@ -241,3 +241,17 @@ def test_a_fine_tuning_run_takes_a_budget(generated_run, tree, tmp_path):
     r = run("cnn", out=tmp_path / "b", budget=8.0, **kw)
     plan = r.settings["budget_plan"]
     assert plan["epochs"] == r.settings["epochs"] >= 1 and len(r.history) == 1 + plan["epochs"], "frozen + planned"
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_run_s_images_are_get_data_s_defaults(tree, fast, tmp_path, monkeypatch):
+    "Without pretrained weights a run prepares images as the chapter does: get_data's defaults, no centre crop."
+    import torch
+
+    from resnets import get_data
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    learn, _ = build("cnn", data=tree, size=32, presize=40, bs=4, fast_data=fast, num_workers=0, verbose=False)
+    dls = get_data(tree, presize=40, resize=32, bs=4, fast=fast, num_workers=0)
+    ours, theirs = learn.dls.valid.one_batch()[0], dls.valid.one_batch()[0]
+    assert torch.equal(ours.as_subclass(torch.Tensor), theirs.as_subclass(torch.Tensor))
