@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .data import get_data
 from .errors import InputError
 from .layers import conv1x1_einsum
+from .learner import cpu_bf16
 from .models import count_flops, create_model
 from .results import atomic_write, describe_device, versions
 from .timing import median_seconds, step_stages
@@ -52,12 +53,13 @@ def _train_step(model, opt, x, y) -> None:
 
 def _amp_step(model, opt, x, y, dtype, scaler) -> None:
     opt.zero_grad()
-    with torch.autocast("cuda", dtype=dtype):
+    with torch.autocast(x.device.type, dtype=dtype):
         loss = F.cross_entropy(model(x), y)
     scaler.scale(loss).backward()
     scaler.step(opt)
     scaler.update()
-    torch.cuda.synchronize()
+    if x.is_cuda:
+        torch.cuda.synchronize()
 
 
 VARIANTS = ("eager", "channels_last", "compile")
@@ -69,11 +71,12 @@ def bench_models(
     """Parameters, counted forward FLOPs per image, and training-step images/s on synthetic tensors.
 
     `variants`: any of eager, channels_last (NHWC memory layout) and compile (`torch.compile`, which
-    compiles on first use: its warm-up is not timed). `precision`: fp32, or fp16/bf16 autocast on CUDA."""
+    compiles on first use: its warm-up is not timed). `precision`: fp32, fp16/bf16 autocast on CUDA, bf16 autocast on
+    a CPU (fast where it has native bfloat16: `learner.cpu_bf16`; emulated elsewhere, and timed all the same)."""
     if unknown := set(variants) - set(VARIANTS):
         raise InputError(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
-    if precision != "fp32" and torch.device(device).type != "cuda":
-        raise InputError(f"{precision} autocast is measured on CUDA only; on {device} use fp32")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise InputError(f"fp16 autocast is measured on CUDA only; on {device} use fp32 or bf16")
     rows = []
     for name in names:
         base = create_model(name, n_out=10)
@@ -92,7 +95,8 @@ def bench_models(
                 step = partial(_train_step, fwd, opt, x, y)
             else:
                 dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-                step = partial(_amp_step, fwd, opt, x, y, dtype, torch.amp.GradScaler(enabled=precision == "fp16"))
+                scaler = torch.amp.GradScaler(x.device.type, enabled=precision == "fp16")
+                step = partial(_amp_step, fwd, opt, x, y, dtype, scaler)
             seconds = median_seconds(step, repeats=repeats, warmup=3 if variant == "compile" else 2)
             row[f"{variant}_images_per_s"] = bs / seconds
         row["train_images_per_s"] = row[f"{variants[0]}_images_per_s"]
@@ -198,8 +202,9 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
     Every figure is a median over repeats; each speed-up is measured against a baseline timed in the same
     call. Writes `out` (JSON) when given, after every section, so an interrupted suite keeps what it has."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32",)
-    report = {"device": describe_device(device), "versions": versions(), "threads": torch.get_num_threads()}
+    precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16")  # CPU bf16: said if emulated
+    report = {"device": describe_device(device), "versions": versions(), "threads": torch.get_num_threads(),
+              "native_bf16": cpu_bf16() if device.type == "cpu" else None}  # fmt: skip
 
     def save():
         if out is not None:
@@ -220,6 +225,9 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
             best = max(v for k, v in row.items() if k.endswith("_images_per_s"))
             # a training step is ~3x the forward FLOPs (forward, and backward for inputs and weights)
             row["fraction_of_matmul_peak"] = 3 * row["gflops_per_image"] * best / report["matmul_gflops"][precision]
+            if precision != "fp32":  # eager against eager fp32, timed a moment ago in this call
+                fp32 = next(r for r in report["models"] if r["model"] == name and r["precision"] == "fp32")
+                row["speedup_over_fp32"] = row["eager_images_per_s"] / fp32["eager_images_per_s"]
             report["models"].append(row)
             save()
     if data is not None:
@@ -234,18 +242,20 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
 
 def format_suite(report: dict) -> str:
     "The suite's report as text tables."
-    lines = [f"device: {report['device']}, torch {report['versions']['torch']}, {report['threads']} threads",
+    native = f", native bf16: {report['native_bf16'] or 'none (emulated)'}" if "native_bf16" in report else ""
+    lines = [f"device: {report['device']}, torch {report['versions']['torch']}, {report['threads']} threads{native}",
              "matmul peak: " + ", ".join(f"{p} {g:,.0f} GFLOP/s" for p, g in report["matmul_gflops"].items()), "",
              "model training step (forward + backward + SGD) on synthetic images, images/s:"]  # fmt: skip
     variants = [k[: -len("_images_per_s")] for k in report["models"][0] if k.endswith("_images_per_s")
                 and k != "train_images_per_s"] if report.get("models") else []  # fmt: skip
     head = f"{'model':<16}{'size':>5}{'prec':>6}{'GFLOPs/img':>11}" + "".join(f"{v:>15}" for v in variants)
-    lines += [head + f"{'of peak':>9}"]
+    lines += [head + f"{'of peak':>9}{'vs fp32':>9}"]
     for r in report.get("models", []):
         lines.append(f"{r['model']:<16}{r['size']:>5}{r['precision']:>6}{r['gflops_per_image']:>11.3f}"
                      + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" if f"{v}_images_per_s" in r else f"{'-':>15}"
                                for v in variants)
-                     + f"{100 * r['fraction_of_matmul_peak']:>8.1f}%")  # fmt: skip
+                     + f"{100 * r['fraction_of_matmul_peak']:>8.1f}%"
+                     + (f"{r['speedup_over_fp32']:>8.2f}x" if "speedup_over_fp32" in r else f"{'':>9}"))  # fmt: skip
     if "data" in report:
         d = report["data"]
         lines += ["", f"data, training images/s delivered at {d['resize']} px (bs {d['bs']}, augmentation included):",

@@ -37,7 +37,7 @@ from fastai.learner import Recorder
 from fastai.torch_core import rank_distrib
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import CHECKPOINT, TrainingDiverged, restore_training_state, save_checkpoint
+from .checkpoint import TrainingDiverged, find_checkpoint, restore_training_state, save_checkpoint
 from .config import Experiment
 from .data import set_image_size
 from .errors import InputError
@@ -103,8 +103,8 @@ class StopOnNaN(TerminateOnNaNCallback):
             if lr is not None:
                 msg += f" (learning rate {lr:.2g} at that step)"
             msg += ": try a lower maximum learning rate (--lr), e.g. a third of this run's"
-            if self.folder is not None and (self.folder / CHECKPOINT).exists():
-                msg += f". The last good epoch is kept in {self.folder / CHECKPOINT}"
+            if self.folder is not None and (kept := find_checkpoint(self.folder)):
+                msg += f". The last good epoch is kept in {kept}"
             raise TrainingDiverged(msg)
 
 
@@ -250,7 +250,7 @@ class EpochLog(Callback):
 
 
 class Checkpoint(Callback):
-    "Saves `checkpoint.pth` after every epoch; given a loaded checkpoint, restores it before training continues."
+    "Saves `checkpoint.safetensors` after every epoch; given a loaded checkpoint, restores it before training continues."
 
     order = ORDERS["Checkpoint"]
 

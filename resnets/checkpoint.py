@@ -1,18 +1,20 @@
 """Nothing lost: a checkpoint after every epoch, and resuming from it (callbacks.Checkpoint writes and restores it).
 
-`checkpoint.pth` in a run folder holds what the next epoch needs to be the one an uninterrupted run
+`checkpoint.safetensors` in a run folder holds what the next epoch needs to be the one an uninterrupted run
 would have trained: model and optimiser state, the fp16 loss scaler's state, the last finished epoch
 (the learning-rate schedule's position follows from it), the random number generators (torch, CUDA, NumPy,
 Python's, each data loader's), fastai's smoothed training loss, and the per-epoch history. It is written
 to a temporary file and renamed, so a kill at any moment leaves the previous checkpoint whole.
 
-It holds only tensors and plain Python values (no NumPy arrays, no fastcore lists), so it loads with
-`torch.load(weights_only=True)`: a crafted file cannot run code when loaded.
+It is a safetensors file: the tensors, and everything else (the plain Python values around them, with a
+marker where each tensor goes) as JSON in its header, so no pickle is read when it is loaded and a crafted file
+cannot run code. Run folders of earlier versions hold `checkpoint.pth` (torch's format, with the same tree);
+they still load, with `torch.load(weights_only=True)`, and are replaced by the new file at the next epoch.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import random
 import re
@@ -22,15 +24,19 @@ import numpy as np
 import torch
 from fastai.torch_core import to_device
 from fastcore.foundation import L
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from .errors import InputError
 from .learner import unwrap
 from .results import atomic_write
 
-__all__ = ["CHECKPOINT", "TrainingDiverged", "load_checkpoint", "load_failure", "save_checkpoint", "restore_model",
+__all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint", "load_failure", "save_checkpoint", "restore_model",
            "restore_training_state", "set_deterministic"]  # fmt: skip
 
-CHECKPOINT = "checkpoint.pth"
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pth"  # resnets 0.2 and earlier: torch's format, loaded weights-only
+FORMAT = "resnets-checkpoint-v1"  # the header key holding the JSON tree
 
 
 class TrainingDiverged(InputError):
@@ -92,11 +98,50 @@ def _plain(obj):
     return obj
 
 
+def _pack(obj, tensors: dict):
+    """A tree of tensors and plain values as JSON-ready values, each tensor moved into `tensors` under a number and
+    replaced by {"__tensor__": number}; tuples, and dicts whose keys are not all strings, keep their kind."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().as_subclass(torch.Tensor).cpu()
+        key = str(len(tensors))
+        tensors[key] = t.clone() if t.untyped_storage().nbytes() != t.nbytes else t.contiguous()  # views: own data
+        return {"__tensor__": key}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_pack(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_pack(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not {"__tensor__", "__tuple__", "__items__"} & obj.keys():
+            return {k: _pack(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[_pack(k, tensors), _pack(v, tensors)] for k, v in obj.items()]}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"a checkpoint holds tensors and plain values, not {type(obj).__name__}")
+
+
+def _unpack(obj, tensors):
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors.get_tensor(obj["__tensor__"])
+        if "__tuple__" in obj:
+            return tuple(_unpack(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {_unpack(k, tensors): _unpack(v, tensors) for k, v in obj["__items__"]}
+        return {k: _unpack(v, tensors) for k, v in obj.items()}
+    return obj
+
+
 def _atomic_save(obj, path: Path) -> None:
-    "torch.save through the library's one atomic writer (a kill leaves the previous file whole; results' permissions)."
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, buf.getvalue())
+    """`obj` as a safetensors file (its tree as JSON in the header), through the library's one atomic writer (a
+    kill leaves the previous file whole; results' permissions)."""
+    tensors = {}
+    tree = json.dumps(_pack(obj, tensors))  # NaN and inf (a diverged loss) round-trip through Python's json
+    atomic_write(path, safetensors_bytes(tensors, metadata={FORMAT: tree}))
+    legacy = path.with_name(LEGACY_CHECKPOINT)
+    if legacy.exists():  # an older version's checkpoint, now superseded: one checkpoint per run folder
+        legacy.unlink()
 
 
 def load_failure(e: Exception) -> tuple[str | None, str]:
@@ -110,12 +155,34 @@ def load_failure(e: Exception) -> tuple[str | None, str]:
     return None, f"{type(e).__name__}: {detail.splitlines()[0]}" if detail else type(e).__name__
 
 
+def find_checkpoint(folder: str | os.PathLike) -> Path | None:
+    "The checkpoint file in a run folder (this version's, else an earlier version's), or None if there is none."
+    for name in (CHECKPOINT, LEGACY_CHECKPOINT):
+        if (path := Path(folder) / name).exists():
+            return path
+    return None
+
+
+def _read(path: Path) -> dict:
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        if FORMAT not in meta:
+            raise ValueError(f"a safetensors file without {FORMAT!r} in its header")
+        return _unpack(json.loads(meta[FORMAT]), f)
+
+
 def load_checkpoint(folder: str | os.PathLike) -> dict | None:
     "The checkpoint in a run folder, or None if there is none."
-    path = Path(folder) / CHECKPOINT
-    if not path.exists():
+    path = find_checkpoint(folder)
+    if path is None:
         return None
-    try:  # tensors and plain values only: loading a crafted checkpoint must not run its code
+    if path.name == CHECKPOINT:
+        try:  # no pickle: tensors and JSON only
+            return _read(path)
+        except (SafetensorError, ValueError, KeyError, OSError) as e:
+            raise InputError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                             "): remove it to start the run again") from e  # fmt: skip
+    try:  # an earlier version's: tensors and plain values only, so that loading a crafted file does not run its code
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         code, why = load_failure(e)
@@ -126,7 +193,7 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
 
 
 def save_checkpoint(learn, results, folder: Path) -> None:
-    "Write `folder/checkpoint.pth` for the epoch `results` has just recorded (atomically: see the module's text)."
+    "Write `folder/checkpoint.safetensors` for the epoch `results` has just recorded (atomically: see the module's text)."
     smooth, scaler = learn.recorder.smooth_loss, getattr(learn, "scaler", None)
     _atomic_save({"epoch": len(results.history) - 1, "model": unwrap(learn.model).state_dict(),
                   "opt": _plain(learn.opt.state_dict()), "rng": _rng_state(learn.dls),

@@ -192,10 +192,17 @@ def _bench_models(names: list[str], size: int, bs: int, repeats: int, device: st
         create_model(n)  # unknown names fail here, listing the valid ones, before any timing
     print(f"training step (forward + backward + SGD) on synthetic {size} px images, bs {bs}, on {device}, median of "
           f"{repeats}, images/s")  # fmt: skip
-    print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}" + "".join(f"{v:>15}" for v in variants))
-    for r in bench_models(names, size=size, bs=bs, repeats=repeats, device=device, variants=variants):
+    first = f"bf16 {variants[0]}"  # the same step under bf16 autocast, timed beside fp32's in this call
+    print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}" + "".join(f"{v:>15}" for v in (*variants, first))
+          + f"{'bf16/fp32':>10}")  # fmt: skip
+    for n in names:
+        (r,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants)
+        (b,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants[:1],
+                            precision="bf16")  # fmt: skip
+        bf16 = b[f"{variants[0]}_images_per_s"]
         print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}"
-              + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" for v in variants))  # fmt: skip
+              + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" for v in variants)
+              + f"{bf16:>15.1f}{bf16 / r[f'{variants[0]}_images_per_s']:>9.2f}x")  # fmt: skip
 
 
 def _bench(args) -> None:
@@ -256,10 +263,12 @@ def _unfinished_runs(name: str) -> list[str]:
     "Run folders under runs/ of experiment `name` that hold an unfinished run with a checkpoint."
     import json
 
+    from .checkpoint import find_checkpoint
+
     found = []
     for f in sorted(Path("runs").glob(f"{name}-*/results.json")):
         try:
-            if not json.loads(f.read_text()).get("finished") and (f.parent / "checkpoint.pth").exists():
+            if not json.loads(f.read_text()).get("finished") and find_checkpoint(f.parent):
                 found.append(str(f.parent))
         except (OSError, ValueError):
             continue

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoint import load_checkpoint, load_failure
+from .checkpoint import CHECKPOINT, load_checkpoint, load_failure
 from .errors import InputError, MissingFile, check_number
 from .fastdata import preprocess
 from .labels import IMAGENETTE_NAMES
@@ -63,9 +63,9 @@ def trained_state(run_dir: str | os.PathLike) -> dict:
         raise MissingFile(f"no run folder at {run_dir}: pass the --out folder of a `resnets run`")
     state = load_checkpoint(run_dir)
     if state is None:
-        raise MissingFile(f"{run_dir} has no checkpoint.pth, so no trained model: train it with `resnets run --out`")
+        raise MissingFile(f"{run_dir} has no {CHECKPOINT}, so no trained model: train it with `resnets run --out`")
     if not state.get("vocab"):
-        raise InputError(f"{run_dir}/checkpoint.pth has no class names: retrain it with this version of resnets")
+        raise InputError(f"{run_dir}'s checkpoint has no class names: retrain it with this version of resnets")
     return state
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastai.torch_core import params
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint
 from .deploy import is_onnx, load
 from .errors import InputError, MissingFile
 
@@ -44,7 +44,7 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
     if path.is_dir():
         state = load_checkpoint(path)
         if state is None:
-            raise MissingFile(f"{path} has no checkpoint.pth to start from: pass the --out folder of a `resnets "
+            raise MissingFile(f"{path} has no {CHECKPOINT} to start from: pass the --out folder of a `resnets "
                               "run`, or a file written by `resnets export`")  # fmt: skip
         s = state["settings"]
         return state["model"], {**_architecture(s), "vocab": state.get("vocab")}

@@ -159,6 +159,12 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
                     dict(data="imagenette-160/noisy_imagenette.csv", label_col=f"noisy_labels_{p}"))
                 for p in (0, 5, 50)),
           curve="valid_loss"),
+    Study("bf16",
+          "bf16 autocast on a CPU with native bfloat16 trains experiment 1 and the speedrun as accurately as fp32, "
+          "and faster (scored on a tenth of the training images held out, not on the validation set)",
+          tuple(Arm(f"{exp} {p}", exp, dict(precision=p, holdout=0.1, **({"fast_data": True} if exp == "cnn" else {})))
+                for exp in ("cnn", "speedrun") for p in ("fp32", "bf16")),
+          seeds=(0, 1, 2), curve="valid_loss"),
 ]}  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .bench import bench_models
-from .checkpoint import CHECKPOINT
+from .checkpoint import find_checkpoint
 from .errors import InputError
 from .models import count_flops, create_model
 from .recipes import STUDIES, Arm, Study, configure, get_study, list_studies
@@ -101,7 +101,7 @@ def _run_arm(arm: Arm, seed: int, folder: Path, overrides: dict, progress: bool)
         if done.finished:
             print(f"resnets: {folder} is finished: reusing it")
             return done
-        if (folder / CHECKPOINT).exists():  # interrupted after an epoch: continue from its last checkpoint
+        if find_checkpoint(folder):  # interrupted after an epoch: continue from its last checkpoint
             return run(arm.experiment, **{**arm.options, **overrides}, seed=seed, out=folder, progress=progress,
                        resume=True)  # fmt: skip
         shutil.rmtree(folder)  # interrupted before its first checkpoint: train it again from the start

@@ -1,7 +1,7 @@
 """Training: `build()` makes an experiment's settings into a Learner on its data, `run()` trains it into a run
 folder, the one code path behind Python, the command line and the notebooks; `lr_find` and `interpret_run`.
 
-A run folder (`--out`, default runs/NAME-TIME) holds results.json and checkpoint.pth, rewritten after every epoch
+A run folder (`--out`, default runs/NAME-TIME) holds results.json and checkpoint.safetensors, rewritten after every epoch
 (resnets.callbacks.RunHistory and Checkpoint), results.png, and the interpretation plots of a finished run;
 `resume=True` continues an interrupted one with the same settings. Distributed runs (torchrun / accelerate
 launch) go through fastai's `distrib_ctx`."""
@@ -36,7 +36,7 @@ from .callbacks import (
     StopOnNaN,
     WeightAverage,
 )
-from .checkpoint import CHECKPOINT, load_checkpoint, restore_model, set_deterministic
+from .checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, restore_model, set_deterministic
 from .config import DEFAULTS, Experiment
 from .data import get_data
 from .distributed import distributed_ready
@@ -168,7 +168,7 @@ def _check_free(out: str | os.PathLike) -> None:
     if not (Path(out) / "results.json").exists():
         return
     done = load_results(out)
-    if not done.finished and (Path(out) / CHECKPOINT).exists():
+    if not done.finished and find_checkpoint(out):
         n, total = len(done.history), done.settings.get("epochs", "?")
         raise RunExists(f"{out} holds an unfinished run ({n} of {total} epochs): continue it with resume=True "
                         "(--resume), or choose another output folder", folder=out, unfinished=True)  # fmt: skip
@@ -200,7 +200,7 @@ def run(
     """Train an experiment with `fit_one_cycle` (fastai's `fine_tune` with `init`); `overrides` (any of `OPTIONS`)
     change the chapter's settings.
 
-    Every epoch is saved into `out` (results.json, and checkpoint.pth for `resume`). `resume=True` continues the
+    Every epoch is saved into `out` (results.json, and checkpoint.safetensors for `resume`). `resume=True` continues the
     run in `out` from its last checkpoint with the same settings (a fresh start if it has none). `cbs`: more fastai
     callbacks for the Learner (loggers, your own), as `build` and fastai's `Learner` take them."""
     start = time.perf_counter()
@@ -266,10 +266,10 @@ def run(
         raise MemoryError(msg) from None
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (written atomically); say how to go on
         done = len(results.history)
-        if folder is None or not (folder / CHECKPOINT).exists():
+        if folder is None or not find_checkpoint(folder):
             raise RunInterrupted(f"interrupted before the first epoch of {exp.name} finished: nothing to resume") \
                 from None
-        raise RunInterrupted(f"interrupted after {done} of {exp.epochs} epochs; {folder / CHECKPOINT} keeps the last "
+        raise RunInterrupted(f"interrupted after {done} of {exp.epochs} epochs; {find_checkpoint(folder)} keeps the last "
                              f"one: continue with run({exp.name!r}, out={str(folder)!r}, resume=True, ...)",
                              folder=folder) from None  # fmt: skip
     finally:  # results.learn goes on as a plain Learner: more training in a notebook writes nothing into the run
@@ -325,7 +325,7 @@ def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = Non
     state = load_checkpoint(run_dir) if run_dir.is_dir() else None
     if state is None:
         raise MissingFile(f"no trained run at {run_dir}: pass the --out folder of a `resnets run` (it holds "
-                          "checkpoint.pth)")  # fmt: skip
+                          f"{CHECKPOINT})")  # fmt: skip
     s = state["settings"]
     # the checkpoint holds the trained weights: no budget to plan, no earlier run to start from (it may be gone)
     exp = Experiment.from_dict(s, data=data or s["data"], budget=None, init=None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from resnets.bench import bench_data, bench_models, format_profile, matmul_peak, profile_training, run_suite
+from resnets.bench import bench_data, bench_models, format_profile, format_suite, matmul_peak, profile_training, run_suite
 
 
 def test_model_variants_and_precision_checks():
@@ -19,6 +19,8 @@ def test_model_variants_and_precision_checks():
         bench_models(["cnn"], variants=("eager", "jit"))
     with pytest.raises(ValueError, match="CUDA only"):
         bench_models(["cnn"], precision="fp16", device="cpu")
+    (bf16,) = bench_models(["cnn"], size=32, bs=2, repeats=1, precision="bf16")  # CPU autocast, native or emulated
+    assert bf16["precision"] == "bf16" and bf16["eager_images_per_s"] > 0
     assert matmul_peak(n=128, repeats=2) > 0
 
 
@@ -27,6 +29,9 @@ def test_suite_writes_every_section(imagenette, tmp_path, monkeypatch):
     report = run_suite(imagenette, tmp_path / "b.json", models={"cnn": 32}, repeats=1, subset=4, data_bs=8)
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["models"][0]["model"] == "cnn" and 0 < saved["models"][0]["fraction_of_matmul_peak"]
+    fp32, bf16 = saved["models"]  # the fp32/bf16 ratio, both timed in this call
+    assert bf16["precision"] == "bf16" and bf16["speedup_over_fp32"] == bf16["eager_images_per_s"] / fp32["eager_images_per_s"]
+    assert "vs fp32" in format_suite(report) and "native bf16" in format_suite(report)
     assert saved["data"]["stock_images_per_s"] > 0 and saved["data"]["fast_images_per_s"] > 0
     assert saved["epoch"]["settings"]["n_train"] == 40 and saved["epoch"]["speedup"] > 0
     assert saved["profile"]["fast"]["images_per_s"] > 0
@@ -87,10 +92,12 @@ def test_bench_models_from_the_cli_passes_device_and_variants(monkeypatch, capsy
 
     def fake(names, **kw):
         seen.update(kw, names=names)
-        return [{"model": n, "params": 1, "gflops_per_image": 0.1, **{f"{v}_images_per_s": 1.0 for v in kw["variants"]}}
+        speed = 2.0 if kw.get("precision") == "bf16" else 1.0
+        return [{"model": n, "params": 1, "gflops_per_image": 0.1, **{f"{v}_images_per_s": speed for v in kw["variants"]}}
                 for n in names]  # fmt: skip
 
     monkeypatch.setattr(bench, "bench_models", fake)
     main(["bench", "models", "--models", "cnn", "--size", "32", "--device", "cpu", "--variants", "eager"])
     assert (seen["names"], seen["device"], tuple(seen["variants"]), seen["size"]) == (["cnn"], "cpu", ("eager",), 32)
-    assert "eager" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "bf16 eager" in out and "2.00x" in out and seen["precision"] == "bf16"  # the last call: bf16, for the ratio

@@ -12,10 +12,10 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 
-from conftest import TINY, curve
-from resnets import load_results, run, training
+from conftest import TINY, curve, make_tree
+from resnets import checkpoint, load_results, run, training
 from resnets.callbacks import Checkpoint
-from resnets.checkpoint import CHECKPOINT, load_checkpoint, restore_model
+from resnets.checkpoint import CHECKPOINT, LEGACY_CHECKPOINT, find_checkpoint, load_checkpoint, restore_model
 
 
 class _StopAfter(Callback):
@@ -103,24 +103,25 @@ def _run_cli(data, out, *extra, **kw):
 
 
 def test_the_optimiser_state_is_resumed_on_the_device_fit_moves_the_model_to(imagenette, tmp_path, monkeypatch):
-    _interrupted_run(imagenette, tmp_path / "r", monkeypatch)
+    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, precision="fp32")  # no autocast: meta has none
     # A stand-in for a GPU on CPU: data loaders on the meta device, so fastai's TrainEvalCallback moves the model
     # there in before_fit, after `Checkpoint.restore` ran (stopped before any batch: meta tensors hold no values).
     probe = _Probe(stop=True)
     _with(monkeypatch, probe, device=torch.device("meta"))
-    run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, **{**TINY, "epochs": 2})
+    run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
+        **{**TINY, "epochs": 2})  # fmt: skip
     assert probe.model_device == torch.device("meta")
     assert probe.state_devices == {torch.device("meta")}  # not the CPU the model was on when restore ran
 
 
 def test_the_loss_scaler_is_saved_and_carried_on_when_resuming(imagenette, tmp_path, monkeypatch):
     first = _Probe()
-    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, _CPUScaler(), first)
+    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, _CPUScaler(), first, precision="fp32")  # one scaler
     saved = load_checkpoint(tmp_path / "r")["scaler"]
     assert saved["scale"] == first.scales[0] > 2.0**10  # the scale it had grown to, not the initial one
     probe = _Probe()
     _with(monkeypatch, _CPUScaler(), probe)
-    r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0,
+    r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
             **{**TINY, "epochs": 2})  # fmt: skip
     assert r.finished and len(r.history) == 2
     assert probe.scaler_state == saved  # the new GradScaler took the saved state before the first step
@@ -152,7 +153,8 @@ def test_an_fp16_gpu_run_resumes_with_its_loss_scale(imagenette, tmp_path, monke
     assert r.finished and len(r.history) == 2
 
 
-@pytest.mark.parametrize("opt", [[], ["--opt", "ranger", "--schedule", "flat_cos"]], ids=["adam", "ranger"])
+@pytest.mark.parametrize("opt", [["--precision", "fp32"], ["--precision", "bf16"], ["--opt", "ranger", "--schedule",
+                                 "flat_cos"]], ids=["adam-fp32", "adam-bf16", "ranger-auto"])  # fmt: skip
 def test_a_killed_run_resumes_to_the_history_of_an_uninterrupted_one(imagenette, tmp_path, opt):
     ref = _run_cli(imagenette, tmp_path / "ref", *opt)
     assert ref.wait(600) == 0, ref.stderr.read()
@@ -187,3 +189,41 @@ def test_a_finished_run_s_checkpoint_restores_its_model(generated_run):
     with torch.no_grad():
         ours, theirs = fresh.model.eval()(xb), generated_run.learn.model.eval()(xb)
     assert torch.equal(ours, theirs)
+
+
+def test_the_checkpoint_file_is_safetensors_and_its_tree_comes_back_as_it_was(tmp_path, monkeypatch):
+    "Tensors (views, bf16, fastai's subclasses) and plain values (tuples, int keys, NaN) round-trip; no pickle read."
+    from fastai.torch_core import TensorImage
+    from safetensors import safe_open
+
+    base = torch.arange(12.0).reshape(3, 4)
+    tree = {"model": {"w": base[:, 1], "b": torch.ones(2, dtype=torch.bfloat16)}, "img": TensorImage(torch.zeros(2)),
+            "random": (3, tuple(range(5)), None), "opt": {0: {"step": 7, "do_wd": True}}, "loss": float("nan"),
+            "history": [{"epoch": 0, "accuracy": 0.5}], "__tensor__": "a key that looks like a marker"}  # fmt: skip
+    path = tmp_path / CHECKPOINT
+    checkpoint._atomic_save(tree, path)
+    with safe_open(str(path), framework="pt") as f:  # any safetensors reader opens it: its tensors by number
+        assert len(f.keys()) == 3 and checkpoint.FORMAT in f.metadata()
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a checkpoint of this version is read by torch.load"))
+    back = load_checkpoint(tmp_path)
+    assert torch.equal(back["model"]["w"], base[:, 1]) and back["model"]["b"].dtype == torch.bfloat16
+    assert type(back["img"]) is torch.Tensor and back["random"] == (3, (0, 1, 2, 3, 4), None)
+    assert back["opt"] == {0: {"step": 7, "do_wd": True}} and math.isnan(back["loss"])
+    assert back["history"] == tree["history"] and back["__tensor__"] == tree["__tensor__"]
+
+
+def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path, monkeypatch):
+    "resnets 0.2 wrote checkpoint.pth (torch's format, weights-only): a run resumes from it to the same history."
+    data = make_tree(tmp_path / "data", n_train=8, n_valid=4)
+    kw = dict(data=data, size=32, presize=40, bs=4, epochs=2, progress=False, num_workers=0, seed=0)
+    ref = run("cnn", out=tmp_path / "ref", **kw)
+    with monkeypatch.context() as m:
+        _with(m, _StopAfter(1))
+        run("cnn", out=tmp_path / "old", **kw)
+    old = tmp_path / "old"
+    torch.save(load_checkpoint(old), old / LEGACY_CHECKPOINT)  # the same tree, as the earlier version saved it
+    (old / CHECKPOINT).unlink()
+    assert find_checkpoint(old) == old / LEGACY_CHECKPOINT
+    done = run("cnn", out=old, resume=True, **kw)
+    assert done.finished and curve(done) == curve(ref)
+    assert find_checkpoint(old) == old / CHECKPOINT and not (old / LEGACY_CHECKPOINT).exists(), "one checkpoint"

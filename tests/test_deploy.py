@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY
 from resnets import IMAGENETTE_NAMES, InputError, MissingFile, export, export_torchscript, load, run
-from resnets.checkpoint import CHECKPOINT, load_checkpoint
+from resnets.checkpoint import LEGACY_CHECKPOINT, load_checkpoint
 from resnets.data import find_items
 from resnets.deploy import FORMAT, ONNX_OPSET, export_onnx
 
@@ -168,7 +168,7 @@ def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path):
 def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     marker, folder = tmp_path / "pwned", tmp_path / "run"
     folder.mkdir()
-    torch.save({"epoch": 0, "payload": _Payload(marker)}, folder / CHECKPOINT)
+    torch.save({"epoch": 0, "payload": _Payload(marker)}, folder / LEGACY_CHECKPOINT)  # the torch format 0.2 read
     with pytest.raises(InputError, match="not a safe checkpoint.*remove it"):
         load_checkpoint(folder)
     with pytest.raises(InputError, match="not a safe checkpoint"):
@@ -177,7 +177,7 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
         run("cnn", data=tmp_path, out=folder, resume=True, progress=False, num_workers=0, **TINY)  # before any data
     _refused(["export", str(folder)], "not a safe checkpoint")
     assert not marker.exists()
-    torch.load(folder / CHECKPOINT, weights_only=False)  # the payload is live: loading the file unsafely runs it
+    torch.load(folder / LEGACY_CHECKPOINT, weights_only=False)  # the payload is live: loading the file unsafely runs it
     assert marker.exists()
 
 

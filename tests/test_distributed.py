@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnets import build, load_results
-from resnets.checkpoint import CHECKPOINT, load_checkpoint
+from resnets.checkpoint import LEGACY_CHECKPOINT, load_checkpoint
 
 # 21 validation images: 2 ranks x 8 do not divide them, so fastai's DistributedDL pads the last batches with repeats
 SETTINGS = dict(classes=3, subset=7, size=32, presize=40, bs=8, epochs=2, seed=3)
@@ -91,7 +91,7 @@ def test_each_rank_draws_its_own_augmentation_reproducibly(imagenette, tmp_path)
 @pytest.mark.slow
 def test_a_distributed_run_refuses_resume(imagenette, tmp_path):
     (tmp_path / "run").mkdir()
-    torch.save({}, tmp_path / "run" / CHECKPOINT)
+    torch.save({}, tmp_path / "run" / LEGACY_CHECKPOINT)  # any checkpoint, of this version or an earlier one
     cmd = [*_torchrun_cmd(29518), "-m", "resnets", "run", "cnn",
            "--data", str(imagenette), "--resume", "--out", str(tmp_path / "run")]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -6,6 +6,7 @@ import torch
 
 from conftest import TINY_RESNET
 from resnets import InputError, MissingFile, build, run
+from resnets.checkpoint import load_checkpoint
 from resnets.deploy import export
 
 OTHER = ("n02979186", "n03000684", "n03028079")  # three classes other than the ones the tiny ResNet learnt
@@ -20,7 +21,7 @@ def _body(model):
 def test_init_loads_the_body_and_makes_a_new_head_for_the_new_classes(imagenette, tiny_resnet, tmp_path, from_file):
     init = export(tiny_resnet, tmp_path / "m.resnets") if from_file else tiny_resnet
     learn, _ = build("resnet18", data=imagenette, verbose=False, init=init, **ON_OTHER)
-    trained = torch.load(tiny_resnet / "checkpoint.pth", weights_only=True)["model"]
+    trained = load_checkpoint(tiny_resnet)["model"]
     body = _body(learn.model)
     assert body and all(torch.equal(v, trained[k]) for k, v in body.items()), "every body weight is the run's"
     head = learn.model[-1]
@@ -82,7 +83,7 @@ def test_init_errors_name_the_fix(imagenette, tiny_resnet, tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"onnx")
     with pytest.raises(InputError, match="is an ONNX file"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "m.onnx", **ON_OTHER)
-    with pytest.raises(MissingFile, match="no checkpoint.pth"):
+    with pytest.raises(MissingFile, match="no checkpoint.safetensors"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "empty", **ON_OTHER)
 
 

@@ -41,11 +41,12 @@ LOSSES = {"plain": {}, "label_smoothing": {"label_smoothing": 0.1}, "mixup": {"m
 @pytest.fixture(scope="module", params=[(loss, fast) for fast in (False, True) for loss in LOSSES],
                 ids=lambda p: f"{p[0]}-{'fast' if p[1] else 'chapter'}")  # fmt: skip
 def learn(request, imagenette, tmp_path_factory, monkeypatch_module):
-    "An untrained learner on 2 real classes, 8 images each per split, 32 px: these checks need no training."
+    """An untrained learner on 2 real classes, 8 images each per split, 32 px: these checks need no training. fp32
+    on every processor (bf16's own export check: test_a_bf16_learner_exports_and_loads_back_in_fp32)."""
     loss, fast = request.param
     monkeypatch_module.setenv("RESNETS_CACHE", str(tmp_path_factory.mktemp("cache")))
     learn, _ = resnets.build("cnn", data=imagenette, fast_data=fast, classes=2, subset=8, size=32, presize=40, bs=8,
-                             num_workers=0, verbose=False, **LOSSES[loss])  # fmt: skip
+                             num_workers=0, verbose=False, precision="fp32", **LOSSES[loss])  # fmt: skip
     return learn
 
 
@@ -181,6 +182,20 @@ def test_export_then_load_learner_predicts_the_same(learn, tmp_path):
     torch.testing.assert_close(probs2, probs, atol=1e-5, rtol=1e-4)
 
 
+def test_a_bf16_learner_exports_and_loads_back_in_fp32(tree, tmp_path):
+    "fastai's load_learner(cpu=True) drops mixed precision (`to_fp32`): the same class, probabilities to bf16's."
+    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
+    learn = get_learner(dls, create_model("cnn", n_out=dls.c), precision="bf16", verbose=False)
+    learn.export(tmp_path / "export.pkl")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "load_learner` uses Python's insecure pickle")
+        loaded = load_learner(tmp_path / "export.pkl")
+    assert not [cb for cb in loaded.cbs if isinstance(cb, MixedPrecision)]
+    img = dls.valid_ds.items[0]
+    (label, _, probs), (label2, _, probs2) = learn.predict(img), loaded.predict(img)
+    assert label2 == label and torch.allclose(probs2, probs, atol=1e-2)
+
+
 @pytest.mark.filterwarnings("ignore:load_learner` uses Python's insecure pickle")
 def test_run_hands_back_its_trained_learner(imagenette, tmp_path):
     "After `run()`, `results.learn` is the trained Learner, without the run's callbacks, ready for fastai's tools."
@@ -195,10 +210,60 @@ def test_run_hands_back_its_trained_learner(imagenette, tmp_path):
     assert load_learner(tmp_path / "export.pkl").predict(learn.dls.valid_ds.items[0])[0] == label
 
 
+@pytest.mark.parametrize("native", [None, "AVX512-BF16"], ids=["emulated-bf16", "native-bf16"])
 @pytest.mark.parametrize("asked", ["auto", "fp32", "fp16", "bf16"])
-def test_cpu_trains_in_fp32_and_says_so(asked):
+def test_the_cpu_precision_follows_the_processor_and_says_so(asked, native, monkeypatch):
+    monkeypatch.setattr(learner, "cpu_bf16", lambda: native)
     chosen, why = choose_precision(asked, "cpu")
-    assert chosen == "fp32" and "fp32" in why and "cpu" in why
+    assert chosen == {"auto": "bf16" if native else "fp32", "fp32": "fp32", "fp16": "fp32", "bf16": "bf16"}[asked]
+    assert chosen in why and "cpu" in why
+    # bf16 asked for where it is emulated: done, with a warning (not silently fp32); fp16: fp32, naming bf16 if fast
+    assert ("warning" in why and "emulated" in why) == (asked == "bf16" and native is None)
+    assert ("--precision bf16" in why) == (asked == "fp16" and native is not None)
+
+
+def test_native_bf16_is_what_torch_finds_and_what_the_processor_lists():
+    found = learner.cpu_bf16()
+    assert found in (None, "AMX", "AVX512-BF16")
+    assert (found is not None) == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    assert (found is not None) == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_bf16_on_a_cpu_autocasts_the_convolutions_and_keeps_fp32_where_it_matters(tree):
+    """Native or emulated, the bf16 path trains: convolutions in bf16; the weights, BatchNorm's statistics, the
+    predictions fastai hands the loss and the loss in fp32; no loss scaling; no warnings."""
+    dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
+    torch.manual_seed(0)
+    learn = get_learner(dls, create_model("resnet18", n_out=dls.c, width=0.25), precision="bf16", verbose=False)
+    seen = {}
+    for m in learn.model.modules():
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d):
+            m.register_forward_hook(lambda m, i, o: seen.setdefault(type(m).__name__, set()).add(o.dtype))
+
+    class Dtypes(Callback):
+        def after_loss(self):
+            seen.update(pred=self.pred.dtype, loss=self.loss.dtype)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 1e-3, cbs=Dtypes())
+    assert learn.precision == "bf16" and not [w for w in caught if "autocast" in str(w.message).lower()]
+    assert seen["Conv2d"] == {torch.bfloat16} and seen["pred"] == seen["loss"] == torch.float32
+    bns = [m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(b.running_mean.dtype == b.running_var.dtype == torch.float32 for b in bns)
+    assert {p.dtype for p in learn.model.parameters()} == {torch.float32}
+    assert math.isfinite(learn.recorder.values[-1][0]) and learn.scaler is None  # after_fit: no scaler left over
+    xb, _ = dls.valid.one_batch()
+    with torch.no_grad():
+        fp32 = learn.model.eval()(xb)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = learn.model(xb).float()
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, rtol=0.1, atol=0.1)  # bf16 ran, and is close
 
 
 def test_unknown_precision():
@@ -206,7 +271,8 @@ def test_unknown_precision():
         choose_precision("fp8", "cpu")
 
 
-def test_learner_on_cpu_one_line_no_fastai_warnings(tree, capsys):
+def test_learner_on_cpu_one_line_no_fastai_warnings(tree, capsys, monkeypatch):
+    monkeypatch.setattr(learner, "cpu_bf16", lambda: None)  # the line for a processor without native bf16
     dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

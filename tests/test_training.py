@@ -32,7 +32,7 @@ def test_each_experiment_runs_from_python(name, imagenette, tmp_path):
     assert saved.settings["size"] == 32 and saved.settings["n_train"] == 16 and saved.settings["epochs"] == 1
     assert set(saved.versions) >= {"resnets", "fastai", "torch"} and saved.device.startswith("cpu")
     assert saved.book["accuracy"][-1] == BOOK_FINAL[name]
-    modes = {f: (tmp_path / name / f).stat().st_mode & 0o777 for f in ("results.json", "results.png", "checkpoint.pth")}
+    modes = {f: (tmp_path / name / f).stat().st_mode & 0o777 for f in ("results.json", "results.png", CHECKPOINT)}
     assert len(set(modes.values())) == 1, f"one writer, one set of permissions: {modes}"
     png = (tmp_path / name / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
