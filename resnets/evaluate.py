@@ -23,12 +23,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from fastai.callback.fp16 import MixedPrecision
+from fastai.callback import fp16
 from fastai.interpret import ClassificationInterpretation
 from fastcore.foundation import L
 from torch.optim.swa_utils import update_bn
 
-from .learner import unwrap
+from .learner import MixedPrecision, unwrap
 from .results import save_figure
 
 __all__ = ["RECALIBRATION_IMAGES", "device_autocast", "flip_tta", "flip_tta_accuracy", "recalibrate_bn",
@@ -38,10 +38,10 @@ RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates Bat
 
 
 def device_autocast(learn):
-    "The autocast the learner trains under (fp16/bf16 on CUDA), for evaluation outside fastai's loop."
-    if learn.precision == "fp32" or learn.dls.device.type != "cuda":
+    "The autocast the learner trains under (fp16/bf16 on CUDA, bf16 on a CPU), for evaluation outside fastai's loop."
+    if learn.precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if learn.precision == "fp16" else torch.bfloat16)
+    return torch.autocast(learn.dls.device.type, dtype=torch.float16 if learn.precision == "fp16" else torch.bfloat16)
 
 
 @torch.no_grad()
@@ -53,13 +53,13 @@ def flip_tta(learn, plain: tuple[torch.Tensor, torch.Tensor] | None = None) -> t
     if plain is not None and len(plain[0]) != len(learn.dls.valid_ds):  # e.g. one rank's share of a distributed run
         plain = None
     model, flipped, logits, targs = learn.model.eval(), [], [], []
-    with device_autocast(learn):
-        for xb, yb in learn.dls.valid:
-            x = xb.as_subclass(torch.Tensor)
-            if plain is None:
+    for xb, yb in learn.dls.valid:
+        x = xb.as_subclass(torch.Tensor)
+        with device_autocast(learn):  # per batch, as fastai's loop: autocast's weight casts are not kept across
+            if plain is None:  # batches then, and on a CPU they change bf16's last bits (kernels per memory layout)
                 logits.append(model(x).float().cpu())
             flipped.append(model(x.flip(-1)).float().softmax(1).cpu())
-            targs.append(yb.as_subclass(torch.Tensor).cpu())
+        targs.append(yb.as_subclass(torch.Tensor).cpu())
     if not targs:
         return 0.0, torch.empty(0), torch.empty(0, dtype=torch.long)
     targs = torch.cat(targs)
@@ -99,8 +99,10 @@ def _inner(learn) -> bool:
 
 
 def _fp32(learn):
-    "fastai's MixedPrecision drops its autocast after a fit and an inner validation makes none: predict in fp32."
-    return learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, MixedPrecision)])
+    """fastai's own MixedPrecision drops its autocast after a fit and an inner validation makes none: predict in fp32
+    with it removed. The library's (`learner.MixedPrecision`) makes one: predictions in the precision validated in."""
+    return learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, fp16.MixedPrecision)
+                              and not isinstance(cb, MixedPrecision)])  # fmt: skip
 
 
 class Interpretation(ClassificationInterpretation):
@@ -159,7 +161,7 @@ def interpret(learn, folder: str | os.PathLike, k: int = 9, predictions=None) ->
     """Write confusion_matrix.png and top_losses.png (the `k` worst) into `folder`; return the per-class accuracy.
     `predictions`: (logits, targets) already made on the validation set, in its order (else predicted here)."""
     folder = Path(folder)
-    with learn.no_bar():  # predictions in fp32 (see _fp32)
+    with learn.no_bar():  # predictions in the precision validated in (see _fp32)
         interp = Interpretation.from_learner(learn) if predictions is None else \
             Interpretation.from_predictions(learn, *predictions)  # fmt: skip
         n = len(interp.vocab)

@@ -15,6 +15,7 @@ from conftest import BOOK_FINAL
 from resnets import InputError, load_results
 from resnets.checkpoint import CHECKPOINT
 from resnets.cli import main
+from resnets.learner import choose_precision
 
 TINY_CLI = ["--classes", "2", "--subset", "16", "--size", "32", "--presize", "40", "--bs", "8", "--workers", "0",
             "--seed", "1"]  # fmt: skip
@@ -146,7 +147,7 @@ def test_each_experiment_runs_from_the_cli(name, imagenette, tmp_path):
     p = resnets_cli("run", name, "--data", imagenette, "--classes", 2, "--subset", 8, "--size", 32, "--presize", 40,
                     "--bs", 8, "--epochs", 1, "--workers", 0, "--out", tmp_path / "run")  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert "resnets: training in fp32 on cpu" in p.stdout
+    assert f"resnets: {choose_precision('auto', 'cpu')[1]}" in p.stdout  # fp32, or bf16 where the CPU has it
     assert f"{name}: accuracy" in p.stdout and "not compared with the book (settings differ" in p.stdout
     r = load_results(tmp_path / "run")
     assert r.finished and r.settings["argv"][-2:] == ["--out", str(tmp_path / "run")]

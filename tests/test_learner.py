@@ -5,6 +5,7 @@ paths."""
 from __future__ import annotations
 
 import math
+from functools import partial
 import warnings
 
 import matplotlib.pyplot as plt
@@ -361,3 +362,49 @@ def test_learner_on_cuda_uses_mixed_precision(tree):
     assert learn.precision == "fp16" and any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3)
+
+
+@pytest.mark.parametrize("decouple_wd", [True, False], ids=["adamw", "l2"])
+def test_foreach_adam_trains_as_fastai_s_adam_to_the_last_bit(tree, decouple_wd):
+    """Through fastai's Learner: fine_tune (the body frozen, then discriminative rates), one-cycle momentum,
+    BatchNorm and biases without weight decay (`do_wd`), and a checkpoint's state: every weight and every state."""
+    from fastai.optimizer import Adam
+    from fastai.torch_core import set_seed
+
+    from resnets.finetune import body_head_splitter
+    from resnets.learner import ForeachAdam
+
+    models, states = [], []
+    for opt_func in (Adam, ForeachAdam):
+        set_seed(0)  # the same weights, batches and augmentation draws for both
+        dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
+        learn = get_learner(dls, create_model("resnet10", n_out=dls.c, width=0.25), precision="fp32", verbose=False,
+                            splitter=body_head_splitter, opt_func=partial(opt_func, decouple_wd=decouple_wd))  # fmt: skip
+        with learn.no_bar(), learn.no_logging():
+            learn.fine_tune(2, 3e-3, freeze_epochs=1)
+        models.append(learn.model.state_dict())
+        states.append(learn.opt.state_dict()["state"])
+    assert all(torch.equal(a, models[1][k]) for k, a in models[0].items())
+    assert len(states[0]) == len(states[1]) and all(s0.keys() == s1.keys() for s0, s1 in zip(*states))
+    assert all(torch.equal(v, s1[k]) if torch.is_tensor(v) else v == s1[k] for s0, s1 in zip(*states)
+               for k, v in s0.items())  # fmt: skip
+    assert {s["step"] for s in states[1]} == {2 * 3}, "unfreeze clears the state: 2 epochs of 3 batches since"
+
+
+def test_foreach_adam_keeps_each_tensor_s_own_step_count():
+    "A tensor without a gradient at a step is left alone, and later debiased by its own count, as in fastai."
+    from fastai.optimizer import Adam
+
+    from resnets.learner import ForeachAdam
+
+    torch.manual_seed(0)
+    ws = [[torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)] for _ in range(2)]
+    ws[1] = [w.detach().clone().requires_grad_() for w in ws[0]]
+    opts = Adam(ws[0], lr=1e-2), ForeachAdam(ws[1], lr=1e-2)
+    for i in range(4):
+        for opt, (a, b) in zip(opts, ws):
+            ((a**2).sum() + (b.sum() if i >= 2 else 0)).backward()  # b has no gradient at the first two steps
+            opt.step()
+            opt.zero_grad()
+    assert all(torch.equal(x, y) for x, y in zip(*ws))
+    assert [opts[1].state[w]["step"] for w in ws[1]] == [4, 2]
