@@ -250,7 +250,7 @@ class EpochLog(Callback):
 
 
 class Checkpoint(Callback):
-    "Saves `checkpoint.safetensors` after every epoch; given a loaded checkpoint, restores it before training continues."
+    "Saves `checkpoint.safetensors` after every epoch; given a loaded checkpoint, restores it before training goes on."
 
     order = ORDERS["Checkpoint"]
 

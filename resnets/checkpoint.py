@@ -31,8 +31,8 @@ from .errors import InputError
 from .learner import unwrap
 from .results import atomic_write
 
-__all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint", "load_failure", "save_checkpoint", "restore_model",
-           "restore_training_state", "set_deterministic"]  # fmt: skip
+__all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint", "load_failure",
+           "save_checkpoint", "restore_model", "restore_training_state", "set_deterministic"]  # fmt: skip
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pth"  # resnets 0.2 and earlier: torch's format, loaded weights-only
@@ -193,7 +193,7 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
 
 
 def save_checkpoint(learn, results, folder: Path) -> None:
-    "Write `folder/checkpoint.safetensors` for the epoch `results` has just recorded (atomically: see the module's text)."
+    "Write `folder/checkpoint.safetensors` for the epoch `results` has just recorded (atomically: see the module)."
     smooth, scaler = learn.recorder.smooth_loss, getattr(learn, "scaler", None)
     _atomic_save({"epoch": len(results.history) - 1, "model": unwrap(learn.model).state_dict(),
                   "opt": _plain(learn.opt.state_dict()), "rng": _rng_state(learn.dls),

@@ -218,7 +218,8 @@ class Experiment:
     tta: bool = _option("evaluation", False, "score the final model on each validation image and its mirror image, "
                         "averaged (test-time augmentation)", bool)  # fmt: skip
     # -- runtime: the machine's side
-    precision: str = _option("runtime", "auto", "auto (fp16 on CUDA; on a CPU bf16 where it has native bfloat16, else fp32), fp16, bf16 or fp32", str,
+    precision: str = _option("runtime", "auto", "auto (fp16 on CUDA; on a CPU bf16 where it has native bfloat16, "
+                             "else fp32), fp16, bf16 or fp32", str,
                              choices=PRECISIONS)  # fmt: skip
     seed: int | None = _option("runtime", 42, "random seed", int, metavar="N")
     num_workers: int | None = _option("runtime", None, "DataLoader worker processes (the chapter's pipeline)", int,

@@ -29,8 +29,17 @@ from fastai.data.core import DataLoaders
 from fastai.learner import AvgLoss, Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import AccumMetric, accuracy
-from fastai.optimizer import (Optimizer, adam_step, average_grad, average_sqr_grad, debias, l2_reg, ranger, step_stat,
-                              weight_decay)  # fmt: skip
+from fastai.optimizer import (
+    Optimizer,
+    adam_step,
+    average_grad,
+    average_sqr_grad,
+    debias,
+    l2_reg,
+    ranger,
+    step_stat,
+    weight_decay,
+)
 from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
@@ -38,8 +47,10 @@ from torch import nn
 from .config import OPTIMIZERS, PRECISIONS, check_choice, check_regularisation
 from .errors import InputError
 
-__all__ = ["ForeachAdam", "OPT_FUNCS", "PRECISIONS", "check_regularisation", "cpu_bf16", "choose_precision", "MixedPrecision", "top_k_accuracy", "top_5_accuracy",
-           "accuracy_metric", "top_5_metric", "ValidLoss", "unwrap", "get_learner", "fit_flat_cos"]  # fmt: skip
+__all__ = ["ForeachAdam", "OPT_FUNCS", "PRECISIONS", "check_regularisation", "cpu_bf16", "choose_precision",
+           "MixedPrecision", "top_k_accuracy", "top_5_accuracy", "accuracy_metric", "top_5_metric", "ValidLoss",
+           "unwrap", "get_learner", "fit_flat_cos"]  # fmt: skip
+
 
 class ForeachAdam(Optimizer):
     """fastai's `Adam` (AdamW: decoupled weight decay; fastai's defaults, hypers, state and `do_wd`), each step done

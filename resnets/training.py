@@ -1,7 +1,7 @@
 """Training: `build()` makes an experiment's settings into a Learner on its data, `run()` trains it into a run
 folder, the one code path behind Python, the command line and the notebooks; `lr_find` and `interpret_run`.
 
-A run folder (`--out`, default runs/NAME-TIME) holds results.json and checkpoint.safetensors, rewritten after every epoch
+A run folder (`--out`, default runs/NAME-TIME) holds results.json and checkpoint.safetensors, rewritten every epoch
 (resnets.callbacks.RunHistory and Checkpoint), results.png, and the interpretation plots of a finished run;
 `resume=True` continues an interrupted one with the same settings. Distributed runs (torchrun / accelerate
 launch) go through fastai's `distrib_ctx`."""
@@ -143,9 +143,25 @@ def _loggers(kind: str | None, folder: Path | None, settings: dict, append: bool
         from fastai.callback.wandb import WandbCallback
     except ImportError as e:
         raise InputError("--log wandb needs wandb: pip install wandb") from e
+
+    class RunSettingsWandb(WandbCallback):
+        """fastai's WandbCallback, logging the run's settings (given to wandb.init) in place of fastai's gathered
+        init arguments, which fail on the data's file paths (fastai 2.8.12, Python 3.11: a Path has no __dict__);
+        `finish` ends the wandb run once the run's fits are over (fine-tuning has two)."""
+
+        def before_fit(self):
+            self.learn.gather_args = dict  # an instance attribute over fastai's method: nothing gathered
+            try:
+                super().before_fit()
+            finally:
+                del self.learn.gather_args
+
+        def finish(self):
+            wandb.finish()
+
     os.environ.setdefault("WANDB_MODE", "offline")  # nothing leaves the machine unless asked (wandb sync later)
     wandb.init(project="resnets", name=folder.name, dir=str(folder), config=settings, resume="allow")
-    return [WandbCallback(log_preds=False, log_model=False)]
+    return [RunSettingsWandb(log_preds=False, log_model=False)]
 
 
 def _data(exp: Experiment, prep: Preprocessing):
@@ -269,11 +285,14 @@ def run(
         if folder is None or not find_checkpoint(folder):
             raise RunInterrupted(f"interrupted before the first epoch of {exp.name} finished: nothing to resume") \
                 from None
-        raise RunInterrupted(f"interrupted after {done} of {exp.epochs} epochs; {find_checkpoint(folder)} keeps the last "
-                             f"one: continue with run({exp.name!r}, out={str(folder)!r}, resume=True, ...)",
+        raise RunInterrupted(f"interrupted after {done} of {exp.epochs} epochs; {find_checkpoint(folder)} keeps the "
+                             f"last one: continue with run({exp.name!r}, out={str(folder)!r}, resume=True, ...)",
                              folder=folder) from None  # fmt: skip
     finally:  # results.learn goes on as a plain Learner: more training in a notebook writes nothing into the run
         learn.remove_cbs(run_cbs)
+        for cb in run_cbs:
+            if hasattr(cb, "finish"):  # a logger with a run of its own to end (wandb)
+                cb.finish()
     if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
     plain = None  # the plain images' logits and targets, which the interpretation reuses

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from conftest import ROOT
-from resnets.bench import STAGES, bench_data, bench_models, format_profile, format_suite, matmul_peak, profile_training, run_suite
+from resnets.bench import (
+    STAGES,
+    bench_data,
+    bench_models,
+    format_profile,
+    format_suite,
+    matmul_peak,
+    profile_training,
+    run_suite,
+)
 
 
 def test_model_variants_and_precision_checks():
@@ -30,7 +39,8 @@ def test_suite_writes_every_section(imagenette, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["models"][0]["model"] == "cnn" and 0 < saved["models"][0]["fraction_of_matmul_peak"]
     fp32, bf16 = saved["models"]  # the fp32/bf16 ratio, both timed in this call
-    assert bf16["precision"] == "bf16" and bf16["speedup_over_fp32"] == bf16["eager_images_per_s"] / fp32["eager_images_per_s"]
+    assert bf16["precision"] == "bf16"
+    assert bf16["speedup_over_fp32"] == bf16["eager_images_per_s"] / fp32["eager_images_per_s"]
     assert "vs fp32" in format_suite(report) and "native bf16" in format_suite(report)
     assert saved["data"]["stock_images_per_s"] > 0 and saved["data"]["fast_images_per_s"] > 0
     assert saved["epoch"]["settings"]["n_train"] == 40 and saved["epoch"]["speedup"] > 0
@@ -93,8 +103,8 @@ def test_bench_models_from_the_cli_passes_device_and_variants(monkeypatch, capsy
     def fake(names, **kw):
         seen.update(kw, names=names)
         speed = 2.0 if kw.get("precision") == "bf16" else 1.0
-        return [{"model": n, "params": 1, "gflops_per_image": 0.1, **{f"{v}_images_per_s": speed for v in kw["variants"]}}
-                for n in names]  # fmt: skip
+        speeds = {f"{v}_images_per_s": speed for v in kw["variants"]}
+        return [{"model": n, "params": 1, "gflops_per_image": 0.1, **speeds} for n in names]
 
     monkeypatch.setattr(bench, "bench_models", fake)
     main(["bench", "models", "--models", "cnn", "--size", "32", "--device", "cpu", "--variants", "eager"])

@@ -204,7 +204,7 @@ def test_the_checkpoint_file_is_safetensors_and_its_tree_comes_back_as_it_was(tm
     checkpoint._atomic_save(tree, path)
     with safe_open(str(path), framework="pt") as f:  # any safetensors reader opens it: its tensors by number
         assert len(f.keys()) == 3 and checkpoint.FORMAT in f.metadata()
-    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a checkpoint of this version is read by torch.load"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("this version's checkpoint read by torch.load"))
     back = load_checkpoint(tmp_path)
     assert torch.equal(back["model"]["w"], base[:, 1]) and back["model"]["b"].dtype == torch.bfloat16
     assert type(back["img"]) is torch.Tensor and back["random"] == (3, (0, 1, 2, 3, 4), None)

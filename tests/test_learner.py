@@ -5,8 +5,8 @@ paths."""
 from __future__ import annotations
 
 import math
-from functools import partial
 import warnings
+from functools import partial
 
 import matplotlib.pyplot as plt
 import pytest
@@ -378,8 +378,8 @@ def test_foreach_adam_trains_as_fastai_s_adam_to_the_last_bit(tree, decouple_wd)
     for opt_func in (Adam, ForeachAdam):
         set_seed(0)  # the same weights, batches and augmentation draws for both
         dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
-        learn = get_learner(dls, create_model("resnet10", n_out=dls.c, width=0.25), precision="fp32", verbose=False,
-                            splitter=body_head_splitter, opt_func=partial(opt_func, decouple_wd=decouple_wd))  # fmt: skip
+        model, opt_func = create_model("resnet10", n_out=dls.c, width=0.25), partial(opt_func, decouple_wd=decouple_wd)
+        learn = get_learner(dls, model, precision="fp32", verbose=False, splitter=body_head_splitter, opt_func=opt_func)
         with learn.no_bar(), learn.no_logging():
             learn.fine_tune(2, 3e-3, freeze_epochs=1)
         models.append(learn.model.state_dict())

@@ -151,13 +151,31 @@ def test_run_passes_fastai_callbacks_through(tree):
     assert Count.seen >= 3  # 12 images in batches of 4, and the validation batches
 
 
-@pytest.mark.parametrize("kind", ["csv", "tensorboard"])
-def test_log_writes_fastai_s_logs_and_the_learner_still_exports(kind, tree, tmp_path):
+@pytest.mark.parametrize("kind", ["csv", "tensorboard", "wandb"])
+def test_log_writes_fastai_s_logs_and_the_learner_still_exports(kind, tree, tmp_path, monkeypatch):
+    logged = []
+    if kind == "wandb":  # offline: what fastai's WandbCallback hands wandb, then wandb's own run folder
+        import wandb
+
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        real = wandb.sdk.wandb_run.Run.log  # wandb.init points wandb.log at its run's
+
+        def log(run, data, *a, **k):
+            logged.append(dict(data))
+            return real(run, data, *a, **k)
+
+        monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", log)
     r = run("cnn", data=tree, size=32, presize=40, bs=4, epochs=2, log=kind, out=tmp_path / "r", progress=False,
             num_workers=0)  # fmt: skip
     if kind == "csv":
         rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
         assert rows[0].startswith("epoch,train_loss,valid_loss,accuracy") and len(rows) == 3
+    elif kind == "wandb":
+        epochs = [d for d in logged if "accuracy" in d]
+        assert [d["accuracy"] for d in epochs] == [h["accuracy"] for h in r.history], "each epoch's, as recorded"
+        (run_dir,) = (tmp_path / "r" / "wandb").glob("offline-run-*")
+        assert next(run_dir.glob("run-*.wandb")).stat().st_size > 1000
+        assert wandb.run is None, "the wandb run is finished with the resnets run"
     else:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
