@@ -195,9 +195,9 @@ class _Edge(Callback):
         self.clock[event, self.first] = now = time.perf_counter()
         if self.first or event != "after_batch":
             return
-        t = c = self.clock
+        t = self.clock
         since = t.pop("end", None)  # the last batch's end: the first batch's wait is not a step's
-        aug, c["augmentation"] = c["augmentation"], 0.0
+        aug, t["augmentation"] = t["augmentation"], 0.0
         if since is not None and self.iter >= self.warmup:
             stages = {"data": t["before_batch", True] - since - aug, "augmentation": aug,
                       "forward": t["after_pred", True] - t["before_batch", False]
@@ -207,8 +207,8 @@ class _Edge(Callback):
                       + t["after_batch", True] - t["after_step", False]}  # opt.zero_grad, after the step's events
             stages["callbacks"] = now - since - sum(stages.values())
             for k, v in stages.items():
-                c["total"][k] += v
-            c["images"] += find_bs(self.learn.yb)
+                t["total"][k] += v
+            t["images"] += find_bs(self.learn.yb)
         t["end"] = now
         if self.iter + 1 >= self.warmup + self.batches:
             raise CancelFitException()
