@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,11 @@ from fastcore.foundation import L
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .errors import InputError
+from .errors import InputError, load_failure, refused_message
 from .learner import unwrap
 from .results import atomic_write
 
-__all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint", "load_failure",
+__all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
            "save_checkpoint", "restore_model", "restore_training_state", "set_deterministic"]  # fmt: skip
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -144,17 +143,6 @@ def _atomic_save(obj, path: Path) -> None:
         legacy.unlink()
 
 
-def load_failure(e: Exception) -> tuple[str | None, str]:
-    """Why `torch.load(weights_only=True)` failed, in one line (torch's message is a paragraph): the function
-    the file would have called while loading (None if it asked for none), and the reason."""
-    text = str(e)
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if refused:
-        return refused.group(1), f"it would call {refused.group(1)} while loading"
-    detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
-    return None, f"{type(e).__name__}: {detail.splitlines()[0]}" if detail else type(e).__name__
-
-
 def find_checkpoint(folder: str | os.PathLike) -> Path | None:
     "The checkpoint file in a run folder (this version's, else an earlier version's), or None if there is none."
     for name in (CHECKPOINT, LEGACY_CHECKPOINT):
@@ -186,9 +174,9 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         code, why = load_failure(e)
-        if code is not None:  # resnets before weights-only checkpoints saved NumPy arrays and fastcore lists
-            raise InputError(f"{path} is not a safe checkpoint ({why}, which can run code; an older resnets or "
-                             "another program wrote it): remove it to start the run again") from e  # fmt: skip
+        if code is not None:  # (resnets before weights-only checkpoints saved NumPy arrays and fastcore lists)
+            raise InputError(refused_message(path, code, why, "Another program, or a resnets older than 0.2, wrote "
+                                             "it: remove it to start the run again")) from e  # fmt: skip
         raise InputError(f"{path} cannot be read ({why}): remove it to start the run again") from e
 
 

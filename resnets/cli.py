@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def _is_number(s: str) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
-    commands = "{list,run,lr-find,compare,interpret,study,export,push,predict,bench}"
+    commands = "{list,run,lr-find,compare,interpret,study,export,push,predict,bench,cache}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands, parser_class=_Parser)
     sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
     p = sub.add_parser("run", help="train an experiment, then compare with the book",
@@ -158,6 +159,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=1, help="epochs per pipeline for `epoch`")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
     p.add_argument("--out", help="also write the report as JSON here")
+    p = sub.add_parser("cache", help="list the fast path's image caches ($RESNETS_CACHE), or remove them")
+    p.add_argument("--prune", action="store_true", help="remove the least recently used down to the size limit "
+                   "($RESNETS_CACHE_LIMIT, GB; or --limit), and those of earlier versions")  # fmt: skip
+    p.add_argument("--limit", type=float, help="the size to prune down to, in GB (default $RESNETS_CACHE_LIMIT or 20)")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="with --prune: also remove those unused for DAYS")
+    p.add_argument("--clear", action="store_true", help="remove every cache (they are rebuilt when next needed)")
     return top
 
 
@@ -294,6 +301,35 @@ def _progress(flag: bool | None) -> bool:
     return sys.stdout.isatty() if flag is None else flag
 
 
+def _cache(args) -> None:
+    "`resnets cache`: the image caches, least recently used first; --prune / --clear remove them."
+    from .cache import cache_folder, list_caches, prune
+
+    folder = cache_folder()
+    if args.clear or args.prune:
+        limit = 0.0 if args.clear else None if args.limit is None else args.limit * 1e9
+        older = None if args.older_than is None else args.older_than * 86400
+        removed = prune(folder, limit=limit, older_than=older)
+        print(f"removed {len(removed)} cache(s), {sum(c['bytes'] for c in removed) / 1e9:.2f} GB, from {folder}")
+    caches = list_caches(folder)
+    if not caches:
+        print(f"no image caches in {folder}")
+        return
+    print(f"{'last used':<17} {'GB':>6}  {'images':>7}  {'px':>4}  name (data)")
+    for c in caches:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["used"]))
+        what = c["source"] or ("an earlier version's (no checksums): --prune removes it" if not c["current"] else "")
+        n, px = c["images"] if c["images"] is not None else "", c["size"] or ""
+        print(f"{used:<17} {c['bytes'] / 1e9:>6.2f}  {n:>7}  {px:>4}  {c['name']} ({what})")
+    print(f"{len(caches)} cache(s), {sum(c['bytes'] for c in caches) / 1e9:.2f} GB in {folder}")
+
+
+def _one_line(e: BaseException) -> str:
+    "An error's message, without the lines fastai puts before one raised in a callback (naming the callback)."
+    text = str(e)
+    return text.rsplit("\n", 1)[-1].strip() if text.startswith("Exception occured in") else text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(_values_kept(argv))
@@ -397,12 +433,14 @@ def _command(args, argv: list[str], kw: dict) -> int:
             print(f"saved {args.run_dir}/confusion_matrix.png and top_losses.png")
         elif args.command == "bench":
             _bench(args)
+        elif args.command == "cache":
+            _cache(args)
     except RunExists as e:
         more = f"; to continue it: {_resume_command(argv, e.folder)}" if e.unfinished else ""
         print(f"resnets {args.command}: error: {e}{more}", file=sys.stderr)
         return 2
     except (InputError, MemoryError) as e:  # bad input (any other exception is a bug: keep its traceback)
-        print(f"resnets {args.command}: error: {e}", file=sys.stderr)
+        print(f"resnets {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: one line, and the way back when there is one
         folder = getattr(e, "folder", None)

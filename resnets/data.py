@@ -28,23 +28,23 @@ from fastai.data.all import (
     FuncSplitter,
     Normalize,
     URLs,
-    get_image_files,
     parallel,
     parent_label,
     untar_data,
 )
 from fastai.data.external import fastai_path
-from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats, verify_image
+from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats
 from fastai.vision.augment import RandomResizedCropGPU
 from PIL import Image
 
 from .config import AUGMENT_KW, AUGMENTS, DATA_SETS, check_choice, check_fraction, check_subset
 from .errors import InputError, check_number
 from .fastdata import RESAMPLES, ChapterAugment, fast_dataloaders
+from .images import PIXEL_LIMIT_ENV, RGBImage, check_image, image_files
 from .labels import IMAGENETTE_NAMES, class_label, table_label
 
 __all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "table_label", "DataError", "data_folders", "resolve_source",
-           "find_items", "find_split", "get_data", "set_image_size"]
+           "find_items", "find_split", "get_data", "set_image_size", "fingerprint"]
 
 _URLS = {"imagenette-160": URLs.IMAGENETTE_160, "imagenette-320": URLs.IMAGENETTE_320, "imagenette": URLs.IMAGENETTE,
          "imagewoof-160": URLs.IMAGEWOOF_160, "imagewoof-320": URLs.IMAGEWOOF_320, "imagewoof": URLs.IMAGEWOOF,
@@ -128,21 +128,23 @@ def _pick_valid_name(path: Path, valid_name: str | None) -> str:
     )
 
 
-# Verification results, keyed by (file, size, mtime) so a changed file is checked again.
-_VERIFIED: dict[tuple[str, int, int], bool] = {}
+# Verification results (images.check_image's: None for a good file), keyed by (file, size, mtime, pixel limit) so a
+# changed file, or a changed limit, is checked again.
+_VERIFIED: dict[tuple, str | None] = {}
 
 
-def _bad_images(files: list[Path]) -> list[Path]:
+def _bad_images(files: list[Path]) -> dict[Path, str]:
+    "The files that cannot be trained on, with why ('unreadable', 'too large')."
     keys = []
+    limit = os.environ.get(PIXEL_LIMIT_ENV, "")
     for f in files:
         st = f.stat()
-        keys.append((str(f), st.st_size, st.st_mtime_ns))
+        keys.append((str(f), st.st_size, st.st_mtime_ns, limit))
     todo = [k for k in keys if k not in _VERIFIED]
     if todo:
         bar = len(todo) > 2000 and sys.stdout.isatty()  # a bar in a log file is noise
-        oks = parallel(verify_image, [k[0] for k in todo], chunksize=256, progress=bar)
-        _VERIFIED.update(zip(todo, map(bool, oks)))
-    return [f for f, k in zip(files, keys) if not _VERIFIED[k]]
+        _VERIFIED.update(zip(todo, parallel(check_image, [k[0] for k in todo], chunksize=256, progress=bar)))
+    return {f: _VERIFIED[k] for f, k in zip(files, keys) if _VERIFIED[k] is not None}
 
 
 def find_items(
@@ -162,7 +164,8 @@ def find_items(
     valid_name = _pick_valid_name(path, valid_name)
     split = {}
     for name in ("train", valid_name):
-        files = sorted(get_image_files(path / name))
+        files = image_files(path / name)
+        _say_empty_classes(path / name, files)
         if not files:
             raise DataError(f"no image files under {path / name}: expected {name}/<class>/<image>.jpg (or .png, ...)")
         split[name] = files
@@ -188,17 +191,37 @@ def find_items(
     return (_readable(items, bad_images) if check_images else items), valid_name
 
 
+def _say_empty_classes(folder: Path, files: list[Path]) -> None:
+    "A line naming the class folders under `folder` that hold no images (they are not classes of the data)."
+    used = {f.relative_to(folder).parts[0] for f in files}
+    empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in used)
+    if empty:
+        shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        print(f"resnets: {len(empty)} folder(s) in {folder} hold no images and are left out (not classes): {shown}")
+
+
 def _readable(files: list[Path], bad_images: str = "skip") -> list[Path]:
     "The files that open as images; the others are skipped with a message naming the first few, or an error."
     bad = _bad_images(files)
     if not bad:
         return files
-    shown = "\n  ".join(str(f) for f in bad[:5])
-    msg = f"{len(bad)} of {len(files)} image files cannot be read (corrupt, truncated or not images):\n  {shown}"
+    large = [f for f, why in bad.items() if why == "too large"]
+    unreadable = [f for f, why in bad.items() if why != "too large"]
+    msgs = []
+    if unreadable:
+        shown = "\n  ".join(str(f) for f in unreadable[:5])
+        msgs.append(f"{len(unreadable)} of {len(files)} image files cannot be read (corrupt, truncated or not images)"
+                    f":\n  {shown}")  # fmt: skip
+    if large:
+        shown = "\n  ".join(str(f) for f in large[:5])
+        msgs.append(f"{len(large)} of {len(files)} images are larger than PIL's decompression-bomb limit of "
+                    f"{Image.MAX_IMAGE_PIXELS} pixels (PIL refuses twice that), so they are not decoded; if you "
+                    f"trust them, allow them with {PIXEL_LIMIT_ENV}=0 (no limit) or a larger number of pixels:"
+                    f"\n  {shown}")  # fmt: skip
+    msg = "\n".join(msgs)
     if bad_images == "raise":
         raise DataError(msg + "\nRemove or replace them, or pass bad_images='skip' to train without them.")
     print(f"resnets: skipping {msg}")
-    bad = set(bad)
     return [f for f in files if f not in bad]
 
 
@@ -273,7 +296,8 @@ def find_split(
     else:  # a folder of class folders, no split
         if not path.is_dir():
             raise DataError(f"no folder at {path}")
-        files = sorted(f for f in get_image_files(path) if f.parent.parent == path)
+        files = [f for f in image_files(path) if f.parent.parent == path]
+        _say_empty_classes(path, files)
         if not files:
             raise DataError(f"no images under {path}: expected train/<class>/ and val/<class>/ folders, or one "
                             "folder of images per class, or a CSV of image paths and labels")  # fmt: skip
@@ -372,7 +396,7 @@ def get_data(
             if isinstance(t, RandomResizedCropGPU):
                 t.valid_scale = valid_crop
         dblock = DataBlock(
-            blocks=(ImageBlock, CategoryBlock),
+            blocks=(ImageBlock(RGBImage), CategoryBlock),  # 16-bit greyscale scaled, not clipped
             splitter=FuncSplitter(held.__contains__),
             get_y=label,  # readable names in show_batch, plots, results and predictions
             item_tfms=Resize(presize, resamples=(RESAMPLES[resample], Image.NEAREST)),
@@ -394,3 +418,25 @@ def set_image_size(dls: DataLoaders, size: int) -> None:
             t.size = size
         elif isinstance(t, RandomResizedCropGPU):
             t.size = (size, size)
+
+
+def fingerprint(train: list, valid: list, root: str | os.PathLike, extra: bytes = b"") -> str:
+    """A digest of the images a run trains and validates on: each file's path below `root` (so a moved data folder is
+    still the same data), its split, its size and its first and last 4 KiB. An image replaced, added, removed or
+    moved between classes changes it; a checkpoint keeps it, so that resuming over other images is refused. `extra`:
+    more that decides the labels (a CSV's contents)."""
+    import hashlib
+
+    h, root = hashlib.sha1(b"resnets data v1\n" + extra), Path(root)  # extra: a CSV's labels
+    for split, files in (("train", train), ("valid", valid)):
+        for f in files:
+            f = Path(f)
+            with open(f, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                head = fh.read(4096)
+                if size > 8192:
+                    fh.seek(-4096, os.SEEK_END)
+                tail = fh.read(4096)
+            rel = f.relative_to(root) if f.is_relative_to(root) else f
+            h.update(f"{split} {rel.as_posix()} {size}\n".encode() + head + tail)
+    return h.hexdigest()[:20]

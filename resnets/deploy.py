@@ -21,20 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.data.transforms import get_image_files
 from fastai.vision.all import imagenet_stats
 from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoint import CHECKPOINT, load_checkpoint, load_failure
-from .errors import InputError, MissingFile, check_number
-from .fastdata import preprocess
+from .checkpoint import CHECKPOINT, load_checkpoint
+from .errors import InputError, MissingFile, check_number, load_failure, refused_message
+from .fastdata import RESAMPLES, preprocess
+from .images import image_files as _find_images
+from .images import open_rgb, to_rgb
 from .labels import IMAGENETTE_NAMES
-from .models import create_model
+from .models import MODELS, create_model
 from .pretrained import valid_crop
 
-__all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "Predictor", "export_torchscript", "export_onnx", "image_files",
+__all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "check_description", "Predictor", "export_torchscript",
+           "export_onnx", "image_files",
            "write_predictions"]
 
 FORMAT = "resnets-model-v1"  # the description's version: the same in v1 files (torch's format) and safetensors ones
@@ -105,22 +107,21 @@ def _read_model_file(path: Path) -> dict:
     except Exception as e:
         code, why = load_failure(e)
         if code is not None:
-            raise InputError(f"{path} is not a safe resnets model file ({why}, which can run code): "
-                             "it was not loaded; load only files written by `resnets export`") from e  # fmt: skip
+            raise InputError(refused_message(path, code, why, "Load only model files written by `resnets export`"
+                                             )) from e  # fmt: skip
         raise InputError(f"{path} is not a readable resnets model file ({why})") from e
 
 
 def _read_image(img) -> Image.Image:
     if isinstance(img, Image.Image):
-        return img.convert("RGB")
+        return to_rgb(img)
     if isinstance(img, np.ndarray):
-        return Image.fromarray(img).convert("RGB")
+        return to_rgb(Image.fromarray(img))
     path = Path(img)
     if not path.is_file():
         raise MissingFile(f"no image at {path}")
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return open_rgb(path)  # an image over PIL's pixel limit: ImageTooLarge, saying how to allow it
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path} is not an image that can be read ({e})") from e
 
@@ -196,14 +197,69 @@ def load(path: str | os.PathLike) -> Predictor:
         if props.get("format") != json.dumps(FORMAT):
             raise InputError(f"{path} was not written by `resnets export --onnx`: it has no class names or "
                              "preprocessing to predict with")  # fmt: skip
-        return OnnxPredictor(session, {k: json.loads(v) for k, v in props.items() if k in _ONNX_META})
+        try:
+            meta = check_description({k: json.loads(v) for k, v in props.items() if k in _ONNX_META}, path)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: its description is not valid JSON ({e}): export it again") from None
+        outputs = session.get_outputs()[0].shape[-1]
+        if isinstance(outputs, int) and outputs != meta["n_out"]:
+            raise InputError(f"{path} is not a usable resnets model file: it names {meta['n_out']} classes for a "
+                             f"network with {outputs} outputs; export it again")  # fmt: skip
+        return OnnxPredictor(session, meta)
     meta = _read_model_file(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
+    meta = check_description(meta, path)
     model = create_model(meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0),
                          stem=tuple(meta.get("stem") or ()))  # fmt: skip
-    model.load_state_dict(meta["state_dict"])
+    try:
+        model.load_state_dict(meta["state_dict"])
+    except RuntimeError as e:  # missing or unexpected tensors, or their shapes: another network's weights
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise InputError(f"{path}: its weights are not those of the {meta['model']} with {meta['n_out']} outputs its "
+                         f"description names ({first}): write the file again with `resnets export`") from None
     return Predictor(model, meta)
+
+
+MAX_IMAGE_SIDE = 4096  # a larger presize or size in a model file is taken for damage, not a choice
+
+
+def check_description(meta: dict, path) -> dict:
+    """A model file's description checked (one InputError line naming what is wrong) before anything is built from
+    it: a known architecture, class names unique and in fastai's order (sorted: reordered names would put the wrong
+    labels on every prediction) and as many as the outputs, sizes whole numbers within bounds, the normalisation's
+    statistics three numbers each. Returns it with names for classes that have none."""
+    def bad(what: str) -> InputError:
+        return InputError(f"{path} is not a usable resnets model file: {what}; write it again with `resnets export`")
+
+    if meta.get("model") not in MODELS:
+        raise bad(f"unknown architecture {meta.get('model')!r} (this version builds {', '.join(MODELS)})")
+    vocab, n_out = meta.get("vocab"), meta.get("n_out")
+    if not isinstance(vocab, list) or not vocab or not all(isinstance(c, str) for c in vocab):
+        raise bad("it has no list of class names")
+    if len(set(vocab)) != len(vocab) or vocab != sorted(vocab):
+        raise bad("its class names are not unique and sorted as fastai orders them (edited or reordered names would "
+                  "label predictions wrongly)")  # fmt: skip
+    if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out != len(vocab):
+        raise bad(f"it names {len(vocab)} classes for a network with {n_out!r} outputs")
+    sizes = {k: meta.get(k) for k in ("presize", "resize")}
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE:
+            raise bad(f"its {k} must be a whole number of pixels from 1 to {MAX_IMAGE_SIDE}, not {v!r}")
+    if sizes["resize"] > sizes["presize"]:
+        raise bad(f"its resize ({sizes['resize']}) is larger than its presize ({sizes['presize']})")
+    stats = meta.get("stats", [list(v) for v in imagenet_stats])
+    if (not isinstance(stats, list | tuple) or len(stats) != 2 or any(not isinstance(v, list | tuple) or len(v) != 3
+            for v in stats) or not all(isinstance(x, int | float) and not isinstance(x, bool) for v in stats for x in v)
+            or not all(x > 0 for x in stats[1])):  # fmt: skip
+        raise bad(f"its stats must be a mean and a positive std of three numbers each, not {stats!r}")
+    crop = meta.get("crop", 1.0)
+    if isinstance(crop, bool) or not isinstance(crop, int | float) or not 0 < crop <= 1:
+        raise bad(f"its crop must be a fraction in (0, 1], not {crop!r}")
+    if meta.get("resample", "bilinear") not in RESAMPLES:
+        raise bad(f"its resample must be one of {', '.join(RESAMPLES)}, not {meta.get('resample')!r}")
+    names = meta.get("names") if isinstance(meta.get("names"), dict) else {}
+    return {**meta, "stats": stats, "names": {c: str(names.get(c, IMAGENETTE_NAMES.get(c, c))) for c in vocab}}
 
 
 def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> float:
@@ -263,7 +319,7 @@ def image_files(paths: list[str]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(get_image_files(p))
+            found = _find_images(p)
             if not found:
                 raise MissingFile(f"no image files in {p}: pass images, or a folder that holds some")
             out += found

@@ -5,7 +5,10 @@ traceback; any other exception is a bug, and keeps its traceback. It is a ValueE
 catches ValueError keeps working.
 """
 
-__all__ = ["InputError", "RunExists", "MissingFile", "RunInterrupted", "check_number"]
+import re
+
+__all__ = ["InputError", "RunExists", "MissingFile", "RunInterrupted", "check_number", "load_failure",
+           "refused_message"]
 
 
 class InputError(ValueError):
@@ -37,3 +40,23 @@ def check_number(name: str, value, kind=int, low=1, strict: bool = False) -> Non
     if isinstance(value, bool) or not isinstance(value, kind) or (value <= low if strict else value < low):
         what = "an integer" if kind is int else "a number"
         raise InputError(f"{name} must be {what} {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def load_failure(e: Exception) -> tuple[str | None, str]:
+    """Why `torch.load(weights_only=True)` failed, in one line (torch's message is a paragraph, with advice to load
+    the file unsafely that is never passed on): the function the file would have called while loading (None if it
+    asked for none), and the reason."""
+    text = str(e)  # torch words a refused global several ways: "Unsupported global: GLOBAL m.f was not an allowed
+    # global", "unsupported GLOBAL posix.system whose module posix is blocked", "unrecognized function `f`" ...
+    refused = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"(?:function|global|class) `?([\w.]+\.[\w]+)", text)
+    if refused:
+        return refused.group(1), f"it would call {refused.group(1)} while loading"
+    lines = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[-1].splitlines()]
+    detail = next((line for line in lines if line and "weights_only" not in line and "trust" not in line), "")
+    return None, f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+
+
+def refused_message(path, code: str, why: str, fix: str) -> str:
+    "The one line for a file torch refused to unpickle because it asks to call `code`: it holds code, nothing ran."
+    return (f"{path} holds code and was refused ({why}; a file of tensors needs no function called): nothing in it was "
+            f"run. {fix}")

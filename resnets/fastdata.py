@@ -28,6 +28,7 @@ draws it. fastai crops the original and then resizes, so those pixels differ fro
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
@@ -47,15 +48,24 @@ from fastai.vision.augment import RandTransform
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
+from .cache import (
+    LIMIT_ENV,
+    CacheUnwritable,
+    cache_folder,
+    cache_limit,
+    disk_free,
+    open_cache,
+    prune,
+    read_info,
+    write_cache,
+)
 from .config import AUGMENT_KW
+from .files import DiskError, atomic_write, check_writable, disk_error
+from .images import open_rgb, pixel_limit, to_rgb
 from .labels import class_label
 
 __all__ = ["cache_folder", "load_square", "load_strip", "resize_valid", "preprocess", "build_cache", "build_strips",
            "CachedImage", "ChapterAugment", "fast_dataloaders"]  # fmt: skip
-
-
-def cache_folder() -> Path:
-    return Path(os.environ.get("RESNETS_CACHE", Path.home() / ".cache" / "resnets"))
 
 
 # The filters images are first resized with: fastai's Resize uses bilinear, timm's pretrained weights bicubic.
@@ -65,18 +75,13 @@ RESAMPLES = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 def load_square(img, size: int, resample: str = "bilinear") -> np.ndarray:
     """fastai's `Resize(size)` on a validation image: the centre square (its side the shorter side, as fastai
     rounds it), resized with PIL's `resample` filter. Path or PIL image in, uint8 (size, size, 3) out."""
-    im = Image.open(img) if not isinstance(img, Image.Image) else img
-    try:
-        im = im.convert("RGB")
-        w, h = im.size
-        m = min(w / size, h / size)
-        side = int(m * size)
-        left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
-        im = im.crop((left, top, left + side, top + side)).resize((size, size), RESAMPLES[resample])
-        return np.array(im, dtype=np.uint8)  # a writable copy
-    finally:
-        if not isinstance(img, Image.Image):
-            im.close()
+    im = to_rgb(img) if isinstance(img, Image.Image) else open_rgb(img)
+    w, h = im.size
+    m = min(w / size, h / size)
+    side = int(m * size)
+    left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), RESAMPLES[resample])
+    return np.array(im, dtype=np.uint8)  # a writable copy
 
 
 def _strip_size(w: int, h: int, size: int) -> tuple[int, int]:
@@ -86,11 +91,10 @@ def _strip_size(w: int, h: int, size: int) -> tuple[int, int]:
 
 def _load_strip(img, size: int, resample: str = "bilinear") -> tuple[np.ndarray, bool]:
     "`load_strip`'s array, and whether the image is a portrait one."
-    with Image.open(img) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        _, long = _strip_size(w, h, size)
-        arr = np.asarray(im.resize((long, size) if w >= h else (size, long), RESAMPLES[resample]), dtype=np.uint8)
+    im = open_rgb(img)
+    w, h = im.size
+    _, long = _strip_size(w, h, size)
+    arr = np.asarray(im.resize((long, size) if w >= h else (size, long), RESAMPLES[resample]), dtype=np.uint8)
     return (arr.transpose(1, 0, 2) if w >= h else arr), h > w
 
 
@@ -143,35 +147,58 @@ def _decode(args) -> np.ndarray:
     return load(f, size)
 
 
-def _write_cache(path: Path, shape: tuple, load, files: list, size: int, slots: list, workers: int | None):
-    """Decode `files` with `load` in worker processes into a new uint8 .npy of `shape` at `path`, each into its slot;
-    a half-built file never has the final name."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+def _build(path: Path, shape: tuple, load, files: list, size: int, slots: list, workers: int | None, info: dict):
+    """Decode `files` with `load` in worker processes into a new cache of `shape` at `path`, each into its slot
+    (resnets.cache writes it with its checksums; a half-built file never has the final name)."""
     try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            it = pool.map(_decode, [(load, f, size) for f in files], chunksize=64)
-            bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file
-            for slot, img in zip(slots, bar):
-                arr[slot] = img
-        arr.flush()
-        del arr
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        check_writable(path.parent)
+    except DiskError as e:
+        raise CacheUnwritable(str(e)) from None
+    need = int(np.prod(shape))
+    if need > disk_free(path.parent):  # refused before the disk is filled (a checkpoint could not be written then)
+        raise CacheUnwritable(f"cannot write {path}: no space left on the disk ({need / 1e9:.1f} GB needed, "
+                              f"{disk_free(path.parent) / 1e9:.1f} GB free)")  # fmt: skip
+    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        it = pool.map(_decode, [(load, f, size) for f in files], chunksize=64)
+        bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file
+        write_cache(path, shape, zip(slots, bar), {"source": _common_folder(files), "images": len(files),
+                                                    "size": size, **info})  # fmt: skip
+    removed = prune(path.parent, keep={path.stem})
+    if removed:
+        print(f"resnets: removed {len(removed)} least recently used image cache(s) from {path.parent} (over "
+              f"${LIMIT_ENV}, {cache_limit() / 1e9:.0f} GB, or of an earlier version): "
+              f"{sum(c['bytes'] for c in removed) / 1e9:.2f} GB")  # fmt: skip
+
+
+def _common_folder(files: list[Path]) -> str:
+    return os.path.commonpath([str(f.parent) for f in files]) if files else ""
 
 
 def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
                 resample: str = "bilinear"):  # fmt: skip
-    "A uint8 array (n, size, size, 3) of the decoded images, memory-mapped from a cache file built once."
+    """A uint8 array (n, size, size, 3) of the decoded images, memory-mapped from a cache file built once (checked
+    when opened: resnets.cache). Raises CacheUnwritable when the cache folder cannot take it."""
     folder = Path(folder) if folder is not None else cache_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     path = folder / f"images-{size}px-{len(files)}-{_cache_key(files, size, resample)}.npy"
-    if not path.exists():
+    slots = list(range(len(files)))
+    arr = open_cache(path, slots)
+    if arr is None:
         print(f"resnets: decoding {len(files)} images once, at {size} px, into {path}")
-        _write_cache(path, (len(files), size, size, 3), partial(load_square, resample=resample), files, size,
-                     range(len(files)), workers)  # fmt: skip
-    return np.load(path, mmap_mode="r")
+        _build(path, (len(files), size, size, 3), partial(load_square, resample=resample), files, size, slots,
+               workers, {"kind": "squares"})  # fmt: skip
+        arr = np.load(path, mmap_mode="r")
+    return arr
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        err = disk_error(e, folder)
+        if err is None:
+            raise
+        raise CacheUnwritable(str(err)) from None
 
 
 def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
@@ -181,30 +208,38 @@ def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None 
     (position in `files`, start, length, portrait). No images file when every image is a square. Validation reads
     the squares of `build_cache`, but the strips cover every file, so that one cache serves any split of them."""
     folder = Path(folder) if folder is not None else cache_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = f"strips-{size}px-{len(files)}-{_cache_key(files, size, resample)}"
-    index_path, path = folder / f"{stem}-index.npy", folder / f"{stem}.npy"
-    index = np.load(index_path) if index_path.exists() else None  # written last: the strips before it are whole
-    if index is None or (len(index) and not path.exists()):
-        rows, start = [], 0
-        for i, f in enumerate(files):
-            with Image.open(f) as im:  # reads the header only
-                w, h = im.size
-            if w != h:
-                long = _strip_size(w, h, size)[1]
-                rows.append((i, start, long, int(h > w)))
-                start += long
-        index = np.array(rows, dtype=np.int64).reshape(-1, 4)
-        if len(index):
-            print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
-            _write_cache(path, (start, size, 3), partial(load_strip, resample=resample),
-                         [files[i] for i in index[:, 0]], size, [slice(s, s + n) for _, s, n, _ in index],
-                         workers)  # fmt: skip
-        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, index)
-        os.replace(tmp, index_path)
-    return (np.load(path, mmap_mode="r") if len(index) else None), index
+    _make_folder(folder)
+    path = folder / f"strips-{size}px-{len(files)}-{_cache_key(files, size, resample)}.npy"
+    info = read_info(path)
+    if info is not None and "index" in info:
+        index = np.array(info["index"], dtype=np.int64).reshape(-1, 4)
+        if not len(index):
+            return None, index
+        arr = open_cache(path, [slice(s, s + n) for _, s, n, _ in index])
+        if arr is not None:
+            return arr, index
+    rows, start = [], 0
+    pixel_limit()  # the header's size is checked against it as the file is opened
+    for i, f in enumerate(files):
+        with Image.open(f) as im:  # reads the header only
+            w, h = im.size
+        if w != h:
+            long = _strip_size(w, h, size)[1]
+            rows.append((i, start, long, int(h > w)))
+            start += long
+    index = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    if not len(index):  # every image a square: the description alone, so that the headers are not read again
+        try:
+            info = {"source": _common_folder(files), "images": 0, "size": size, "kind": "strips", "index": [],
+                    "crc": []}
+            atomic_write(path.with_suffix(".json"), json.dumps(info).encode())
+        except DiskError as e:
+            raise CacheUnwritable(str(e)) from None
+        return None, index
+    print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
+    _build(path, (start, size, 3), partial(load_strip, resample=resample), [files[i] for i in index[:, 0]], size,
+           [slice(s, s + n) for _, s, n, _ in index], workers, {"kind": "strips", "index": index.tolist()})  # fmt: skip
+    return np.load(path, mmap_mode="r"), index
 
 
 class CachedImage(RandTransform):
@@ -367,8 +402,13 @@ def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize:
     (`augment="light"`: its crop and flip only); `stats`, `resample`, `valid_crop` as `get_data`'s."""
     files = [Path(f) for f in [*train, *valid]]
     cached = sorted(set(files))  # one cache for the same images however they are split
-    images, (strips, index) = (build_cache(cached, presize, resample=resample),
-                               build_strips(cached, presize, resample=resample))
+    try:
+        images, (strips, index) = (build_cache(cached, presize, resample=resample),
+                                   build_strips(cached, presize, resample=resample))  # fmt: skip
+    except CacheUnwritable as e:  # each image decoded as it is read, as on the chapter's pipeline (slower)
+        print(f"resnets: no image cache ({e}): decoding every image as it is read instead; set $RESNETS_CACHE to a "
+              "writable folder with space for a faster start")  # fmt: skip
+        images, strips, index = None, None, None
     splits = [list(range(len(train))), list(range(len(train), len(files)))]
     tfms = [[CachedImage(presize, cached, images, strips, index, resample)], [label, Categorize()]]
     dsets = Datasets(files, tfms=tfms, splits=splits)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .config import is_weights_path
-from .errors import InputError, MissingFile
+from .errors import InputError, MissingFile, load_failure, refused_message
 
 __all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing", "timm_to_resnets",
            "resnets_to_timm",
@@ -175,7 +175,10 @@ def _read_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path} is not a readable weights file ({type(e).__name__}): pass a .safetensors file or "
+        code, why = load_failure(e)
+        if code is not None:
+            raise InputError(refused_message(path, code, why, "Pass a .safetensors file or a timm tag")) from e
+        raise InputError(f"{path} is not a readable weights file ({why}): pass a .safetensors file or "
                          "a timm tag") from e  # fmt: skip
     return state.get("state_dict", state) if isinstance(state, dict) else state
 

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -21,28 +20,11 @@ from matplotlib.ticker import MaxNLocator
 from . import __version__
 from .config import DATA_SETS, OPTIONS
 from .errors import InputError, MissingFile
+from .files import atomic_write
 from .recipes import EXPERIMENTS
 
 __all__ = ["BOOK_NEUTRAL", "Results", "atomic_write", "save_figure", "versions", "describe_device", "load_results",
            "compare"]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    "Write `data` to `path` through a temporary file and a rename, so readers never see half a file."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make results private to their writer
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> None:

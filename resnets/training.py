@@ -38,10 +38,11 @@ from .callbacks import (
 )
 from .checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, restore_model, set_deterministic
 from .config import DEFAULTS, Experiment
-from .data import get_data
+from .data import fingerprint, get_data
 from .distributed import distributed_ready
 from .errors import InputError, MissingFile, RunExists, RunInterrupted
 from .evaluate import flip_tta, interpret
+from .files import check_writable
 from .finetune import body_head_splitter, load_body
 from .learner import OPT_FUNCS, accuracy_metric, fit_flat_cos, get_learner, top_5_metric
 from .models import create_model
@@ -227,6 +228,8 @@ def run(
     if not resume and save and out is not None:
         _check_free(out)  # before any work (resuming a run killed before its first checkpoint starts it again)
     world, rank = num_distrib(), rank_distrib()
+    if save and rank == 0:  # before any training: a read-only or full run folder would fail at the first epoch's end
+        check_writable(out if out is not None else "runs", fix="choose another folder (--out) or make it writable")
     if world > 1 and (resume or exp.fast_data):
         raise InputError("distributed runs (torchrun / accelerate launch) support neither --resume nor --fast-data yet")
     if world > 1:
@@ -244,6 +247,7 @@ def run(
     settings = {**exp.to_dict(), "source": str(exp.data), "data": str(dls.path), "precision": learn.precision,
                 "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds), "n_classes": dls.c,
                 "argv": sys.argv}  # fmt: skip
+    settings["data_key"] = _data_key(exp, dls)
     if plan is not None:
         settings["budget_plan"] = plan
     if exp.pretrained is not False:  # what the weights were trained on, as this run fed them
@@ -317,8 +321,20 @@ def _distributed(learn, world: int):
     return learn.distrib_ctx(sync_bn=False, cpu=learn.dls.device.type == "cpu")
 
 
+def _data_key(exp: Experiment, dls) -> str:
+    "The fingerprint of the run's images (and of its CSV of labels), which a checkpoint keeps (data.fingerprint)."
+    csv = Path(str(exp.data)).expanduser()
+    extra = csv.read_bytes() if csv.suffix.lower() == ".csv" and csv.is_file() else b""
+    return fingerprint(dls.train_ds.items, dls.valid_ds.items, dls.path, extra)
+
+
 def _check_same_settings(saved: dict, now: dict, out) -> None:
-    ignore = {"argv", "data", "source"}  # the command line differs by --resume; a moved data folder is still the data
+    if saved.get("data_key", now.get("data_key")) != now.get("data_key"):  # (earlier versions kept none)
+        raise InputError(f"cannot resume {out}: its images are not those it was trained on so far (an image was "
+                         "replaced, added, removed or moved to another class since its checkpoint): resume over the "
+                         "same images, or train a new run into another folder")  # fmt: skip
+    ignore = {"argv", "data", "source", "data_key"}  # the command line differs by --resume; a moved data folder is
+    # still the data (its images are compared above)
     saved = {**{k: v for k, v in DEFAULTS.items() if k not in saved}, **saved}  # an older checkpoint's: defaults
     diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
     if diff:

@@ -31,3 +31,35 @@ def test_a_budget_on_generated_images_is_planned_and_recorded(tree, tmp_path):
     assert plan["predicted_s"] > 0
     with pytest.raises(InputError, match=r"too small for one epoch"):
         run("cnn", save=False, budget=0.01, **kw)
+
+
+class _Loader(list):
+    "A loader of `n` batches (its length is all the planner reads of it; the timings are faked)."
+
+
+def _plan(monkeypatch, n_batches: int, budget: float = 20.0, **overrides):
+    "plan_budget on a learner whose steps take 0.1 s and whose validation 0.2 s, `n_batches` per epoch."
+    from types import SimpleNamespace
+
+    from resnets import budget as planner
+    from resnets.recipes import configure
+
+    monkeypatch.setattr(planner, "_time_steps", lambda learn, size: 0.1)
+    monkeypatch.setattr(planner, "_time_validation", lambda learn, size: 0.2)
+    monkeypatch.setattr(planner, "set_image_size", lambda dls, size: None)
+    dls = SimpleNamespace(train=_Loader([None] * n_batches), train_ds=[None] * 64, valid_ds=[None] * 32)
+    exp = configure("cnn", verbose=False, budget=budget, **overrides)
+    return planner.plan_budget(SimpleNamespace(dls=dls), exp, spent=0.0)
+
+
+def test_the_budget_plan_is_the_most_epochs_that_fit(monkeypatch):
+    """Exact numbers for the planner's sum: an epoch is 0.1 s x batches + 0.5 s + 0.22 s of validation (0.2 s and
+    10 %), and the run ends with one more validation pass and 2 s (TTA or the interpretation): 2.22 s."""
+    exp, plan = _plan(monkeypatch, n_batches=10)  # 1.72 s per epoch: 10 epochs take 19.42 s, 11 take 21.14 s
+    assert exp.epochs == plan["epochs"] == 10 and plan["predicted_s"] == pytest.approx(19.42, abs=0.05)
+    exp, plan = _plan(monkeypatch, n_batches=20)  # 2.72 s per epoch: 6 take 18.54 s, 7 take 21.26 s
+    assert exp.epochs == 6 and plan["predicted_s"] == pytest.approx(18.54, abs=0.05)
+    exp, plan = _plan(monkeypatch, n_batches=10, valid_last=1)  # 1.5 s an epoch, one validation: 11 take 18.94 s
+    assert exp.epochs == 11 and plan["predicted_s"] == pytest.approx(18.94, abs=0.05)
+    with pytest.raises(InputError, match="at least --budget 4"):  # one epoch: 1.72 + 2.22 = 3.94 s
+        _plan(monkeypatch, n_batches=10, budget=3.9)

@@ -2,6 +2,7 @@
 state goes where fit puts the model (a GPU) and the fp16 loss scaler carries on."""
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 
 from conftest import TINY, curve, make_tree
-from resnets import checkpoint, load_results, run, training
+from resnets import InputError, checkpoint, load_results, run, training
 from resnets.callbacks import Checkpoint
 from resnets.checkpoint import CHECKPOINT, LEGACY_CHECKPOINT, find_checkpoint, load_checkpoint, restore_model
 
@@ -227,3 +228,28 @@ def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path, monkeypatch)
     done = run("cnn", out=old, resume=True, **kw)
     assert done.finished and curve(done) == curve(ref)
     assert find_checkpoint(old) == old / CHECKPOINT and not (old / LEGACY_CHECKPOINT).exists(), "one checkpoint"
+
+
+def test_resuming_over_other_images_is_refused(tmp_path, monkeypatch):
+    "A trial replaced an image, and swapped two between classes (same counts): resuming carried on over mixed data."
+    import shutil
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    root = make_tree(tmp_path / "d", n_train=3, n_valid=2)
+    kw = dict(size=32, presize=32, bs=2, epochs=1, progress=False, num_workers=0, seed=0)
+    run("cnn", data=root, out=tmp_path / "r", **kw)
+    resume = lambda data: run("cnn", data=data, out=tmp_path / "r", resume=True, **kw)  # noqa: E731
+    moved = shutil.copytree(root, tmp_path / "elsewhere")  # copied: new times, the same images
+    assert resume(moved).finished, "a moved or copied data folder is still the data"
+    a, b = root / "train" / "cat" / "cat0.jpg", root / "train" / "dog" / "dog0.jpg"
+    tmp = a.with_name("swap")
+    os.rename(a, tmp), os.rename(b, a), os.rename(tmp, b)  # swapped between classes, times kept
+    with pytest.raises(InputError, match="its images are not those it was trained on"):
+        resume(root)
+    os.rename(a, tmp), os.rename(b, a), os.rename(tmp, b)
+    assert resume(root).finished
+    data = bytearray(a.read_bytes())  # replaced by an image of the same size
+    data[-100] ^= 0xFF
+    a.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="its images are not those"):
+        resume(root)

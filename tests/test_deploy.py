@@ -239,3 +239,109 @@ def test_a_model_file_is_safetensors_and_earlier_torch_files_still_load(generate
     (tmp_path / "bad.resnets").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InputError, match="not a readable resnets model file"):
         load(tmp_path / "bad.resnets")
+
+
+# -- a model file's description is checked against its weights (faults a trial found) -------------------------------
+
+
+def _edited(generated_run, tmp_path, **changes) -> Path:
+    "The run's model file with its description edited (`changes`; None removes a key), written as export writes it."
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = export(generated_run.folder, tmp_path / "m.resnets")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = json.loads(f.metadata()["resnets"]), {k: f.get_tensor(k) for k in f.keys()}
+    meta.update(changes)
+    out = tmp_path / "edited.resnets"
+    save_file(tensors, str(out), metadata={"resnets": json.dumps(meta)})
+    return out
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"vocab": ["dog", "cat"]}, "not unique and sorted"),  # reordered: every prediction would carry the other label
+    ({"vocab": ["cat", "dog", "emu"]}, "names 3 classes for a network with 2 outputs"),
+    ({"vocab": ["cat"]}, "names 1 classes for a network with 2 outputs"),
+    ({"vocab": ["cat", "dog", "emu"], "n_out": 3}, "not those of the cnn with 3 outputs"),
+    ({"model": "resnet18"}, "not those of the resnet18"),
+    ({"model": "vgg16"}, "unknown architecture 'vgg16'"),
+    ({"resize": 0}, "resize must be a whole number of pixels from 1"),
+    ({"presize": 10**6, "resize": 10**6}, "presize must be a whole number of pixels from 1 to 4096"),
+    ({"presize": "big"}, "presize must be a whole number"),
+    ({"resize": 64, "presize": 40}, "larger than its presize"),
+    ({"stats": [[0.5, 0.5], [1, 1, 1]]}, "stats must be"),
+    ({"crop": 0}, "crop must be a fraction"),
+    ({"vocab": None}, "no list of class names"),
+])  # fmt: skip
+def test_a_model_file_whose_description_does_not_fit_is_refused_in_one_line(generated_run, tmp_path, changes,
+                                                                                 message, capsys):  # fmt: skip
+    from resnets.cli import main
+
+    path = _edited(generated_run, tmp_path, **changes)
+    with pytest.raises(InputError, match=message):
+        load(path)
+    img = next(Path(generated_run.settings["data"]).glob("val/cat/*.jpg"))
+    assert main(["predict", str(path), str(img)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.split(" ")[0] in err[0] and "Traceback" not in err[0]
+
+
+def test_an_unedited_model_file_still_loads_and_names_are_filled_in(generated_run, tmp_path):
+    path = _edited(generated_run, tmp_path, names=None)
+    assert load(path).names == {"cat": "cat", "dog": "dog"}
+
+
+def test_predict_on_an_image_over_the_pixel_limit_is_one_line(generated_run, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from resnets.cli import main
+
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (200, 100)).save(big)
+    monkeypatch.setenv("RESNETS_MAX_IMAGE_PIXELS", "1000")
+    assert main(["predict", str(export(generated_run.folder, tmp_path / "m.resnets")), str(big)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decompression-bomb limit" in err[0] and "RESNETS_MAX_IMAGE_PIXELS=0" in err[0]
+
+
+class _Call:
+    "Pickles as a call of `fn(*args)`: what a crafted file asks the unpickler to do."
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payloads(marker):
+    import builtins
+    import importlib
+    import os
+    import subprocess as sp
+
+    touch = f"open({str(marker)!r}, 'w').close()"
+    return {"exec": _Call(builtins.exec, touch), "eval": _Call(builtins.eval, touch),
+            "os.system": _Call(os.system, f"touch {marker}"), "subprocess": _Call(sp.Popen, ["touch", str(marker)]),
+            "import_module": _Call(importlib.import_module, "os")}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["exec", "eval", "os.system", "subprocess", "import_module"])
+def test_every_blocked_global_is_named_as_code_that_was_refused(tmp_path, kind):
+    "os.system pickles as posix.system, which torch blocks outright, in other words than exec's; both are code."
+    from resnets.pretrained import _read_file
+
+    marker = tmp_path / "pwned"
+    payload = _payloads(marker)[kind]
+    model, folder, weights = tmp_path / "m.resnets", tmp_path / "run", tmp_path / "w.pth"
+    folder.mkdir()
+    torch.save({"format": FORMAT, "payload": payload}, model)
+    torch.save({"epoch": 0, "payload": payload}, folder / LEGACY_CHECKPOINT)
+    torch.save({"state_dict": {"payload": payload}}, weights)
+    for attempt in (lambda: load(model), lambda: load_checkpoint(folder), lambda: _read_file(weights)):
+        with pytest.raises(InputError) as e:
+            attempt()
+        text = str(e.value)
+        assert "holds code and was refused" in text and "nothing in it was run" in text, text
+        assert "weights_only" not in text and "\n" not in text, "none of torch's advice to load it unsafely"
+    assert not marker.exists()

@@ -110,3 +110,23 @@ def test_flip_tta_and_the_interpretation_of_a_quick_run(generated_run):
     assert logits.shape == (len(learn.dls.valid_ds), 2)
     assert (Path(generated_run.folder) / "confusion_matrix.png").stat().st_size > 1000
     assert set(generated_run.per_class_accuracy) == {"cat", "dog"}
+
+
+def test_flip_tta_averages_each_image_with_its_left_right_mirror(tree):
+    """The probabilities TTA averages, image by image: each validation image's and its horizontal mirror's (a vertical
+    flip, or another image's, would give other probabilities on a model that tells them apart)."""
+    learn, _ = build("cnn", data=tree, verbose=False, size=32, presize=32, bs=4, num_workers=0, seed=0,
+                     precision="fp32")  # fmt: skip
+    model, seen = learn.model.eval(), []
+    hook = model.register_forward_hook(lambda m, i, o: seen.append((i[0].detach().clone(), o.detach().float())))
+    acc, logits, targs = flip_tta(learn)
+    hook.remove()
+    plain, mirrored = seen[0::2], seen[1::2]  # per batch: the images, then their mirrors
+    for (x, _), (xm, _) in zip(plain, mirrored):
+        assert torch.equal(xm, torch.flip(x, [3])) and not torch.equal(xm, torch.flip(x, [2]))
+    probs = logits.softmax(1) + torch.cat([o for _, o in mirrored]).softmax(1)
+    with torch.no_grad():
+        x = torch.cat([x for x, _ in plain])
+        expected = model(x).softmax(1) + model(x.flip(3)).softmax(1)
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert acc == (expected.argmax(1) == targs).float().mean().item()
