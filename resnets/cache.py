@@ -11,11 +11,14 @@ with a line saying why. A folder that cannot be written (read-only, or a full di
 each image as it reads it, as the chapter's pipeline does, and says so.
 
 The folder is kept within `$RESNETS_CACHE_LIMIT` gigabytes (default 20): after a new cache is built, the least
-recently used others are removed. `resnets cache` lists them; `--prune` and `--clear` remove them.
+recently used others are removed. `resnets cache` lists them; `--prune` and `--clear` remove them. One process at
+a time checks and builds (`locked`): the ranks of a distributed run build each cache once, on each machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -28,7 +31,7 @@ import numpy as np
 from .errors import InputError
 from .files import DiskError, atomic_write, disk_error, sweep, temporary
 
-__all__ = ["LIMIT_ENV", "SAMPLE", "cache_folder", "cache_limit", "write_cache", "open_cache", "read_info",
+__all__ = ["LIMIT_ENV", "SAMPLE", "cache_folder", "cache_limit", "locked", "write_cache", "open_cache", "read_info",
            "list_caches", "prune", "CacheUnwritable"]  # fmt: skip
 
 LIMIT_ENV = "RESNETS_CACHE_LIMIT"
@@ -52,6 +55,23 @@ def cache_limit() -> float:
     except ValueError:
         raise InputError(f"${LIMIT_ENV} is the image cache's size limit in gigabytes, got {value!r}") from None
     return float("inf") if gb <= 0 else gb * 1e9
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold the cache folder's lock (an flock on its `.lock`): one process at a time checks and builds a cache, so
+    the ranks of a distributed run on one machine (and two runs at once) build each cache once, the others waiting,
+    then reading it. A folder where no lock file can be made is used unlocked (nothing can be built in it either)."""
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 def _info_path(path: Path) -> Path:

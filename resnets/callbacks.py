@@ -37,7 +37,7 @@ from fastai.learner import Recorder
 from fastai.torch_core import rank_distrib
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import TrainingDiverged, find_checkpoint, restore_training_state, save_checkpoint
+from .checkpoint import TrainingDiverged, find_checkpoint, rank_state, restore_training_state, save_checkpoint
 from .config import Experiment
 from .data import set_image_size
 from .errors import InputError
@@ -250,22 +250,33 @@ class EpochLog(Callback):
 
 
 class Checkpoint(Callback):
-    "Saves `checkpoint.safetensors` after every epoch; given a loaded checkpoint, restores it before training goes on."
+    """Saves `checkpoint.safetensors` after every epoch; given a loaded checkpoint, restores it before training goes on.
+
+    In a data-parallel run every rank makes one (`gather`): each hands its random state to rank 0, which writes the
+    file with them all (`folder` is None on the other ranks), and each resumes with its own (`rank`)."""
 
     order = ORDERS["Checkpoint"]
 
-    def __init__(self, folder: Path | None, results: Results, state: dict | None = None):
-        self.folder, self.results, self.state = folder, results, state
+    def __init__(self, folder: Path | None, results: Results, state: dict | None = None, gather: bool = False):
+        self.folder, self.results, self.state, self.gather = folder, results, state, gather
         self.start_epoch = state["epoch"] + 1 if state else 0
 
     def before_fit(self):
         if self.state is not None:  # the optimiser's, the loss scaler's and the smoothed loss (see the table)
-            restore_training_state(self.learn, self.state)
+            restore_training_state(self.learn, self.state, rank_distrib())
             self.state = None  # once: fine_tune's second fit goes on from the first's state, not the checkpoint's
 
     def after_epoch(self):
-        if self.folder is not None and self.epoch >= self.start_epoch:
-            save_checkpoint(self.learn, self.results, self.folder)
+        if self.epoch < self.start_epoch:
+            return
+        ranks = None
+        if self.gather:  # every rank takes part, in step: rank 0 receives each one's random state
+            import torch.distributed as dist
+
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, rank_state(self.learn))
+        if self.folder is not None:
+            save_checkpoint(self.learn, self.results, self.folder, ranks)
 
 
 class SkipValidation(Callback):

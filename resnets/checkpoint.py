@@ -31,7 +31,7 @@ from .learner import unwrap
 from .results import atomic_write
 
 __all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
-           "save_checkpoint", "restore_model", "restore_training_state", "set_deterministic"]  # fmt: skip
+           "save_checkpoint", "rank_state", "restore_model", "restore_training_state", "set_deterministic"]  # fmt: skip
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pth"  # resnets 0.2 and earlier: torch's format, loaded weights-only
@@ -54,11 +54,23 @@ def set_deterministic(on: bool = True) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
+def _loaders(dls) -> list:
+    "The data loaders, a distributed run's unwrapped (fastai's DistributedDL draws from the loader it wraps)."
+    return [getattr(dl, "dl", dl) for dl in dls.loaders]
+
+
+def rank_state(learn) -> dict:
+    """What is this process's own in a data-parallel run: its random number generators (each rank draws its own
+    augmentation) and its smoothed training loss. The weights and the optimiser's state are the same on every rank."""
+    smooth = learn.recorder.smooth_loss
+    return {"rng": _rng_state(learn.dls), "smooth_loss": _plain((smooth.count, smooth.val))}
+
+
 def _rng_state(dls) -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()  # its keys, an array, as ints: weights_only loads them
     state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
              "random": random.getstate(),
-             "loaders": [dl.rng.getstate() if hasattr(dl, "rng") else None for dl in dls.loaders]}  # fmt: skip
+             "loaders": [dl.rng.getstate() if hasattr(dl, "rng") else None for dl in _loaders(dls)]}  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -75,7 +87,7 @@ def _set_rng_state(state: dict, dls) -> None:
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(_py_rng(state["random"]))
-    for dl, s in zip(dls.loaders, state["loaders"]):
+    for dl, s in zip(_loaders(dls), state["loaders"]):
         if s is not None and hasattr(dl, "rng"):
             dl.rng.setstate(_py_rng(s))
     if "cuda" in state and torch.cuda.is_available():
@@ -180,27 +192,36 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
         raise InputError(f"{path} cannot be read ({why}): remove it to start the run again") from e
 
 
-def save_checkpoint(learn, results, folder: Path) -> None:
-    "Write `folder/checkpoint.safetensors` for the epoch `results` has just recorded (atomically: see the module)."
-    smooth, scaler = learn.recorder.smooth_loss, getattr(learn, "scaler", None)
+def save_checkpoint(learn, results, folder: Path, ranks: list | None = None) -> None:
+    """Write `folder/checkpoint.safetensors` for the epoch `results` has just recorded (atomically: see the module).
+    `ranks`: every rank's `rank_state` in a data-parallel run (rank 0 writes the file), so that each resumes with its
+    own random state."""
+    scaler = getattr(learn, "scaler", None)
     _atomic_save({"epoch": len(results.history) - 1, "model": unwrap(learn.model).state_dict(),
-                  "opt": _plain(learn.opt.state_dict()), "rng": _rng_state(learn.dls),
+                  "opt": _plain(learn.opt.state_dict()), **rank_state(learn),
                   "scaler": scaler.state_dict() if scaler is not None else None,
-                  "smooth_loss": _plain((smooth.count, smooth.val)),
                   "history": _plain(results.history), "settings": _plain(results.settings),
-                  "vocab": [str(c) for c in getattr(learn.dls, "vocab", [])]},
+                  "vocab": [str(c) for c in getattr(learn.dls, "vocab", [])],
+                  **({"ranks": [_plain(r) for r in ranks]} if ranks else {})},
                  Path(folder) / CHECKPOINT)  # fmt: skip
 
 
-def restore_model(learn, state: dict) -> None:
-    """A checkpoint's model and random state, into `learn` (before `fit`); the optimiser's and the loss scaler's
-    follow in `restore_training_state`, from the fit's start (callbacks.Checkpoint)."""
+def _own(state: dict, rank: int) -> dict:
+    "The random state and smoothed loss of `rank` in a checkpoint (rank 0's, the file's own, if it kept no others)."
+    ranks = state.get("ranks")
+    return ranks[rank] if ranks else {"rng": state["rng"], "smooth_loss": state["smooth_loss"]}
+
+
+def restore_model(learn, state: dict, rank: int = 0) -> None:
+    """A checkpoint's model and random state (`rank`'s own, in a data-parallel run), into `learn` (before `fit`);
+    the optimiser's and the loss scaler's follow in `restore_training_state`, from the fit's start
+    (callbacks.Checkpoint)."""
     learn.model.load_state_dict(state["model"])
     learn.create_opt()  # so that `fit` keeps this optimiser (and its parameters) rather than making one
-    _set_rng_state(state["rng"], learn.dls)
+    _set_rng_state(_own(state, rank)["rng"], learn.dls)
 
 
-def restore_training_state(learn, state: dict) -> None:
+def restore_training_state(learn, state: dict, rank: int = 0) -> None:
     """The optimiser's state, the fp16 loss scaler's and the smoothed training loss of a checkpoint, at the start of
     a fit: after fastai's TrainEvalCallback has moved the model to the data's device (the optimiser state goes
     where the parameters are now), MixedPrecision has made a new scaler and the Recorder has reset its smoothed
@@ -210,4 +231,4 @@ def restore_training_state(learn, state: dict) -> None:
     learn.opt.load_state_dict({**extra, "state": to_device(state["opt"]["state"], device), "hypers": learn.opt.hypers})
     if state.get("scaler") and getattr(learn, "scaler", None) is not None:
         learn.scaler.load_state_dict(state["scaler"])
-    learn.recorder.smooth_loss.count, learn.recorder.smooth_loss.val = state["smooth_loss"]
+    learn.recorder.smooth_loss.count, learn.recorder.smooth_loss.val = _own(state, rank)["smooth_loss"]

@@ -31,7 +31,8 @@ from torch.optim.swa_utils import update_bn
 from .learner import MixedPrecision, unwrap
 from .results import save_figure
 
-__all__ = ["RECALIBRATION_IMAGES", "device_autocast", "flip_tta", "flip_tta_accuracy", "recalibrate_bn",
+__all__ = ["RECALIBRATION_IMAGES", "device_autocast", "flip_tta", "flip_tta_accuracy", "shared_predictions",
+           "one_process", "recalibrate_bn",
            "Interpretation", "interpret"]  # fmt: skip
 
 RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates BatchNorm on (and plan_budget counts)
@@ -45,6 +46,25 @@ def device_autocast(learn):
 
 
 @torch.no_grad()
+def _predict(learn, dl, plain: bool = True, mirror: bool = True):
+    "Over `dl`: the plain images' logits (if `plain`), their mirrors' probabilities (if `mirror`), and the targets."
+    model, flipped, logits, targs = learn.model.eval(), [], [], []
+    for xb, yb in dl:
+        x = xb.as_subclass(torch.Tensor)
+        with device_autocast(learn):  # per batch, as fastai's loop: autocast's weight casts are not kept across
+            if plain:  # batches then, and on a CPU they change bf16's last bits (kernels per memory layout)
+                logits.append(model(x).float().cpu())
+            if mirror:
+                flipped.append(model(x.flip(-1)).float().softmax(1).cpu())
+        targs.append(yb.as_subclass(torch.Tensor).cpu())
+    cat = lambda ts: torch.cat(ts) if ts else None  # noqa: E731
+    return cat(logits), cat(flipped), torch.cat(targs) if targs else torch.empty(0, dtype=torch.long)
+
+
+def _tta_accuracy(logits: torch.Tensor, mirrored: torch.Tensor, targs: torch.Tensor) -> float:
+    return ((logits.softmax(1) + mirrored).argmax(1) == targs).float().mean().item() if len(targs) else 0.0
+
+
 def flip_tta(learn, plain: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Validation accuracy with each image's and its mirror image's class probabilities averaged; and the plain
     images' logits and targets, in the validation set's order (what the interpretation plots need). `plain`: those
@@ -52,22 +72,54 @@ def flip_tta(learn, plain: tuple[torch.Tensor, torch.Tensor] | None = None) -> t
     mirrored images are predicted then."""
     if plain is not None and len(plain[0]) != len(learn.dls.valid_ds):  # e.g. one rank's share of a distributed run
         plain = None
-    model, flipped, logits, targs = learn.model.eval(), [], [], []
-    for xb, yb in learn.dls.valid:
-        x = xb.as_subclass(torch.Tensor)
-        with device_autocast(learn):  # per batch, as fastai's loop: autocast's weight casts are not kept across
-            if plain is None:  # batches then, and on a CPU they change bf16's last bits (kernels per memory layout)
-                logits.append(model(x).float().cpu())
-            flipped.append(model(x.flip(-1)).float().softmax(1).cpu())
-        targs.append(yb.as_subclass(torch.Tensor).cpu())
-    if not targs:
-        return 0.0, torch.empty(0), torch.empty(0, dtype=torch.long)
-    targs = torch.cat(targs)
+    logits, mirrored, targs = _predict(learn, learn.dls.valid, plain=plain is None)
+    if not len(targs):
+        return 0.0, torch.empty(0), targs
     if plain is not None and not torch.equal(plain[1], targs):
         raise RuntimeError("the kept validation predictions are not of the validation images in order")
-    logits = plain[0] if plain is not None else torch.cat(logits)
-    hits = ((logits.softmax(1) + torch.cat(flipped)).argmax(1) == targs).sum().item()
-    return hits / len(targs), logits, targs
+    logits = plain[0] if plain is not None else logits
+    return _tta_accuracy(logits, mirrored, targs), logits, targs
+
+
+def shared_predictions(learn, mirror: bool) -> tuple[float | None, torch.Tensor, torch.Tensor] | None:
+    """In a data-parallel run, after training: every rank predicts every `world`-th validation image (and its mirror,
+    for flip TTA, if `mirror`), rank 0 gathers them back into the validation set's order and gets (TTA accuracy or
+    None, logits, targets); the other ranks get None. Every rank must call it."""
+    import torch.distributed as dist
+    from fastai.torch_core import num_distrib, rank_distrib
+
+    rank, world = rank_distrib(), num_distrib()
+    items = list(learn.dls.valid_ds.items)
+    mine = items[rank::world]
+    part = _predict(learn, learn.dls.test_dl(mine, with_labels=True), mirror=mirror) if mine else None
+    parts = [None] * world
+    dist.all_gather_object(parts, part)
+    if rank > 0:
+        return None
+    done = [p for p in parts if p is not None]
+    logits = torch.empty(len(items), done[0][0].shape[1])
+    mirrored, targs = torch.empty_like(logits) if mirror else None, torch.empty(len(items), dtype=torch.long)
+    for r, p in enumerate(parts):
+        if p is not None:
+            logits[r::world], targs[r::world] = p[0], p[2]
+            if mirror:
+                mirrored[r::world] = p[1]
+    return (_tta_accuracy(logits, mirrored, targs) if mirror else None), logits, targs
+
+
+@contextlib.contextmanager
+def one_process():
+    """Rank 0 of a data-parallel run, scoring alone after the others have gone: fastai's gathers (which read
+    WORLD_SIZE) off, so that its predictions (the interpretation's top losses) wait for no other rank."""
+    world = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        yield
+    finally:
+        if world is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = world
 
 
 def flip_tta_accuracy(learn) -> float:

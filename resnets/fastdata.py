@@ -54,6 +54,7 @@ from .cache import (
     cache_folder,
     cache_limit,
     disk_free,
+    locked,
     open_cache,
     prune,
     read_info,
@@ -182,12 +183,13 @@ def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None =
     _make_folder(folder)
     path = folder / f"images-{size}px-{len(files)}-{_cache_key(files, size, resample)}.npy"
     slots = list(range(len(files)))
-    arr = open_cache(path, slots)
-    if arr is None:
-        print(f"resnets: decoding {len(files)} images once, at {size} px, into {path}")
-        _build(path, (len(files), size, size, 3), partial(load_square, resample=resample), files, size, slots,
-               workers, {"kind": "squares"})  # fmt: skip
-        arr = np.load(path, mmap_mode="r")
+    with locked(folder):  # another rank (or run) building it: wait, then read it
+        arr = open_cache(path, slots)
+        if arr is None:
+            print(f"resnets: decoding {len(files)} images once, at {size} px, into {path}")
+            _build(path, (len(files), size, size, 3), partial(load_square, resample=resample), files, size, slots,
+                   workers, {"kind": "squares"})  # fmt: skip
+            arr = np.load(path, mmap_mode="r")
     return arr
 
 
@@ -210,6 +212,11 @@ def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None 
     folder = Path(folder) if folder is not None else cache_folder()
     _make_folder(folder)
     path = folder / f"strips-{size}px-{len(files)}-{_cache_key(files, size, resample)}.npy"
+    with locked(folder):
+        return _strips(path, files, size, workers, resample)
+
+
+def _strips(path: Path, files: list[Path], size: int, workers: int | None, resample: str):
     info = read_info(path)
     if info is not None and "index" in info:
         index = np.array(info["index"], dtype=np.int64).reshape(-1, 4)

@@ -41,7 +41,7 @@ from .config import DEFAULTS, Experiment
 from .data import fingerprint, get_data
 from .distributed import distributed_ready
 from .errors import InputError, MissingFile, RunExists, RunInterrupted
-from .evaluate import flip_tta, interpret
+from .evaluate import flip_tta, interpret, one_process, shared_predictions
 from .files import check_writable
 from .finetune import body_head_splitter, load_body
 from .learner import OPT_FUNCS, accuracy_metric, fit_flat_cos, get_learner, top_5_metric
@@ -230,8 +230,6 @@ def run(
     world, rank = num_distrib(), rank_distrib()
     if save and rank == 0:  # before any training: a read-only or full run folder would fail at the first epoch's end
         check_writable(out if out is not None else "runs", fix="choose another folder (--out) or make it writable")
-    if world > 1 and (resume or exp.fast_data):
-        raise InputError("distributed runs (torchrun / accelerate launch) support neither --resume nor --fast-data yet")
     if world > 1:
         distributed_ready()
     set_deterministic(exp.deterministic)
@@ -262,12 +260,13 @@ def run(
         if state["epoch"] + 1 >= exp.epochs:
             print(f"resnets: {out} finished all {exp.epochs} epochs already")
     folder = None if not save or rank > 0 else Path(out) if resume else _new_run_folder(out, exp.name)
-    if resume:
+    if resume and folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(folder, results, state)
+    checkpoint = Checkpoint(folder, results, state, gather=save and world > 1)
     if state is not None:
-        restore_model(learn, state)
-        print(f"resnets: resuming {folder} after epoch {state['epoch'] + 1} of {exp.epochs}")
+        restore_model(learn, state, rank)
+        if rank == 0:
+            print(f"resnets: resuming {out} after epoch {state['epoch'] + 1} of {exp.epochs}")
     keep = LastValidPreds()
     history, log = RunHistory(results, folder, checkpoint.start_epoch, start), EpochLog(checkpoint.start_epoch)
     run_cbs = [history, checkpoint, StopOnNaN(folder), log, *([keep] if exp.tta else []),
@@ -297,15 +296,22 @@ def run(
         for cb in run_cbs:
             if hasattr(cb, "finish"):  # a logger with a run of its own to end (wandb)
                 cb.finish()
-    if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained
-        print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
-    plain = None  # the plain images' logits and targets, which the interpretation reuses
-    if exp.tta:  # the last validation's predictions, and the mirrored images
-        results.tta_accuracy, *plain = flip_tta(learn, keep.kept)
     trained_all = len(results.history) >= exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
-    if folder is not None and world <= 1 and trained_all:  # confusion matrix, top losses, per-class accuracy
-        # (distributed runs: the other ranks have gone; `resnets interpret RUN_DIR` draws them in one process)
-        results.per_class_accuracy = interpret(learn, folder, predictions=plain)
+    plain = None  # the plain images' logits and targets, which the interpretation reuses
+    if world > 1 and (exp.tta or (save and trained_all)):  # every rank predicts its share; rank 0 gathers them
+        shared = shared_predictions(learn, mirror=exp.tta)
+        if shared is not None:
+            tta, *plain = shared
+            results.tta_accuracy = tta if exp.tta else None
+    elif exp.tta:  # the last validation's predictions, and the mirrored images
+        results.tta_accuracy, *plain = flip_tta(learn, keep.kept)
+    if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained; rank 0 goes on alone
+        print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
+        results.finished, results.wall_time = True, time.perf_counter() - start
+        return results
+    if folder is not None and trained_all:  # confusion matrix, top losses, per-class accuracy
+        with one_process() if world > 1 else contextlib.nullcontext():  # (the other ranks are done)
+            results.per_class_accuracy = interpret(learn, folder, predictions=plain)
     results.finished = True
     results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
     if folder is not None:
@@ -329,12 +335,17 @@ def _data_key(exp: Experiment, dls) -> str:
 
 
 def _check_same_settings(saved: dict, now: dict, out) -> None:
+    before, after = saved.get("world_size", 1), now.get("world_size", 1)
+    if before != after:  # each rank resumes with its own random state: there is one for each of the run's ranks
+        launch = lambda n: f"torchrun, {n} processes in all" if n > 1 else "one process"  # noqa: E731
+        raise InputError(f"cannot resume {out} with {after} process(es): it was trained by {before}, and each resumes "
+                         f"with its own random state; launch it as it was, with {launch(before)}")  # fmt: skip
     if saved.get("data_key", now.get("data_key")) != now.get("data_key"):  # (earlier versions kept none)
         raise InputError(f"cannot resume {out}: its images are not those it was trained on so far (an image was "
                          "replaced, added, removed or moved to another class since its checkpoint): resume over the "
                          "same images, or train a new run into another folder")  # fmt: skip
-    ignore = {"argv", "data", "source", "data_key"}  # the command line differs by --resume; a moved data folder is
-    # still the data (its images are compared above)
+    # the command line differs by --resume; a moved data folder is still the data (its images are compared above)
+    ignore = {"argv", "data", "source", "data_key", "world_size"}
     saved = {**{k: v for k, v in DEFAULTS.items() if k not in saved}, **saved}  # an older checkpoint's: defaults
     diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
     if diff:

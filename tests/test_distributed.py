@@ -1,5 +1,7 @@
 """Data-parallel runs: two CPU processes (gloo) launched by torchrun train one experiment together."""
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnets import build, load_results
-from resnets.checkpoint import LEGACY_CHECKPOINT, load_checkpoint
+from resnets import InputError, build, load_results, run
+from resnets.checkpoint import load_checkpoint
 
 # 21 validation images: 2 ranks x 8 do not divide them, so fastai's DistributedDL pads the last batches with repeats
 SETTINGS = dict(classes=3, subset=7, size=32, presize=40, bs=8, epochs=2, seed=3)
@@ -39,11 +41,12 @@ FIRST_BATCH = """
 
     from resnets import build
 
-    learn, _ = build("cnn", data=sys.argv[1], classes=2, subset=8, size=32, presize=40, bs=8, seed=3, num_workers=0,
-                     verbose=False)
-    xb, yb = learn.dls.train.new(shuffle=False).one_batch()
-    torch.save({"x": xb.as_subclass(torch.Tensor), "y": yb.as_subclass(torch.Tensor)},
-               f"{sys.argv[2]}/rank{rank_distrib()}.pt")
+    for fast in (False, True):  # the chapter's pipeline, then the fast path
+        learn, _ = build("cnn", data=sys.argv[1], classes=2, subset=8, size=32, presize=40, bs=8, seed=3,
+                         num_workers=0, verbose=False, fast_data=fast)
+        xb, yb = learn.dls.train.new(shuffle=False).one_batch()
+        torch.save({"x": xb.as_subclass(torch.Tensor), "y": yb.as_subclass(torch.Tensor)},
+                   f"{sys.argv[2]}/rank{rank_distrib()}{'-fast' * fast}.pt")
 """
 
 
@@ -80,19 +83,146 @@ def test_each_rank_draws_its_own_augmentation_reproducibly(imagenette, tmp_path)
         p = subprocess.run([*_torchrun_cmd(29519), str(script), str(imagenette), str(tmp_path / launch)],
                            capture_output=True, text=True, timeout=600)  # fmt: skip
         assert p.returncode == 0, p.stdout + p.stderr
-        batches.append([torch.load(tmp_path / launch / f"rank{r}.pt") for r in (0, 1)])
-    (a0, a1), (b0, b1) = batches
-    assert torch.equal(a0["y"], a1["y"]), "both ranks were meant to load the same images"
-    assert not torch.equal(a0["x"], a1["x"]), "rank 1 drew rank 0's crops and flips: every rank sees the same views"
-    # seeded by rank: a second launch repeats each rank's draws exactly
-    assert torch.equal(a0["x"], b0["x"]) and torch.equal(a1["x"], b1["x"])
+        batches.append([torch.load(tmp_path / launch / f"rank{r}{kind}.pt") for kind in ("", "-fast") for r in (0, 1)])
+    for i in (0, 2):  # the chapter's pipeline, the fast path
+        (a0, a1), (b0, b1) = batches[0][i : i + 2], batches[1][i : i + 2]
+        assert torch.equal(a0["y"], a1["y"]), "both ranks were meant to load the same images"
+        assert not torch.equal(a0["x"], a1["x"]), "rank 1 drew rank 0's crops and flips: every rank sees one view"
+        # seeded by rank: a second launch repeats each rank's draws exactly
+        assert torch.equal(a0["x"], b0["x"]) and torch.equal(a1["x"], b1["x"])
+
+
+# A run launched by torchrun (every rank runs this), resumable (`--out DIR --resume` from the first start, as an
+# elastic launch would be given): with "kill" set, the first attempt's rank 1 SIGKILLs itself in the middle of the
+# training epoch after that many epochs have ended (fine-tuning: its frozen epoch counts), for torchrun to restart.
+RUN = """
+    import json
+    import os
+    import signal
+    import sys
+
+    from fastai.callback.core import Callback
+    from fastai.torch_core import rank_distrib
+
+    from resnets import run
+
+    opts = json.loads(sys.argv[1])
+    kill = opts.pop("kill", None)
+    first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+
+
+    class Kill(Callback):
+        ended = 0
+
+        def after_epoch(self):
+            self.ended += 1
+
+        def after_batch(self):
+            if first and self.training and self.ended == kill and self.iter == 1 and rank_distrib() == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+    run(opts.pop("name"), resume=True, progress=False, num_workers=0, cbs=[Kill()] if kill is not None else None,
+        **opts)
+"""
+
+
+def _launch(tmp_path, opts: dict, launcher: list[str], env=None) -> subprocess.Popen:
+    script = tmp_path / "run_resumable.py"
+    script.write_text(textwrap.dedent(RUN))
+    return subprocess.Popen([*launcher, str(script), json.dumps(opts)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+
+
+def _finish(p: subprocess.Popen) -> str:
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    return out
+
+
+def _curve(folder) -> list[tuple]:
+    "Per epoch: the losses and accuracy, as recorded (times left out)."
+    return [(h["train_loss"], h["valid_loss"], h["accuracy"]) for h in load_results(folder).history]
+
+
+# 48 training images (3 batches of 8 per rank), 21 validation images (not divisible by 2)
+FAST = dict(name="cnn", classes=3, subset=(16, 7), size=32, presize=40, bs=8, epochs=3, seed=3, fast_data=True)
+
+
+@pytest.fixture(scope="module")
+def fast_ddp(imagenette, tmp_path_factory):
+    "A two-rank run on the fast path (the cache built in a folder of its own), as torchrun --nproc_per_node 2 runs it."
+    tmp = tmp_path_factory.mktemp("fast_ddp")
+    env = {**os.environ, "RESNETS_CACHE": str(tmp / "cache")}
+    script = tmp / "run_resumable.py"
+    script.write_text(textwrap.dedent(RUN))
+    p = subprocess.run([*_torchrun_cmd(29521), str(script), json.dumps({**FAST, "data": str(imagenette),
+                        "out": str(tmp / "run")})], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    return tmp, p.stdout + p.stderr
 
 
 @pytest.mark.slow
-def test_a_distributed_run_refuses_resume(imagenette, tmp_path):
-    (tmp_path / "run").mkdir()
-    torch.save({}, tmp_path / "run" / LEGACY_CHECKPOINT)  # any checkpoint, of this version or an earlier one
-    cmd = [*_torchrun_cmd(29518), "-m", "resnets", "run", "cnn",
-           "--data", str(imagenette), "--resume", "--out", str(tmp_path / "run")]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert p.returncode != 0 and "support neither --resume" in p.stderr + p.stdout
+def test_the_fast_path_trains_distributed_with_the_cache_built_once(imagenette, fast_ddp):
+    tmp, log = fast_ddp
+    out = tmp / "run"
+    assert log.count("decoding 69 images once") == 1, "one rank built the cache, the other waited and read it"
+    r = load_results(out)
+    assert r.finished and len(r.history) == 3 and r.settings["world_size"] == 2 and r.settings["fast_data"]
+    # the recorded accuracy is the whole validation set's: the final weights scored in one process agree
+    opts = {k: v for k, v in FAST.items() if k not in ("name", "epochs")}
+    learn, _ = build("cnn", data=imagenette, num_workers=0, verbose=False, **opts)
+    learn.model.load_state_dict(load_checkpoint(out)["model"])
+    valid_loss, acc, _top5 = learn.validate()
+    assert acc == pytest.approx(r.history[-1]["accuracy"], abs=1e-6)
+    assert valid_loss == pytest.approx(r.history[-1]["valid_loss"], rel=1e-3)  # (bf16 where the CPU has it)
+    # rank 0 drew the interpretation from every rank's predictions
+    assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
+    assert set(r.per_class_accuracy) == set(learn.dls.vocab)
+    cm = sum(round(a * 7) for a in r.per_class_accuracy.values())
+    assert cm == round(acc * 21), "per-class accuracy over the 21 validation images, each counted once"
+
+
+@pytest.mark.slow
+def test_a_distributed_run_resumes_only_with_its_world_size(fast_ddp, imagenette, tmp_path):
+    import shutil
+
+    tmp, _ = fast_ddp
+    copy = shutil.copytree(tmp / "run", tmp_path / "run")
+    opts = {k: v for k, v in FAST.items() if k != "name"}
+    with pytest.raises(InputError, match="cannot resume .* with 1 process.*trained by 2.*torchrun, 2 processes"):
+        run("cnn", data=imagenette, out=copy, resume=True, progress=False, num_workers=0, **opts)
+
+
+@pytest.mark.slow
+def test_two_nodes_give_what_one_node_with_as_many_processes_gives(fast_ddp, imagenette, tmp_path):
+    "Two torchrun launchers of one process each (c10d rendezvous on 127.0.0.1) train as one launcher of two."
+    tmp, _ = fast_ddp
+    torchrun = Path(sys.executable).with_name("torchrun")
+    opts = {**FAST, "data": str(imagenette), "out": str(tmp_path / "run")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it for 2 processes a node (threads change bits)
+    nodes = [_launch(tmp_path, opts, [str(torchrun), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend",
+                                      "c10d", "--rdzv-endpoint", "127.0.0.1:29523", "--rdzv-id", "two-nodes"], env)
+             for _ in range(2)]  # fmt: skip
+    logs = [_finish(p) for p in nodes]
+    assert sum("rank 1 of 2 trained" in log for log in logs) == 1, logs
+    assert _curve(tmp_path / "run") == _curve(tmp / "run")
+
+
+@pytest.mark.slow
+def test_an_elastic_fine_tuning_run_killed_after_its_frozen_epoch_ends_as_an_uninterrupted_one(fast_ddp, imagenette,
+                                                                                               tmp_path):  # fmt: skip
+    """torchrun --max-restarts 1: rank 1 is SIGKILLed in the middle of the first unfrozen epoch; torchrun restarts
+    both workers, which resume from the checkpoint of the frozen epoch by themselves and end with the history of an
+    uninterrupted run (the same seed, the same launch)."""
+    tmp, _ = fast_ddp
+    torchrun = Path(sys.executable).with_name("torchrun")
+    tune = {**FAST, "data": str(imagenette), "init": str(tmp / "run"), "epochs": 2, "freeze_epochs": 1}
+    launch = [str(torchrun), "--nproc_per_node", "2", "--max-restarts", "1"]
+    whole = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "whole")}, [*launch, "--master_port", "29525"]))
+    killed = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "killed"), "kill": 1},
+                             [*launch, "--master_port", "29527"]))  # fmt: skip
+    assert "resuming" not in whole and "resuming" in killed and "after epoch 1 of" in killed, killed
+    assert "-9" in killed or "SIGKILL" in killed or "Signals.SIGKILL" in killed, "rank 1 died by SIGKILL"
+    assert len(_curve(tmp_path / "whole")) == 3 and _curve(tmp_path / "killed") == _curve(tmp_path / "whole")
+    assert load_results(tmp_path / "killed").finished
