@@ -156,9 +156,9 @@ def test_clear_errors(mnist_run, tmp_path):
 def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path):
     marker, path = tmp_path / "pwned", tmp_path / "evil.resnets"
     torch.save({"format": FORMAT, "payload": _Payload(marker)}, path)
-    with pytest.raises(InputError, match="not a safe resnets model file"):
+    with pytest.raises(InputError, match="holds code and was refused"):
         load(path)
-    _refused(["predict", str(path), "x.jpg"], "not a safe resnets model file")
+    _refused(["predict", str(path), "x.jpg"], "holds code and was refused")
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: loading the file unsafely runs it
     assert marker.exists()
@@ -169,13 +169,13 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     marker, folder = tmp_path / "pwned", tmp_path / "run"
     folder.mkdir()
     torch.save({"epoch": 0, "payload": _Payload(marker)}, folder / LEGACY_CHECKPOINT)  # the torch format 0.2 read
-    with pytest.raises(InputError, match="not a safe checkpoint.*remove it"):
+    with pytest.raises(InputError, match="holds code and was refused.*remove it"):
         load_checkpoint(folder)
-    with pytest.raises(InputError, match="not a safe checkpoint"):
+    with pytest.raises(InputError, match="holds code and was refused"):
         export(folder)
-    with pytest.raises(InputError, match="not a safe checkpoint"):
+    with pytest.raises(InputError, match="holds code and was refused"):
         run("cnn", data=tmp_path, out=folder, resume=True, progress=False, num_workers=0, **TINY)  # before any data
-    _refused(["export", str(folder)], "not a safe checkpoint")
+    _refused(["export", str(folder)], "holds code and was refused")
     assert not marker.exists()
     torch.load(folder / LEGACY_CHECKPOINT, weights_only=False)  # the payload is live: loading the file unsafely runs it
     assert marker.exists()

@@ -131,11 +131,16 @@ def _launch(tmp_path, opts: dict, launcher: list[str], env=None) -> subprocess.P
     script = tmp_path / "run_resumable.py"
     script.write_text(textwrap.dedent(RUN))
     return subprocess.Popen([*launcher, str(script), json.dumps(opts)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)  # fmt: skip
 
 
-def _finish(p: subprocess.Popen) -> str:
-    out, _ = p.communicate(timeout=600)
+def _finish(p: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)  # the launcher and its workers: nothing left behind for the next test
+        out, _ = p.communicate()
+        pytest.fail(f"the launch did not end in {timeout:.0f} s:\n{out}")
     assert p.returncode == 0, out
     return out
 
@@ -170,12 +175,14 @@ def test_the_fast_path_trains_distributed_with_the_cache_built_once(imagenette, 
     r = load_results(out)
     assert r.finished and len(r.history) == 3 and r.settings["world_size"] == 2 and r.settings["fast_data"]
     # the recorded accuracy is the whole validation set's: the final weights scored in one process agree
+    # and so do they through the chapter's pipeline, whose validation tensors the fast path's equal to 1e-4
     opts = {k: v for k, v in FAST.items() if k not in ("name", "epochs")}
-    learn, _ = build("cnn", data=imagenette, num_workers=0, verbose=False, **opts)
-    learn.model.load_state_dict(load_checkpoint(out)["model"])
-    valid_loss, acc, _top5 = learn.validate()
-    assert acc == pytest.approx(r.history[-1]["accuracy"], abs=1e-6)
-    assert valid_loss == pytest.approx(r.history[-1]["valid_loss"], rel=1e-3)  # (bf16 where the CPU has it)
+    for fast in (True, False):
+        learn, _ = build("cnn", data=imagenette, num_workers=0, verbose=False, **{**opts, "fast_data": fast})
+        learn.model.load_state_dict(load_checkpoint(out)["model"])
+        valid_loss, acc, _top5 = learn.validate()
+        assert acc == pytest.approx(r.history[-1]["accuracy"], abs=1e-6), fast
+        assert valid_loss == pytest.approx(r.history[-1]["valid_loss"], rel=1e-3), fast  # (bf16 where the CPU has it)
     # rank 0 drew the interpretation from every rank's predictions
     assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
     assert set(r.per_class_accuracy) == set(learn.dls.vocab)
@@ -212,16 +219,19 @@ def test_two_nodes_give_what_one_node_with_as_many_processes_gives(fast_ddp, ima
 @pytest.mark.slow
 def test_an_elastic_fine_tuning_run_killed_after_its_frozen_epoch_ends_as_an_uninterrupted_one(fast_ddp, imagenette,
                                                                                                tmp_path):  # fmt: skip
-    """torchrun --max-restarts 1: rank 1 is SIGKILLed in the middle of the first unfrozen epoch; torchrun restarts
+    """torchrun --max-restarts: rank 1 is SIGKILLed in the middle of the first unfrozen epoch; torchrun restarts
     both workers, which resume from the checkpoint of the frozen epoch by themselves and end with the history of an
     uninterrupted run (the same seed, the same launch)."""
     tmp, _ = fast_ddp
     torchrun = Path(sys.executable).with_name("torchrun")
     tune = {**FAST, "data": str(imagenette), "init": str(tmp / "run"), "epochs": 2, "freeze_epochs": 1}
-    launch = [str(torchrun), "--nproc_per_node", "2", "--max-restarts", "1"]
-    whole = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "whole")}, [*launch, "--master_port", "29525"]))
-    killed = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "killed"), "kill": 1},
-                             [*launch, "--master_port", "29527"]))  # fmt: skip
+    # c10d rendezvous, as torchrun's docs advise for restarts, and restarts to spare: a restarted group's gloo
+    # connections failed here now and then (static rendezvous on --master_port: a hang in connectFullMesh, once in
+    # three; c10d: "connection refused" to a stale address, once in four, which the next restart gets past)
+    launch = lambda port: [str(torchrun), "--nproc_per_node", "2", "--max-restarts", "3", "--rdzv-backend", "c10d",  # noqa: E731
+                           "--rdzv-endpoint", f"127.0.0.1:{port}"]  # fmt: skip
+    whole = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "whole")}, launch(29525)))
+    killed = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "killed"), "kill": 1}, launch(29527)))
     assert "resuming" not in whole and "resuming" in killed and "after epoch 1 of" in killed, killed
     assert "-9" in killed or "SIGKILL" in killed or "Signals.SIGKILL" in killed, "rank 1 died by SIGKILL"
     assert len(_curve(tmp_path / "whole")) == 3 and _curve(tmp_path / "killed") == _curve(tmp_path / "whole")
