@@ -26,8 +26,10 @@ from .errors import InputError
 __all__ = ["atomic_write", "temporary", "sweep", "check_writable", "disk_error", "DiskError"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-_OURS = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
-_OLD = re.compile(r"^(\..+\.[A-Za-z0-9_]{8}\.tmp|.+\.(?P<pid>\d+)\.tmp)$")  # earlier versions: mkstemp, .PID.tmp
+_OURS = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{6}\.tmp$")
+# earlier versions' temporaries, of the library's own files only (mkstemp's names; the cache's NAME.PID.tmp)
+_OLD = re.compile(r"^(\.(checkpoint\.pth|checkpoint\.safetensors|results\.json|results\.png|study\.json)"
+                  r"\.[A-Za-z0-9_]{8}\.tmp|(images|strips)-.+\.(?P<pid>\d+)\.tmp)$")
 _OLD_AGE = 24 * 3600  # an earlier version's temporary without a process in its name: swept once a day old
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}

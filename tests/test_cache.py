@@ -145,10 +145,11 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path, cach
     stale = stale.with_name(stale.name.replace(f"-{os.getpid()}.", f"-{dead}."))
     live = temporary(folder / "results.json")  # this process's: a write under way
     old = folder / "images-24px-10-abc.123456789.tmp"  # an earlier version's, its pid over Linux's pid_max (2**22)
-    for p in (stale, live, old):
+    theirs = [folder / "notes.123456789.tmp", folder / f".draft.{dead}.tmp"]  # not the library's: left alone
+    for p in (stale, live, old, *theirs):
         p.write_bytes(b"x" * 1000)
     atomic_write(folder / "results.json", b"{}")
-    assert not stale.exists() and not old.exists() and live.exists()
+    assert not stale.exists() and not old.exists() and live.exists() and all(p.exists() for p in theirs)
     assert sweep(folder) == [] and (folder / "results.json").read_bytes() == b"{}"
     cache.mkdir()
     left = temporary(cache / "images-24px-10-abc.npy")
