@@ -8,6 +8,8 @@ rank 0 prints and writes the run folder (resnets.training). Importing this modul
 its indices over gloo (CPU) as well as NCCL: fastai moves them to CUDA unconditionally.
 """
 
+import os
+
 import torch
 import torch.distributed as dist
 from fastai.distributed import DistributedDL
@@ -15,7 +17,7 @@ from fastcore.basics import patch
 
 from .errors import InputError
 
-__all__ = ["distributed_ready"]
+__all__ = ["distributed_ready", "join_process_group"]
 
 
 @patch
@@ -33,3 +35,16 @@ def distributed_ready() -> None:
         import accelerate  # noqa: F401  (an optional extra: fastai's distrib_ctx is built on it)
     except ImportError:
         raise InputError("distributed runs need Hugging Face Accelerate: pip install 'resnets[distributed]'") from None
+
+
+def join_process_group() -> None:
+    """Join the launch's process group before fastai's Accelerator would (it keeps a group that exists), with its
+    keys under a prefix of this attempt (torchrun's restart count). A group restarted by torchrun then never reads
+    the addresses of the one that died from the store they share: with c10d rendezvous, restarted gloo workers did
+    (connectFullMesh refused, every restart in a row, on a loaded machine). gloo on a CPU, NCCL on CUDA."""
+    if dist.is_initialized():
+        return
+    store, rank, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
+                            store=dist.PrefixStore(f"resnets/attempt-{attempt}", store))  # fmt: skip

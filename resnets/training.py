@@ -39,7 +39,7 @@ from .callbacks import (
 from .checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, restore_model, set_deterministic
 from .config import DEFAULTS, Experiment
 from .data import fingerprint, get_data
-from .distributed import distributed_ready
+from .distributed import distributed_ready, join_process_group
 from .errors import InputError, MissingFile, RunExists, RunInterrupted
 from .evaluate import flip_tta, interpret, one_process, shared_predictions
 from .files import check_writable
@@ -232,6 +232,7 @@ def run(
         check_writable(out if out is not None else "runs", fix="choose another folder (--out) or make it writable")
     if world > 1:
         distributed_ready()
+        join_process_group()
     set_deterministic(exp.deterministic)
     learn, exp = build(exp, cbs=cbs, verbose=rank == 0)
     dls, plan = learn.dls, None

@@ -225,9 +225,9 @@ def test_an_elastic_fine_tuning_run_killed_after_its_frozen_epoch_ends_as_an_uni
     tmp, _ = fast_ddp
     torchrun = Path(sys.executable).with_name("torchrun")
     tune = {**FAST, "data": str(imagenette), "init": str(tmp / "run"), "epochs": 2, "freeze_epochs": 1}
-    # c10d rendezvous, as torchrun's docs advise for restarts, and restarts to spare: a restarted group's gloo
-    # connections failed here now and then (static rendezvous on --master_port: a hang in connectFullMesh, once in
-    # three; c10d: "connection refused" to a stale address, once in four, which the next restart gets past)
+    # c10d rendezvous, as torchrun's docs advise for restarts. Before the library joined the group under a prefix of
+    # its attempt (distributed.join_process_group), restarted gloo workers read the dead group's addresses: a hang
+    # or "connection refused" in connectFullMesh, once in three or four here, and every restart in a row under CI.
     launch = lambda port: [str(torchrun), "--nproc_per_node", "2", "--max-restarts", "3", "--rdzv-backend", "c10d",  # noqa: E731
                            "--rdzv-endpoint", f"127.0.0.1:{port}"]  # fmt: skip
     whole = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "whole")}, launch(29525)))
