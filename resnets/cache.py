@@ -29,18 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .files import DiskError, atomic_write, disk_error, sweep, temporary
+from .files import atomic_write, disk_error, sweep, temporary
 
 __all__ = ["LIMIT_ENV", "SAMPLE", "cache_folder", "cache_limit", "locked", "write_cache", "open_cache", "read_info",
-           "list_caches", "prune", "CacheUnwritable"]  # fmt: skip
+           "list_caches", "prune", "describe", "disk_free"]  # fmt: skip
 
 LIMIT_ENV = "RESNETS_CACHE_LIMIT"
 DEFAULT_LIMIT_GB = 20.0
 SAMPLE = 256  # entries whose checksum is checked when a cache is opened
-
-
-class CacheUnwritable(DiskError):
-    "The cache folder is read-only, or its disk is full: the images are decoded as they are read instead."
 
 
 def cache_folder() -> Path:
@@ -92,7 +88,7 @@ def _crc(block: np.ndarray) -> int:
 
 def write_cache(path: Path, shape: tuple, entries, info: dict) -> None:
     """Write the uint8 array of `shape` at `path` from `entries` ((slot, array) pairs, a slot an index or a slice),
-    with its description and the entries' checksums in `path`'s .json. Raises CacheUnwritable (one line) when the
+    with its description and the entries' checksums in `path`'s .json. Raises a DiskError (one line) when the
     folder cannot take it."""
     sweep(path.parent)
     tmp = temporary(path)
@@ -110,7 +106,7 @@ def write_cache(path: Path, shape: tuple, entries, info: dict) -> None:
         err = disk_error(e, path.parent)
         if err is None:
             raise
-        raise CacheUnwritable(str(err)) from None
+        raise err from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -192,3 +188,19 @@ def disk_free(folder: Path) -> int:
     "Bytes free on the disk of `folder` (or of the nearest folder above it that exists)."
     probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     return shutil.disk_usage(probe).free
+
+
+def describe(folder: Path | None = None) -> str:
+    "The caches of `folder` as a table, least recently used first (what `resnets cache` prints)."
+    folder = Path(folder) if folder is not None else cache_folder()
+    caches = list_caches(folder)
+    if not caches:
+        return f"no image caches in {folder}"
+    lines = [f"{'last used':<17} {'GB':>6}  {'images':>7}  {'px':>4}  name (data)"]
+    for c in caches:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["used"]))
+        what = c["source"] or ("an earlier version's (no checksums): --prune removes it" if not c["current"] else "")
+        n, px = c["images"] if c["images"] is not None else "", c["size"] or ""
+        lines.append(f"{used:<17} {c['bytes'] / 1e9:>6.2f}  {n:>7}  {px:>4}  {c['name']} ({what})")
+    lines.append(f"{len(caches)} cache(s), {sum(c['bytes'] for c in caches) / 1e9:.2f} GB in {folder}")
+    return "\n".join(lines)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -303,7 +302,7 @@ def _progress(flag: bool | None) -> bool:
 
 def _cache(args) -> None:
     "`resnets cache`: the image caches, least recently used first; --prune / --clear remove them."
-    from .cache import cache_folder, list_caches, prune
+    from .cache import cache_folder, describe, prune
 
     folder = cache_folder()
     if args.clear or args.prune:
@@ -311,17 +310,7 @@ def _cache(args) -> None:
         older = None if args.older_than is None else args.older_than * 86400
         removed = prune(folder, limit=limit, older_than=older)
         print(f"removed {len(removed)} cache(s), {sum(c['bytes'] for c in removed) / 1e9:.2f} GB, from {folder}")
-    caches = list_caches(folder)
-    if not caches:
-        print(f"no image caches in {folder}")
-        return
-    print(f"{'last used':<17} {'GB':>6}  {'images':>7}  {'px':>4}  name (data)")
-    for c in caches:
-        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["used"]))
-        what = c["source"] or ("an earlier version's (no checksums): --prune removes it" if not c["current"] else "")
-        n, px = c["images"] if c["images"] is not None else "", c["size"] or ""
-        print(f"{used:<17} {c['bytes'] / 1e9:>6.2f}  {n:>7}  {px:>4}  {c['name']} ({what})")
-    print(f"{len(caches)} cache(s), {sum(c['bytes'] for c in caches) / 1e9:.2f} GB in {folder}")
+    print(describe(folder))
 
 
 def _one_line(e: BaseException) -> str:

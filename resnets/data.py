@@ -14,6 +14,7 @@ URLs go through fastai's `untar_data`, so an already-extracted copy in fastai's 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import random
@@ -425,8 +426,6 @@ def fingerprint(train: list, valid: list, root: str | os.PathLike, extra: bytes 
     still the same data), its split, its size and its first and last 4 KiB. An image replaced, added, removed or
     moved between classes changes it; a checkpoint keeps it, so that resuming over other images is refused. `extra`:
     more that decides the labels (a CSV's contents)."""
-    import hashlib
-
     h, root = hashlib.sha1(b"resnets data v1\n" + extra), Path(root)  # extra: a CSV's labels
     for split, files in (("train", train), ("valid", valid)):
         for f in files:

@@ -50,7 +50,6 @@ from PIL import Image
 
 from .cache import (
     LIMIT_ENV,
-    CacheUnwritable,
     cache_folder,
     cache_limit,
     disk_free,
@@ -151,14 +150,11 @@ def _decode(args) -> np.ndarray:
 def _build(path: Path, shape: tuple, load, files: list, size: int, slots: list, workers: int | None, info: dict):
     """Decode `files` with `load` in worker processes into a new cache of `shape` at `path`, each into its slot
     (resnets.cache writes it with its checksums; a half-built file never has the final name)."""
-    try:
-        check_writable(path.parent)
-    except DiskError as e:
-        raise CacheUnwritable(str(e)) from None
-    need = int(np.prod(shape))
-    if need > disk_free(path.parent):  # refused before the disk is filled (a checkpoint could not be written then)
-        raise CacheUnwritable(f"cannot write {path}: no space left on the disk ({need / 1e9:.1f} GB needed, "
-                              f"{disk_free(path.parent) / 1e9:.1f} GB free)")  # fmt: skip
+    check_writable(path.parent)  # before any decoding
+    need, free = int(np.prod(shape)), disk_free(path.parent)
+    if need > free:  # refused before the disk is filled (a checkpoint could not be written then)
+        raise DiskError(f"cannot write {path}: no space left on the disk ({need / 1e9:.1f} GB needed, "
+                        f"{free / 1e9:.1f} GB free)")  # fmt: skip
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
         it = pool.map(_decode, [(load, f, size) for f in files], chunksize=64)
         bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file
@@ -178,7 +174,7 @@ def _common_folder(files: list[Path]) -> str:
 def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
                 resample: str = "bilinear"):  # fmt: skip
     """A uint8 array (n, size, size, 3) of the decoded images, memory-mapped from a cache file built once (checked
-    when opened: resnets.cache). Raises CacheUnwritable when the cache folder cannot take it."""
+    when opened: resnets.cache). Raises a DiskError when the cache folder cannot take it."""
     folder = Path(folder) if folder is not None else cache_folder()
     _make_folder(folder)
     path = folder / f"images-{size}px-{len(files)}-{_cache_key(files, size, resample)}.npy"
@@ -200,7 +196,7 @@ def _make_folder(folder: Path) -> None:
         err = disk_error(e, folder)
         if err is None:
             raise
-        raise CacheUnwritable(str(err)) from None
+        raise err from None
 
 
 def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
@@ -236,12 +232,8 @@ def _strips(path: Path, files: list[Path], size: int, workers: int | None, resam
             start += long
     index = np.array(rows, dtype=np.int64).reshape(-1, 4)
     if not len(index):  # every image a square: the description alone, so that the headers are not read again
-        try:
-            info = {"source": _common_folder(files), "images": 0, "size": size, "kind": "strips", "index": [],
-                    "crc": []}
-            atomic_write(path.with_suffix(".json"), json.dumps(info).encode())
-        except DiskError as e:
-            raise CacheUnwritable(str(e)) from None
+        info = {"source": _common_folder(files), "images": 0, "size": size, "kind": "strips", "index": [], "crc": []}
+        atomic_write(path.with_suffix(".json"), json.dumps(info).encode())
         return None, index
     print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
     _build(path, (start, size, 3), partial(load_strip, resample=resample), [files[i] for i in index[:, 0]], size,
@@ -412,7 +404,7 @@ def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize:
     try:
         images, (strips, index) = (build_cache(cached, presize, resample=resample),
                                    build_strips(cached, presize, resample=resample))  # fmt: skip
-    except CacheUnwritable as e:  # each image decoded as it is read, as on the chapter's pipeline (slower)
+    except DiskError as e:  # a read-only or full cache folder: each image decoded as it is read (the chapter's way)
         print(f"resnets: no image cache ({e}): decoding every image as it is read instead; set $RESNETS_CACHE to a "
               "writable folder with space for a faster start")  # fmt: skip
         images, strips, index = None, None, None
