@@ -7,7 +7,7 @@ EXP    ?= cnn
 DATA   ?=# empty: the library's own lookup ($RESNETS_DATA, ../shared/data, fastai's folder, then a download)
 ARGS   ?=
 
-.PHONY: setup run test test-all lint docs
+.PHONY: setup run test test-all lint docs notebooks
 setup: $(STAMP)
 
 # torch is pinned here, not in pyproject: 2.14.1/0.29.1 are the builds this project is tested with
@@ -34,3 +34,10 @@ docs: setup
 
 lint: setup
 	$(VENV)/bin/ruff check resnets tests
+
+# every notebook executed at its full settings into itself, in the background, notebook by notebook (resumable:
+# those already executed from their current source are skipped; ARGS="--force" or names such as ARGS=03 to choose)
+notebooks: setup
+	mkdir -p results/notebooks
+	nohup $(PY) scripts/notebooks.py $(ARGS) >> results/notebooks/execute.log 2>&1 &
+	@echo "executing in the background (hours on a CPU): tail -f results/notebooks/execute.log"

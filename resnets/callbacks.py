@@ -54,9 +54,11 @@ ORDERS = {"ImageSizes": -20, "StopOnNaN": -9, "LastValidPreds": 0, "WeightAverag
 
 
 def in_last_epochs(learn, n: int = 1) -> bool:
-    "Whether `learn` is in the last `n` epochs of its fit (a Learner never fitted counts as in its last one)."
+    """Whether `learn` is in the last `n` epochs of its fit. Outside a fit it counts as in its last one: a Learner
+    never fitted, and fastai's get_preds, validate and predict (also show_results), which wrap their pass in the fit
+    events (before_fit sets the epoch to 0) but train nothing: no batch trained since before_fit."""
     epoch, n_epoch = getattr(learn, "epoch", None), getattr(learn, "n_epoch", None)
-    return epoch is None or n_epoch is None or epoch >= n_epoch - n
+    return epoch is None or n_epoch is None or not getattr(learn, "train_iter", 0) or epoch >= n_epoch - n
 
 
 class ImageSizes(Callback):
@@ -177,7 +179,7 @@ class BatchNormRecalibration(Callback):
     def __init__(self, n: int = RECALIBRATION_IMAGES):
         self.n, self.done = n, False
 
-    def before_fit(self):
+    def before_train(self):  # not before_fit: fastai's get_preds fires that too, and must keep these statistics
         self.done = False
 
     def before_validate(self):  # once a fit: later validations (the interpretation pass) keep these statistics

@@ -116,6 +116,10 @@ def test_recalibration_runs_once_before_the_last_validation(tree, monkeypatch):
     r = run("cnn", data=tree, presize=40, size=32, bs=4, epochs=2, recalibrate_bn=True, save=False, progress=False,
             num_workers=0)  # fmt: skip
     assert calls == [(1, False)] and r.settings["recalibrate_bn"] is True
+    with r.learn.no_bar():  # fastai's own tools after the run keep the statistics the run validated with
+        r.learn.get_preds()
+        r.learn.validate()
+    assert calls == [(1, False)]
 
 
 def test_a_nan_loss_stops_the_run_naming_where_and_keeps_the_last_good_epoch(imagenette, tmp_path, monkeypatch):
@@ -146,6 +150,10 @@ def test_sizes_stretch_over_the_epochs_and_the_last_validation_uses_the_test_siz
         "each epoch validates at its training size, the last at the test size"
     x, _ = learn.dls.valid.one_batch()
     assert x.shape[-1] == 56, "after fit the loaders stay at the size validation used (predict, Interpretation)"
+    # fastai's get_preds and predict wrap their pass in the fit events (before_fit sets the epoch to 0): they still
+    # predict at the test size, not at the first epoch's training size
+    inp, _, _ = learn.get_preds(with_input=True)
+    assert inp.shape[-1] == 56 and learn.dls.valid.one_batch()[0].shape[-1] == 56
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -173,6 +181,10 @@ def test_valid_last_validates_only_the_last_epochs(imagenette, tmp_path, capsys,
     assert [row[2] for row in rows] == ["-", "-", f"{h[-1]['valid_loss']:.4f}"]
     with pytest.raises(InputError, match="valid_last"):
         configure("cnn", valid_last=0)
+    with r.learn.no_bar():  # fastai's tools after the run: get_preds' pass is not one of the fit's skipped ones
+        preds, _ = r.learn.get_preds()
+        r.learn.show_results(max_n=2)
+    assert preds.shape == (16, 2)
     every = run("cnn", data=imagenette, save=False, progress=False, **{**TINY, "epochs": 3})
     # the same first epoch; later ones differ in their random draws only (torch's DataLoader takes a seed from the
     # global generator for each validation pass it starts)

@@ -1,5 +1,8 @@
 """Every notebook in nbs/ executes end to end on a tiny real subset (papermill injects the parameters)."""
 
+import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,10 +39,100 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     # a failing cell raises PapermillExecutionError above
     text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
     if "run(" in nb.read_text():
+        assert list(tmp_path.glob("runs/*/results.json")), "the run saved its results"
+    if ".summary()" in nb.read_text():
         # the tiny subset is not the book's setting, so the summary says why it is not set beside the book's figure
         assert "accuracy" in text, "the run printed its summary"
         if "speedrun" not in nb.stem:  # the speedrun has no book figure of its own
             assert "not compared with the book" in text, "at the tiny settings the summary says why not"
-        assert list(tmp_path.glob("runs/*/results.json")), "the run saved its results"
     if "run_study(" in nb.read_text():
-        assert len(list(tmp_path.glob("runs/study-*/study.json"))) == 4, "every study saved its table"
+        studies = nb.read_text().count('show(\\"') or nb.read_text().count("run_study(")
+        assert len(list(tmp_path.glob("runs/study-*/study.json"))) == studies, "every study saved its table"
+
+
+def _runner():
+    "scripts/notebooks.py, the script that executes the notebooks at full settings and checks them."
+    spec = importlib.util.spec_from_file_location("notebooks_script", ROOT / "scripts" / "notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_committed_outputs_are_their_runs(nb: Path):
+    """Every notebook is committed executed from its current source, under 1 MiB, with no error, and every final
+    accuracy it shows is its run's results.json's (and every run's is shown): `python scripts/notebooks.py --check`."""
+    assert _runner().check(nb) == []
+
+
+def test_the_check_catches_a_changed_number_a_changed_source_and_a_missing_run(tmp_path, monkeypatch):
+    runner = _runner()
+    nb = ROOT / "nbs" / "01_fully_convolutional.ipynb"
+    runs = runner.RESULTS / nb.stem
+    shutil.copytree(runs, tmp_path / "results" / nb.stem)
+    shutil.copy(runner.STATE, tmp_path / "results" / "executed.json")
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runner, "STATE", tmp_path / "results" / "executed.json")
+    assert runner.check(nb) == []
+    (acc,) = {a for a, _ in runner.NUMBER.findall(runner.outputs_text(json.loads(nb.read_text())))}
+    wrong = f"{float(acc) + 0.0001:.4f}"
+    edited = tmp_path / nb.name
+    edited.write_text(nb.read_text().replace(f"accuracy {acc} after", f"accuracy {wrong} after"))
+    problems = runner.check(edited)
+    assert any(acc in p and "not in its outputs" in p for p in problems)
+    assert any(wrong in p and "no results.json" in p for p in problems)
+    edited.write_text(nb.read_text().replace("## The model", "## A model"))  # prose: the outputs still hold
+    assert runner.check(edited) == []
+    code = "model = resnets.create_model('cnn')"
+    edited.write_text(nb.read_text().replace(code, code[:-1] + ", n_out=2)"))
+    assert any("code changed" in p for p in runner.check(edited))
+    shutil.rmtree(tmp_path / "results" / nb.stem)
+    assert any("no results.json" in p for p in runner.check(nb))
+
+
+def test_the_docs_table_of_the_notebooks_is_the_runner_s():
+    "docs/results.md shows each notebook's time and runs as `python scripts/notebooks.py --table` prints them."
+    assert _runner().table() in (ROOT / "docs" / "results.md").read_text()
+
+
+def test_the_runner_skips_what_it_executed_from_the_same_source_and_goes_on_after_a_failure(tmp_path, monkeypatch):
+    "Resumable notebook by notebook: a notebook executed from its current source is not executed again."
+    runner = _runner()
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    for name in ("01_fully_convolutional.ipynb", "02_resblocks.ipynb", "03_resnet18.ipynb"):
+        shutil.copy(ROOT / "nbs" / name, nbs / name)
+    monkeypatch.setattr(runner, "NBS", nbs)
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runner, "STATE", tmp_path / "results" / "executed.json")
+    monkeypatch.setattr(runner, "check", lambda nb: [])
+    executed = []
+
+    def fake(nb_path):
+        executed.append(nb_path.stem)
+        if nb_path.stem.startswith("02"):
+            raise RuntimeError("a cell failed")
+        return {"source": runner.source_hash(json.loads(nb_path.read_text())), "seconds": 1.0, "finished": "now"}
+
+    monkeypatch.setattr(runner, "execute", fake)
+    assert runner.main([]) == 1  # 02 failed; 03 still ran
+    assert executed == ["01_fully_convolutional", "02_resblocks", "03_resnet18"]
+    executed.clear()
+    assert runner.main([]) == 1 and executed == ["02_resblocks"]  # only what is not done from its source
+    nb = json.loads((nbs / "03_resnet18.ipynb").read_text())
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["source"] = "# changed\n" + "".join(code["source"])
+    (nbs / "03_resnet18.ipynb").write_text(json.dumps(nb))
+    executed.clear()
+    runner.main(["03"])
+    assert executed == ["03_resnet18"]
+
+
+def test_the_check_catches_a_number_in_the_prose_that_no_output_shows(tmp_path):
+    runner = _runner()
+    nb = ROOT / "nbs" / "03_resnet18.ipynb"
+    edited = tmp_path / nb.name
+    data = json.loads(nb.read_text())
+    data["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "This run reached 0.9999."})
+    edited.write_text(json.dumps(data))
+    assert any("0.9999" in p and "none of its outputs" in p for p in runner.check(edited))

@@ -1,0 +1,222 @@
+"""Execute the notebooks in nbs/ at their full settings, each into itself with its outputs, for committing.
+
+    python scripts/notebooks.py                 # every notebook not yet executed from its current source
+    python scripts/notebooks.py 03_resnet18     # only these (a name or a prefix: 03)
+    python scripts/notebooks.py --force         # again, even those already done
+    python scripts/notebooks.py --check         # do the notebooks' numbers match their runs' results.json?
+    python scripts/notebooks.py --table         # the table of times and results docs/results.md shows
+    make notebooks                              # the first, in the background (log: results/notebooks/execute.log)
+
+Each notebook runs with papermill in nbs/ (so its relative links hold), with one parameter injected: `out`, the
+folder its runs go into, results/notebooks/<notebook>/ (the 08 notebook also gets a local weights file: no network
+here). Resumable notebook by notebook: results/notebooks/executed.json records, for each one executed, a hash of its
+code (the injected cell left out), how long it took and on what; a notebook whose code has not changed since is
+skipped. A notebook that fails or is killed is left as it was; its run folder is cleared when it
+starts again. Two jobs at once halve each other's speed: the times recorded are only meaningful on a quiet machine.
+"""
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS, RESULTS = ROOT / "nbs", ROOT / "results" / "notebooks"
+STATE = RESULTS / "executed.json"
+LIMIT = 1 << 20  # the largest executed notebook we commit: 1 MiB
+
+
+def source_hash(nb: dict) -> str:
+    """What the notebook runs, not what it printed: its code cells' sources, the injected parameters left out (a
+    change to the prose leaves the outputs as they are, so it does not ask for another execution)."""
+    cells = [c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in nb["cells"]
+             if c["cell_type"] == "code" and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:16]
+
+
+def _state() -> dict:
+    return json.loads(STATE.read_text()) if STATE.exists() else {}
+
+
+def _random_weights(folder: Path) -> Path:
+    "A timm resnet18d weights file with random values: the ImageNet path without network (the notebook says so)."
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    path = folder / "resnet18d-random-weights.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        net = timm.create_model("resnet18d", pretrained=False)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+class TooLarge(Exception):
+    pass
+
+
+def execute(nb_path: Path) -> dict:
+    import papermill
+
+    folder = RESULTS / nb_path.stem
+    shutil.rmtree(folder, ignore_errors=True)  # a killed execution's runs: it starts again from the start
+    folder.mkdir(parents=True)
+    nb = json.loads(nb_path.read_text())
+    takes = {line.split("=")[0].strip() for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])
+             for line in "".join(c["source"]).splitlines() if "=" in line and not line.startswith((" ", "#"))}
+    params = {"out": str(Path("..") / folder.relative_to(ROOT))} if "out" in takes else {}
+    if nb_path.stem.startswith("08"):
+        params["pretrained"] = str(Path("..") / _random_weights(folder).relative_to(ROOT))
+    tmp = nb_path.with_name(f".{nb_path.stem}.executing.ipynb")
+    start = time.perf_counter()
+    papermill.execute_notebook(str(nb_path), str(tmp), parameters=params, cwd=str(NBS), kernel_name="python3",
+                               progress_bar=False, log_output=True)  # fmt: skip
+    seconds = time.perf_counter() - start
+    size = tmp.stat().st_size
+    if size > LIMIT:  # left unexecuted (and not recorded)
+        raise TooLarge(f"{nb_path.name} executed into {size / 2**20:.1f} MiB (over 1 MiB): make its figures smaller"
+                       f" ({tmp} kept to look at)")  # fmt: skip
+    tmp.replace(nb_path)
+    from resnets.results import describe_device, versions
+
+    return {"source": source_hash(json.loads(nb_path.read_text())), "seconds": round(seconds, 1),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": describe_device("cpu"),
+            "versions": versions(), "bytes": size}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- the check
+NUMBER = re.compile(r"accuracy (\d\.\d{4}) after (\d+) epoch")
+
+
+def outputs_text(nb: dict) -> str:
+    "Everything the notebook printed or displayed as text."
+    parts = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            parts.append("".join(o.get("text", "")))
+            parts.append("".join(o.get("data", {}).get("text/plain", "")))
+            parts.append("".join(o.get("data", {}).get("text/markdown", "")))
+    return "\n".join(parts)
+
+
+def _shows(text: str, number: str) -> bool:
+    "Whether `text` shows `number` as a number of its own (0.6535, not the start of fastai's 0.653503)."
+    return re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", text) is not None
+
+
+def _final_accuracy(run: Path) -> float | None:
+    history = json.loads((run / "results.json").read_text())["history"] if (run / "results.json").exists() else []
+    return history[-1]["accuracy"] if history else None
+
+
+def check(nb_path: Path) -> list[str]:
+    """What is wrong with an executed notebook against its runs: no outputs, an error, too large, its code changed
+    since, a final accuracy it shows that is not its run's (or a run whose accuracy it does not show), or a number
+    (0.dddd) in its prose that none of its outputs shows."""
+    nb, problems = json.loads(nb_path.read_text()), []
+    name, folder = nb_path.name, RESULTS / nb_path.stem
+    done = _state().get(nb_path.stem)
+    if done is None or not any(c.get("outputs") for c in nb["cells"]):
+        return [f"{name}: not executed (python scripts/notebooks.py {nb_path.stem})"]
+    if done["source"] != source_hash(nb):
+        problems.append(f"{name}: its code changed after it was executed: run it again")
+    if nb_path.stat().st_size > LIMIT:
+        problems.append(f"{name}: {nb_path.stat().st_size / 2**20:.1f} MiB, over 1 MiB")
+    if any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", [])):
+        problems.append(f"{name}: a cell's output is an error")
+    text = outputs_text(nb)
+    prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    for number in sorted(n for n in set(re.findall(r"\b0\.\d{4}\b", prose)) if not _shows(text, n)):
+        problems.append(f"{name}: its text says {number}, which none of its outputs shows")
+    shown = {float(a) for a, _ in NUMBER.findall(text)}
+    recorded, in_studies = {}, set()
+    for path in sorted(folder.rglob("study.json")):  # a study's table shows each arm's mean over its seeds
+        study = json.loads(path.read_text())
+        for row in study["rows"]:
+            runs = [path.parent / Path(f).name for f in study["runs"][row["arm"]]]
+            in_studies.update(runs)
+            finals = [_final_accuracy(r) for r in runs]
+            if None in finals or abs(sum(finals) / len(finals) - row["accuracy"]) > 1e-9:
+                problems.append(f"{name}: {path.parent.name}'s row {row['arm']!r} is not the mean of its runs")
+            if not _shows(text, f"{row['accuracy']:.4f}"):
+                problems.append(f"{name}: {path.parent.name}'s {row['arm']!r} accuracy is not in its outputs")
+    for path in sorted(folder.rglob("results.json")):
+        if path.parent not in in_studies:
+            recorded[path.parent.relative_to(folder)] = _final_accuracy(path.parent)
+    for run, acc in recorded.items():
+        if acc is None or not _shows(text, f"{acc:.4f}"):
+            problems.append(f"{name}: the final accuracy of {run} ({acc}) is not in its outputs")
+    for acc in shown - {round(a, 4) for a in recorded.values() if a is not None}:
+        problems.append(f"{name}: shows accuracy {acc:.4f}, which no results.json under {folder} has")
+    return problems
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def table() -> str:
+    """The Markdown table docs/results.md shows (and a test compares): each executed notebook's time and what it
+    trained, read from executed.json and its runs' results.json."""
+    lines = ["| notebook | time | trained (final accuracy; a study: its runs) | ran on |", "|---|---|---|---|"]
+    for nb_path in sorted(NBS.glob("[0-9]*.ipynb")):
+        done, folder = _state().get(nb_path.stem), RESULTS / nb_path.stem
+        if done is None:
+            continue
+        studies = sorted(p.parent for p in folder.rglob("study.json"))
+        runs = [p.parent for p in sorted(folder.rglob("results.json"))
+                if not any(s in p.parents for s in studies)]  # fmt: skip
+        what = [f"{r.relative_to(folder)} {_final_accuracy(r):.4f}" for r in runs if _final_accuracy(r) is not None]
+        what += [f"{s.name} ({len(list(s.glob('*/results.json')))} runs)" for s in studies]
+        lines.append(f"| [{nb_path.stem}](../nbs/{nb_path.name}) | {_minutes(done['seconds'])} | "
+                     f"{', '.join(what) or '(no training)'} | {done['device']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("names", nargs="*", help="notebooks (names or prefixes, e.g. 03); default: all")
+    ap.add_argument("--force", action="store_true", help="execute even those already done from the same source")
+    ap.add_argument("--check", action="store_true", help="only check the executed notebooks against their runs")
+    ap.add_argument("--table", action="store_true", help="print the table of the executed notebooks for the docs")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
+    notebooks = sorted(NBS.glob("[0-9]*.ipynb"))
+    if args.names:
+        notebooks = [p for p in notebooks if any(p.stem.startswith(n) for n in args.names)]
+    if args.check:
+        problems = [p for nb in notebooks for p in check(nb)]
+        print("\n".join(problems) or f"{len(notebooks)} notebook(s) agree with their runs")
+        return 1 if problems else 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    failed = False
+    for nb_path in notebooks:
+        state = _state()
+        done = state.get(nb_path.stem)
+        if not args.force and done and done["source"] == source_hash(json.loads(nb_path.read_text())):
+            print(f"{nb_path.name}: done already ({done['seconds']:.0f} s, {done['finished']})", flush=True)
+            continue
+        print(f"{nb_path.name}: executing ({datetime.now():%H:%M:%S})", flush=True)
+        try:
+            state[nb_path.stem] = execute(nb_path)
+        except Exception as e:  # a failing cell (papermill says which) or too large: the next notebooks still run
+            print(f"{nb_path.name}: FAILED: {e}", flush=True)
+            failed = True
+            continue
+        STATE.write_text(json.dumps(dict(sorted(state.items())), indent=1) + "\n")
+        print(f"{nb_path.name}: {state[nb_path.stem]['seconds']:.0f} s", flush=True)
+        for problem in check(nb_path):
+            print("  " + problem, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
