@@ -16,10 +16,12 @@ starts again. Two jobs at once halve each other's speed: the times recorded are 
 """
 
 import argparse
+import ast
 import hashlib
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -61,33 +63,68 @@ class TooLarge(Exception):
     pass
 
 
+def parameters(nb: dict) -> set[str]:
+    "The names the notebook's parameters cell assigns (what papermill may inject)."
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    tree = ast.parse("".join(cells[0]["source"]) if cells else "")
+    return {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)}  # fmt: skip
+
+
+def _commit() -> str | None:
+    "The checkout's commit (with '+changes' when its tracked files differ from it): the code the outputs came from."
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "resnets"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
+def _save_state(state: dict) -> None:
+    from resnets.results import atomic_write
+
+    atomic_write(STATE, (json.dumps(dict(sorted(state.items())), indent=1) + "\n").encode())
+
+
 def execute(nb_path: Path) -> dict:
     import papermill
+    from fastai.torch_core import default_device
 
+    from resnets.results import describe_device, versions
+
+    nb = json.loads(nb_path.read_text())
+    takes, code = parameters(nb), "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    if "out" not in takes and re.search(r"\brun(_study)?\(", code):
+        raise ValueError(f"{nb_path.name} trains but takes no `out` parameter: its runs would not be kept")
+    state = _state()
+    if state.pop(nb_path.stem, None) is not None:  # its committed runs go next: it is not done until it runs again
+        _save_state(state)
     folder = RESULTS / nb_path.stem
     shutil.rmtree(folder, ignore_errors=True)  # a killed execution's runs: it starts again from the start
     folder.mkdir(parents=True)
-    nb = json.loads(nb_path.read_text())
-    takes = {line.split("=")[0].strip() for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])
-             for line in "".join(c["source"]).splitlines() if "=" in line and not line.startswith((" ", "#"))}
     params = {"out": str(Path("..") / folder.relative_to(ROOT))} if "out" in takes else {}
     if nb_path.stem.startswith("08"):
         params["pretrained"] = str(Path("..") / _random_weights(folder).relative_to(ROOT))
-    tmp = nb_path.with_name(f".{nb_path.stem}.executing.ipynb")
+    tmp = RESULTS / f".{nb_path.stem}.executing.ipynb"  # beside the runs, not in nbs/ (kept there when too large)
     start = time.perf_counter()
-    papermill.execute_notebook(str(nb_path), str(tmp), parameters=params, cwd=str(NBS), kernel_name="python3",
-                               progress_bar=False, log_output=True)  # fmt: skip
+    try:
+        papermill.execute_notebook(str(nb_path), str(tmp), parameters=params, cwd=str(NBS), kernel_name="python3",
+                                   progress_bar=False, log_output=True)  # fmt: skip
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     seconds = time.perf_counter() - start
     size = tmp.stat().st_size
     if size > LIMIT:  # left unexecuted (and not recorded)
         raise TooLarge(f"{nb_path.name} executed into {size / 2**20:.1f} MiB (over 1 MiB): make its figures smaller"
                        f" ({tmp} kept to look at)")  # fmt: skip
     tmp.replace(nb_path)
-    from resnets.results import describe_device, versions
-
     return {"source": source_hash(json.loads(nb_path.read_text())), "seconds": round(seconds, 1),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": describe_device("cpu"),
-            "versions": versions(), "bytes": size}  # fmt: skip
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": describe_device(default_device()), "commit": _commit(), "versions": versions(),
+            "bytes": size}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- the check
@@ -142,7 +179,7 @@ def check(nb_path: Path) -> list[str]:
             runs = [path.parent / Path(f).name for f in study["runs"][row["arm"]]]
             in_studies.update(runs)
             finals = [_final_accuracy(r) for r in runs]
-            if None in finals or abs(sum(finals) / len(finals) - row["accuracy"]) > 1e-9:
+            if not finals or None in finals or abs(sum(finals) / len(finals) - row["accuracy"]) > 1e-9:
                 problems.append(f"{name}: {path.parent.name}'s row {row['arm']!r} is not the mean of its runs")
             if not _shows(text, f"{row['accuracy']:.4f}"):
                 problems.append(f"{name}: {path.parent.name}'s {row['arm']!r} accuracy is not in its outputs")
@@ -192,6 +229,8 @@ def main(argv=None) -> int:
     notebooks = sorted(NBS.glob("[0-9]*.ipynb"))
     if args.names:
         notebooks = [p for p in notebooks if any(p.stem.startswith(n) for n in args.names)]
+        if not notebooks:
+            ap.error(f"no notebook in {NBS} is named or starts with {', '.join(args.names)}")
     if args.check:
         problems = [p for nb in notebooks for p in check(nb)]
         print("\n".join(problems) or f"{len(notebooks)} notebook(s) agree with their runs")
@@ -206,12 +245,13 @@ def main(argv=None) -> int:
             continue
         print(f"{nb_path.name}: executing ({datetime.now():%H:%M:%S})", flush=True)
         try:
-            state[nb_path.stem] = execute(nb_path)
+            done = execute(nb_path)
         except Exception as e:  # a failing cell (papermill says which) or too large: the next notebooks still run
             print(f"{nb_path.name}: FAILED: {e}", flush=True)
             failed = True
             continue
-        STATE.write_text(json.dumps(dict(sorted(state.items())), indent=1) + "\n")
+        state = {**_state(), nb_path.stem: done}
+        _save_state(state)
         print(f"{nb_path.name}: {state[nb_path.stem]['seconds']:.0f} s", flush=True)
         for problem in check(nb_path):
             print("  " + problem, flush=True)

@@ -110,16 +110,17 @@ def test_batchnorm_recalibration_averages_what_validation_sees_on_training_image
     assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in weights.items() if "num_batches" not in k)
 
 
-def test_recalibration_runs_once_before_the_last_validation(tree, monkeypatch):
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_recalibration_runs_once_before_the_last_validation(tree, monkeypatch, epochs):
     calls = []
     monkeypatch.setattr(callbacks, "recalibrate_bn", lambda learn, n: calls.append((learn.epoch, learn.training)))
-    r = run("cnn", data=tree, presize=40, size=32, bs=4, epochs=2, recalibrate_bn=True, save=False, progress=False,
-            num_workers=0)  # fmt: skip
-    assert calls == [(1, False)] and r.settings["recalibrate_bn"] is True
+    r = run("cnn", data=tree, presize=40, size=32, bs=4, epochs=epochs, recalibrate_bn=True, save=False,
+            progress=False, num_workers=0)  # fmt: skip
+    assert calls == [(epochs - 1, False)] and r.settings["recalibrate_bn"] is True
     with r.learn.no_bar():  # fastai's own tools after the run keep the statistics the run validated with
         r.learn.get_preds()
         r.learn.validate()
-    assert calls == [(1, False)]
+    assert calls == [(epochs - 1, False)]
 
 
 def test_a_nan_loss_stops_the_run_naming_where_and_keeps_the_last_good_epoch(imagenette, tmp_path, monkeypatch):

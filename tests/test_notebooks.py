@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 
-NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "nbs").glob("[0-9]*.ipynb"))
 
 
 def test_one_notebook_per_chapter_section_then_the_exercises():
@@ -46,7 +47,8 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
         if "speedrun" not in nb.stem:  # the speedrun has no book figure of its own
             assert "not compared with the book" in text, "at the tiny settings the summary says why not"
     if "run_study(" in nb.read_text():
-        studies = nb.read_text().count('show(\\"') or nb.read_text().count("run_study(")
+        code = "".join("".join(c.source) for c in out.cells if c.cell_type == "code")
+        studies = len(re.findall(r'\bshow\("', code)) or len(re.findall(r'run_study\("', code))
         assert len(list(tmp_path.glob("runs/study-*/study.json"))) == studies, "every study saved its table"
 
 
@@ -136,3 +138,30 @@ def test_the_check_catches_a_number_in_the_prose_that_no_output_shows(tmp_path):
     data["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "This run reached 0.9999."})
     edited.write_text(json.dumps(data))
     assert any("0.9999" in p and "none of its outputs" in p for p in runner.check(edited))
+
+
+def test_the_check_catches_a_study_row_that_is_not_its_runs_mean(tmp_path, monkeypatch):
+    runner = _runner()
+    nb = ROOT / "nbs" / "06_claims.ipynb"
+    shutil.copytree(runner.RESULTS / nb.stem, tmp_path / "results" / nb.stem)
+    shutil.copy(runner.STATE, tmp_path / "results" / "executed.json")
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runner, "STATE", tmp_path / "results" / "executed.json")
+    assert runner.check(nb) == []
+    path = tmp_path / "results" / nb.stem / "study-zero_gamma" / "study.json"
+    study = json.loads(path.read_text())
+    study["rows"][0]["accuracy"] += 0.01
+    path.write_text(json.dumps(study))
+    problems = runner.check(nb)
+    assert any("not the mean of its runs" in p for p in problems) and any("not in its outputs" in p for p in problems)
+
+
+def test_the_runner_reads_the_parameters_cell_and_refuses_a_training_notebook_without_out(tmp_path):
+    runner = _runner()
+    nb = json.loads((ROOT / "nbs" / "03_resnet18.ipynb").read_text())
+    assert {"data", "size", "out", "fast_data", "seed"} <= runner.parameters(nb)
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    cell["source"] = "".join(cell["source"]).replace("out = None", "folder = None")
+    (tmp_path / "03_resnet18.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(ValueError, match="no `out` parameter"):
+        runner.execute(tmp_path / "03_resnet18.ipynb")
