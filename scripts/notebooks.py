@@ -148,8 +148,16 @@ def _shows(text: str, number: str) -> bool:
 
 
 def _final_accuracy(run: Path) -> float | None:
-    history = json.loads((run / "results.json").read_text())["history"] if (run / "results.json").exists() else []
-    return history[-1]["accuracy"] if history else None
+    from resnets.results import load_results
+
+    return load_results(run).accuracy if (run / "results.json").exists() else None
+
+
+def _runs(folder: Path) -> tuple[list[Path], list[Path]]:
+    "A notebook's study folders, and its runs outside them."
+    studies = sorted(p.parent for p in folder.rglob("study.json"))
+    runs = [p.parent for p in sorted(folder.rglob("results.json")) if not any(s in p.parents for s in studies)]
+    return studies, runs
 
 
 def check(nb_path: Path) -> list[str]:
@@ -172,20 +180,16 @@ def check(nb_path: Path) -> list[str]:
     for number in sorted(n for n in set(re.findall(r"\b0\.\d{4}\b", prose)) if not _shows(text, n)):
         problems.append(f"{name}: its text says {number}, which none of its outputs shows")
     shown = {float(a) for a, _ in NUMBER.findall(text)}
-    recorded, in_studies = {}, set()
-    for path in sorted(folder.rglob("study.json")):  # a study's table shows each arm's mean over its seeds
-        study = json.loads(path.read_text())
+    studies, runs = _runs(folder)
+    for path in studies:  # a study's table shows each arm's mean over its seeds
+        study = json.loads((path / "study.json").read_text())
         for row in study["rows"]:
-            runs = [path.parent / Path(f).name for f in study["runs"][row["arm"]]]
-            in_studies.update(runs)
-            finals = [_final_accuracy(r) for r in runs]
+            finals = [_final_accuracy(path / Path(f).name) for f in study["runs"][row["arm"]]]
             if not finals or None in finals or abs(sum(finals) / len(finals) - row["accuracy"]) > 1e-9:
-                problems.append(f"{name}: {path.parent.name}'s row {row['arm']!r} is not the mean of its runs")
+                problems.append(f"{name}: {path.name}'s row {row['arm']!r} is not the mean of its runs")
             if not _shows(text, f"{row['accuracy']:.4f}"):
-                problems.append(f"{name}: {path.parent.name}'s {row['arm']!r} accuracy is not in its outputs")
-    for path in sorted(folder.rglob("results.json")):
-        if path.parent not in in_studies:
-            recorded[path.parent.relative_to(folder)] = _final_accuracy(path.parent)
+                problems.append(f"{name}: {path.name}'s {row['arm']!r} accuracy is not in its outputs")
+    recorded = {run.relative_to(folder): _final_accuracy(run) for run in runs}
     for run, acc in recorded.items():
         if acc is None or not _shows(text, f"{acc:.4f}"):
             problems.append(f"{name}: the final accuracy of {run} ({acc}) is not in its outputs")
@@ -202,14 +206,14 @@ def table() -> str:
     """The Markdown table docs/results.md shows (and a test compares): each executed notebook's time and what it
     trained, read from executed.json and its runs' results.json."""
     lines = ["| notebook | time | trained (final accuracy; a study: its runs) | ran on |", "|---|---|---|---|"]
+    state = _state()
     for nb_path in sorted(NBS.glob("[0-9]*.ipynb")):
-        done, folder = _state().get(nb_path.stem), RESULTS / nb_path.stem
+        done, folder = state.get(nb_path.stem), RESULTS / nb_path.stem
         if done is None:
             continue
-        studies = sorted(p.parent for p in folder.rglob("study.json"))
-        runs = [p.parent for p in sorted(folder.rglob("results.json"))
-                if not any(s in p.parents for s in studies)]  # fmt: skip
-        what = [f"{r.relative_to(folder)} {_final_accuracy(r):.4f}" for r in runs if _final_accuracy(r) is not None]
+        studies, runs = _runs(folder)
+        finals = {r: _final_accuracy(r) for r in runs}
+        what = [f"{r.relative_to(folder)} {acc:.4f}" for r, acc in finals.items() if acc is not None]
         what += [f"{s.name} ({len(list(s.glob('*/results.json')))} runs)" for s in studies]
         lines.append(f"| [{nb_path.stem}](../nbs/{nb_path.name}) | {_minutes(done['seconds'])} | "
                      f"{', '.join(what) or '(no training)'} | {done['device']} |")  # fmt: skip

@@ -27,12 +27,8 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     if "seeds = None" in nb.read_text():
         params["seeds"] = [0]
     if "pretrained = True" in nb.read_text():  # no network here: a timm ResNet-D's random weights, as a local file
-        timm = pytest.importorskip("timm")
-        from safetensors.torch import save_file
-
-        net = timm.create_model("resnet18d", pretrained=False)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
-        params["pretrained"] = str(tmp_path / "w.safetensors")
+        pytest.importorskip("timm")
+        params["pretrained"] = str(_runner()._random_weights(tmp_path))
     if "num_workers = None" in nb.read_text():  # 16 images: worker processes cost more than they save
         params["num_workers"] = 0
     out = papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, cwd=str(tmp_path),
