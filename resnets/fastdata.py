@@ -28,6 +28,7 @@ draws it. fastai crops the original and then resizes, so those pixels differ fro
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -61,7 +62,7 @@ from .cache import (
 )
 from .config import AUGMENT_KW
 from .files import DiskError, atomic_write, check_writable, disk_error
-from .images import open_rgb, pixel_limit, to_rgb
+from .images import image_size, open_rgb, to_rgb
 from .labels import class_label
 
 __all__ = ["cache_folder", "load_square", "load_strip", "resize_valid", "preprocess", "build_cache", "build_strips",
@@ -134,8 +135,9 @@ def preprocess(img, presize: int, size: int, stats=imagenet_stats, resample: str
 
 
 def _cache_key(files: list[Path], size: int, resample: str = "bilinear") -> str:
-    # v2: fastai's centre crop, then resize; another filter than fastai's bilinear is another cache
-    h = hashlib.sha1(f"v2 {size}{'' if resample == 'bilinear' else ' ' + resample}".encode())
+    # v2: fastai's centre crop, then resize; v3: EXIF orientation applied; another filter than fastai's bilinear is
+    # another cache
+    h = hashlib.sha1(f"v3 {size}{'' if resample == 'bilinear' else ' ' + resample}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
@@ -222,10 +224,8 @@ def _strips(path: Path, files: list[Path], size: int, workers: int | None, resam
         if arr is not None:
             return arr, index
     rows, start = [], 0
-    pixel_limit()  # the header's size is checked against it as the file is opened
     for i, f in enumerate(files):
-        with Image.open(f) as im:  # reads the header only
-            w, h = im.size
+        w, h = image_size(f)  # the header only, as open_rgb turns the image (EXIF orientation)
         if w != h:
             long = _strip_size(w, h, size)[1]
             rows.append((i, start, long, int(h > w)))
@@ -241,6 +241,18 @@ def _strips(path: Path, files: list[Path], size: int, workers: int | None, resam
     return np.load(path, mmap_mode="r"), index
 
 
+def _as_image(x) -> Image.Image:
+    """Bytes of an image file, an (h, w[, 3]) uint8 array or tensor, or a (3, h, w) TensorImage as a PIL image: what
+    fastai's `PILImage.create` makes of them."""
+    if isinstance(x, bytes):
+        return open_rgb(io.BytesIO(x))
+    if isinstance(x, TensorImage):
+        x = x.permute(1, 2, 0)
+    if isinstance(x, torch.Tensor):
+        x = x.to(torch.uint8).numpy()
+    return Image.fromarray(np.asarray(x))
+
+
 class CachedImage(RandTransform):
     """An image file (or PIL image) -> its presize square as a uint8 TensorImage, from the cache when it holds it.
 
@@ -248,6 +260,8 @@ class CachedImage(RandTransform):
     at a position drawn per image (uniform along its longer side)."""
 
     split_idx, order = None, 0  # first: it reads the image
+    # what fastai's test_dl / predict accept as an item (it reads a first transform's `input_types`), as PILImage's
+    input_types = (Path, str, bytes, Image.Image, np.ndarray, torch.Tensor)
 
     def __init__(self, size: int, files=(), cache=None, strips=None, index=None, resample: str = "bilinear"):
         super().__init__()
@@ -263,7 +277,9 @@ class CachedImage(RandTransform):
         square = i is not None and i not in self.strip_of
         self.do, self.pct = True, 0.5 if split_idx or square else random.random()
 
-    def encodes(self, f: Path | str | Image.Image):
+    def encodes(self, f: Path | str | bytes | Image.Image | np.ndarray | torch.Tensor):
+        if not isinstance(f, Path | str | Image.Image):  # bytes of a file, an (h, w, 3) array or a (3, h, w) tensor
+            f = _as_image(f)
         i = self.index.get(f if isinstance(f, Path) else Path(f)) if not isinstance(f, Image.Image) else None
         if self.pct == 0.5 or isinstance(f, Image.Image):
             arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size, self.resample)

@@ -2,27 +2,32 @@
 
   image_files(folder)  the image files under a folder (fastai's extensions, hidden entries skipped), following
                        directory links but never into a folder already walked, so a link loop ends the walk
-  open_rgb(file)       an image as 8-bit RGB: 16-bit greyscale (PNG's `I;16`) scaled to 8 bits (PIL's own
+  open_rgb(file)       an image as 8-bit RGB, upright as its EXIF orientation says (a phone's portrait photo is
+                       stored sideways with Orientation 6 or 8): 16-bit greyscale (PNG's `I;16`) scaled to 8 bits (PIL's own
                        convert clips it, so most of it turns white); an image over PIL's decompression-bomb limit
                        refused with a line that says how to allow it ($RESNETS_MAX_IMAGE_PIXELS)
   check_image(file)    why a file cannot be trained on (None if it can), as the data checks report it
   RGBImage             fastai's PILImage, opened by `open_rgb`: the chapter's pipeline's ImageBlock
+  image_size(file)     an image's (width, height) upright, from its header (EXIF orientation applied)
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 from fastai.data.transforms import image_extensions
 from fastai.vision.core import PILImage
-from PIL import Image
+from numpy import ndarray
+from PIL import Image, ImageOps
+from torch import Tensor
 
 from .errors import InputError
 
 __all__ = ["PIXEL_LIMIT_ENV", "ImageTooLarge", "image_files", "open_rgb", "to_rgb", "check_image", "pixel_limit",
-           "RGBImage"]  # fmt: skip
+           "RGBImage", "upright", "image_size"]  # fmt: skip
 
 PIXEL_LIMIT_ENV = "RESNETS_MAX_IMAGE_PIXELS"  # PIL's MAX_IMAGE_PIXELS for the library's reads; 0: no limit
 
@@ -62,10 +67,34 @@ def _too_large(path, e: Exception) -> ImageTooLarge:
                          f"allow it with {PIXEL_LIMIT_ENV}=0 (no limit) or a larger number of pixels, or resize it")
 
 
+_ORIENTATION = 0x0112  # EXIF's Orientation tag: 1 upright, 2-8 mirrored and/or rotated (5-8: width and height swap)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_ORIENTATION, 1) or 1)
+    except Exception:  # a malformed EXIF block: the pixels as stored
+        return 1
+
+
+def upright(im: Image.Image) -> Image.Image:
+    "The image turned as its EXIF Orientation says (a new image; the same one when it has none or is upright)."
+    return ImageOps.exif_transpose(im) if _orientation(im) in range(2, 9) else im
+
+
+def image_size(path) -> tuple[int, int]:
+    "An image file's (width, height) as `open_rgb` gives it, read from its header (its EXIF orientation applied)."
+    pixel_limit()  # the header's size is checked against it as the file is opened
+    with Image.open(path) as im:
+        w, h = im.size
+        return (h, w) if _orientation(im) in range(5, 9) else (w, h)
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
-    """An opened image as 8-bit RGB. 16-bit greyscale is scaled to 8 bits (0-65535 to 0-255); 32-bit integer images
+    """An opened image as 8-bit RGB, upright (`upright`: its EXIF orientation applied). 16-bit greyscale is scaled to 8 bits (0-65535 to 0-255); 32-bit integer images
     are too when their values go past 255 (PIL opens some 16-bit files so); 32-bit float ones are taken as 0-1 when
     they stay within it. The rest is PIL's convert (palettes, alpha, CMYK, 16-bit RGB already read as 8 bits)."""
+    im = upright(im)
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float64)
@@ -131,10 +160,18 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 
 class RGBImage(PILImage):
-    "fastai's PILImage, its files opened by `open_rgb` (16-bit greyscale scaled, not clipped; the pixel limit)."
+    """fastai's PILImage, its files and PIL images made RGB by `open_rgb` / `to_rgb` (upright as their EXIF says;
+    16-bit greyscale scaled, not clipped; the pixel limit). `create` takes what fastai's does (a path, a str, bytes,
+    a PIL image, an array or a tensor), and says so in its annotation: fastai's `test_dl` and `predict` accept an
+    item by that annotation's types."""
 
     @classmethod
-    def create(cls, fn, **kwargs):
+    def create(cls, fn: Path | str | Tensor | ndarray | bytes | Image.Image, **kwargs):
         if isinstance(fn, str | os.PathLike):
             return cls(open_rgb(fn))
+        if isinstance(fn, bytes):
+            return cls(open_rgb(io.BytesIO(fn)))
+        if isinstance(fn, Image.Image):
+            fn.load()  # an image opened lazily (Image.open) has no pixels to crop yet
+            return cls(to_rgb(fn))
         return super().create(fn, **kwargs)
