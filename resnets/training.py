@@ -130,7 +130,8 @@ def _loggers(kind: str | None, folder: Path | None, settings: dict, append: bool
     if folder is None:
         raise InputError(f"--log {kind} writes into the run folder: leave save on (it is off here)")
     if kind == "csv":
-        logger = CSVLogger(fname=str(folder / "history.csv"), append=append)
+        # absolute: fastai reads a relative name from the Learner's path, the data's folder
+        logger = CSVLogger(fname=str(Path(folder).absolute() / "history.csv"), append=append)
         logger.order = ORDERS["CSVLogger"]  # wraps EpochLog's table writer, or it would never be called
         return [logger]
     if kind == "tensorboard":
