@@ -49,7 +49,7 @@ __all__ = ["ORDERS", "in_last_epochs", "ImageSizes", "StopOnNaN", "LastValidPred
            "BatchNormRecalibration", "RunHistory", "EpochLog", "Checkpoint", "SkipValidation"]  # fmt: skip
 
 ORDERS = {"ImageSizes": -20, "StopOnNaN": -9, "LastValidPreds": 0, "WeightAverage": 5, "BatchNormRecalibration": 10,
-          "RunHistory": Recorder.order + 1, "EpochLog": ProgressCallback.order + 1, "Checkpoint": Recorder.order + 12,
+          "RunHistory": Recorder.order + 1, "EpochLog": ProgressCallback.order + 1, "Checkpoint": Recorder.order + 2,
           "CSVLogger": ProgressCallback.order + 3, "SkipValidation": 65}  # fmt: skip
 
 

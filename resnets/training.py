@@ -186,10 +186,14 @@ def _check_free(out: str | os.PathLike) -> None:
     if not (Path(out) / "results.json").exists():
         return
     done = load_results(out)
+    n, total = len(done.history), done.settings.get("epochs", "?")
     if not done.finished and find_checkpoint(out):
-        n, total = len(done.history), done.settings.get("epochs", "?")
         raise RunExists(f"{out} holds an unfinished run ({n} of {total} epochs): continue it with resume=True "
                         "(--resume), or choose another output folder", folder=out, unfinished=True)  # fmt: skip
+    if not done.finished:  # stopped before its first checkpoint was written: resume starts it again, in this folder
+        raise RunExists(f"{out} holds an unfinished run with no checkpoint ({n} of {total} epochs recorded, none "
+                        "saved to go on from): start it again there with resume=True (--resume), or choose another "
+                        "output folder", folder=out, unfinished=True)  # fmt: skip
     raise RunExists(f"{out} already holds a finished run: choose another output folder or remove it", folder=out)
 
 
@@ -286,13 +290,7 @@ def run(
         msg = f"out of GPU memory at batch size {exp.bs} ({e}): try --bs {max(1, exp.bs // 2)}{more}"
         raise MemoryError(msg) from None
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (written atomically); say how to go on
-        done = len(results.history)
-        if folder is None or not find_checkpoint(folder):
-            raise RunInterrupted(f"interrupted before the first epoch of {exp.name} finished: nothing to resume") \
-                from None
-        raise RunInterrupted(f"interrupted after {done} of {exp.epochs} epochs; {find_checkpoint(folder)} keeps the "
-                             f"last one: continue with run({exp.name!r}, out={str(folder)!r}, resume=True, ...)",
-                             folder=folder) from None  # fmt: skip
+        raise _interrupted(exp, folder) from None
     finally:  # results.learn goes on as a plain Learner: more training in a notebook writes nothing into the run
         learn.remove_cbs(run_cbs)
         for cb in run_cbs:
@@ -320,6 +318,21 @@ def run(
         results.folder = str(folder)
         results.save(folder)
     return results
+
+
+def _interrupted(exp: Experiment, folder: Path | None) -> RunInterrupted:
+    "What a Ctrl-C leaves: the epochs the checkpoint keeps (what a resume goes on from), and how to go on."
+    total = exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
+    if folder is None:
+        return RunInterrupted(f"interrupted: {exp.name} was not saved (save=False), so there is nothing to resume")
+    again = f"run({exp.name!r}, out={str(folder)!r}, resume=True, ...)"
+    path = find_checkpoint(folder)
+    if path is None:  # stopped before the first epoch's checkpoint was written
+        return RunInterrupted(f"interrupted before the first checkpoint of {exp.name} was written: nothing to go on "
+                              f"from; {again} starts it again in {folder}", folder=folder)  # fmt: skip
+    saved = len(load_checkpoint(folder)["history"])
+    return RunInterrupted(f"interrupted after {saved} of {total} epochs; {path} keeps them: continue with {again}",
+                          folder=folder)  # fmt: skip
 
 
 def _distributed(learn, world: int):

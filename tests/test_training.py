@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import BOOK_FINAL, TINY, curve
-from resnets import InputError, build, load_results, run
+from resnets import InputError, build, callbacks, load_results, run
 from resnets.checkpoint import CHECKPOINT
 
 
@@ -60,6 +60,52 @@ def test_results_written_after_each_epoch(imagenette, tmp_path, monkeypatch):
     assert [len(s["history"]) for s in seen] == [1, 2]
     assert not seen[-1]["finished"]
     assert "[unfinished]" in load_results(tmp_path / "r").summary()
+
+
+def _ctrl_c_after_epoch_0(order: float):
+    "A callback that acts as Ctrl-C at the end of the first epoch, at `order` among the run's callbacks."
+    from fastai.callback.core import Callback
+
+    class CtrlC(Callback):
+        def after_epoch(self):
+            if self.epoch == 0:
+                raise KeyboardInterrupt
+
+    cb = CtrlC()
+    cb.order = order
+    return cb
+
+
+def test_ctrl_c_just_after_an_epoch_is_printed_says_what_is_saved_and_resumes(tree, tmp_path):
+    "Found in a trial: Ctrl-C as epoch 0's row appeared said 'before the first epoch finished' and nothing to resume."
+    from resnets.errors import RunInterrupted
+
+    kw = dict(data=tree, size=32, presize=40, bs=4, epochs=2, progress=False, num_workers=0, seed=0)
+    with pytest.raises(RunInterrupted, match="after 1 of 2 epochs") as e:
+        run("cnn", out=tmp_path / "r", cbs=[_ctrl_c_after_epoch_0(callbacks.ORDERS["EpochLog"] + 0.5)], **kw)
+    assert "resume=True" in str(e.value) and e.value.folder == tmp_path / "r"
+    assert not load_results(tmp_path / "r").finished and len(load_results(tmp_path / "r").history) == 1
+    with pytest.raises(FileExistsError, match=r"unfinished run \(1 of 2 epochs\).*--resume"):
+        run("cnn", out=tmp_path / "r", **kw)
+    r = run("cnn", out=tmp_path / "r", resume=True, **kw)
+    assert r.finished and len(r.history) == 2
+
+
+def test_ctrl_c_before_the_first_checkpoint_never_says_the_run_finished(tree, tmp_path):
+    "Stopped between the history's first row and the first checkpoint: the truth, and --resume starts it again."
+    from resnets.errors import RunInterrupted
+
+    kw = dict(data=tree, size=32, presize=40, bs=4, epochs=2, progress=False, num_workers=0, seed=0)
+    cb = _ctrl_c_after_epoch_0((callbacks.ORDERS["RunHistory"] + callbacks.ORDERS["Checkpoint"]) / 2)
+    with pytest.raises(RunInterrupted, match="before the first checkpoint") as e:
+        run("cnn", out=tmp_path / "r", cbs=[cb], **kw)
+    assert "finished" not in str(e.value) and "resume=True" in str(e.value)
+    assert not load_results(tmp_path / "r").finished
+    with pytest.raises(FileExistsError, match="unfinished run with no checkpoint") as e:
+        run("cnn", out=tmp_path / "r", **kw)
+    assert "holds a finished run" not in str(e.value) and e.value.unfinished
+    r = run("cnn", out=tmp_path / "r", resume=True, **kw)  # starts again in that folder
+    assert r.finished and len(r.history) == 2
 
 
 def test_a_second_run_does_not_overwrite_the_first(imagenette, tiny_cnn_run):
