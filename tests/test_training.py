@@ -301,11 +301,20 @@ def test_a_killed_fine_tuning_run_resumes_to_the_uninterrupted_history(generated
     assert curve(resumed) == curve(whole)
 
 
-def test_a_fine_tuning_run_takes_a_budget(generated_run, tree, tmp_path):
+def test_a_fine_tuning_run_takes_a_budget(generated_run, tree, tmp_path, monkeypatch):
+    """The plan counts the frozen epoch too. The machine's speed is faked (as tests/test_budget.py's exact tests do),
+    so that a loaded machine plans the same: 0.1 s a step, 0.2 s a validation, no set-up time."""
+    from resnets import budget, training
+
+    monkeypatch.setattr(budget, "_time_steps", lambda learn, size: 0.1)
+    monkeypatch.setattr(budget, "_time_validation", lambda learn, size: 0.2)
+    monkeypatch.setattr(training, "plan_budget", lambda learn, exp, spent: budget.plan_budget(learn, exp, 0.0))
     kw = {**_fine_tune_kw(generated_run, tree), "epochs": 5}
     r = run("cnn", out=tmp_path / "b", budget=8.0, **kw)
     plan = r.settings["budget_plan"]
-    assert plan["epochs"] == r.settings["epochs"] >= 1 and len(r.history) == 1 + plan["epochs"], "frozen + planned"
+    # an epoch: 3 steps (12 images in batches of 4) + 0.5 s of saving + 0.22 s of validation = 1.02 s; the frozen
+    # epoch and the final pass (validation + 2 s) leave 8 - 1.02 - 2.22 = 4.76 s: 4 epochs
+    assert plan["epochs"] == r.settings["epochs"] == 4 and len(r.history) == 1 + 4, "frozen + planned"
 
 
 @pytest.mark.parametrize("fast", [False, True])
