@@ -1,11 +1,13 @@
 """A trained run out into the timm / Hugging Face ecosystem.
 
 - `export_timm(run_dir, out)`: the folder timm's own `save_for_hf` writes (model.safetensors, config.json with the
-  architecture, the class names and the preprocessing), so that `timm.create_model("local-dir:OUT",
-  pretrained=True)` gives the run's network and logits, and `hf-hub:USER/NAME` does after an upload.
+  architecture, the class names, the preprocessing and where the weights came from), so that
+  `timm.create_model("local-dir:OUT", pretrained=True)` gives the run's network and logits, and `hf-hub:USER/NAME`
+  does after an upload.
 - `model_card(run_dir)`: a README.md for that folder: the data, the classes, the settings, the accuracy, the
   versions and the command that trained it.
-- `push(run_dir, repo_id)`: both, uploaded with huggingface_hub (`resnets push RUN_DIR USER/NAME`).
+- `push(run_dir, repo_id)`: both, uploaded with huggingface_hub (`resnets push RUN_DIR USER/NAME`); no network, no
+  token or a refusal is one line (`HubError`).
 
 The chapter's ResNets are timm's ResNet-D family (resnets.pretrained), so any run of resnet18 ... resnet152 at
 full width (and resnet10 with stem 24,32,64) exports; the chapter's small CNNs have no timm counterpart.
@@ -18,14 +20,24 @@ import os
 import tempfile
 from pathlib import Path
 
+from .config import is_weights_path
 from .deploy import trained_state
 from .errors import InputError
 from .labels import IMAGENETTE_NAMES
 from .models import create_model
-from .pretrained import TIMM_ARCHS, resnets_to_timm
+from .pretrained import DEFAULT_TAGS, TIMM_ARCHS, names_default, resnets_to_timm
 from .results import load_results
 
-__all__ = ["export_timm", "model_card", "push"]
+__all__ = ["HubError", "export_timm", "model_card", "push"]
+
+# The fields of an architecture's pretrained_cfg that describe the network and its input. save_for_hf copies the
+# whole of it, and the rest (tag, licence, origin, hub id, paper) is about timm's ImageNet weights, not this run's.
+ARCH_CFG = ("architecture", "custom_load", "input_size", "min_input_size", "fixed_input_size", "interpolation",
+            "crop_pct", "crop_mode", "mean", "std", "num_classes", "pool_size", "first_conv", "classifier")  # fmt: skip
+
+
+class HubError(InputError):
+    "The Hugging Face Hub could not be reached, or refused the upload: the message says which, and what to do."
 
 
 def _timm_arch(s: dict) -> str:
@@ -50,6 +62,18 @@ def _data_config(s: dict) -> dict:
             "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
 
 
+def _origin(s: dict) -> str:
+    "Where a run's weights started: from scratch, timm's ImageNet weights (a tag), a weights file or an earlier run."
+    p, init = s.get("pretrained"), s.get("init")
+    if names_default(p):
+        p = DEFAULT_TAGS[s["model"]]
+    if p and is_weights_path(str(p)):
+        return f"fine-tuned from the weights in {p}"
+    if p:
+        return f"fine-tuned from timm's {p} ImageNet weights (https://huggingface.co/timm/{p})"
+    return f"fine-tuned from the run {init}" if init else "trained from scratch"
+
+
 def export_timm(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write a run's trained network as timm's `save_for_hf` does, into `out`; returns `out`. Needs timm (pip
     install 'resnets[timm]')."""
@@ -63,7 +87,9 @@ def export_timm(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     s, vocab = state["settings"], list(state["vocab"])
     arch = _timm_arch(s)
     ours = create_model(s["model"], n_out=len(vocab), stem=tuple(s.get("stem") or ()))
-    net = timm.create_model(arch, pretrained=False, num_classes=len(vocab))
+    cfg = {k: v for k, v in timm.models.get_pretrained_cfg(arch).to_dict().items() if k in ARCH_CFG}
+    cfg["description"] = f"{s['model']} {_origin(s)} with resnets, for {len(vocab)} classes"
+    net = timm.create_model(arch, pretrained=False, num_classes=len(vocab), pretrained_cfg=cfg)
     net.load_state_dict(resnets_to_timm(state["model"], ours))  # strict both ways
     names = [IMAGENETTE_NAMES.get(c, c) for c in vocab]
     config = {"label_names": names, "label_descriptions": dict(zip(names, vocab))}  # names, and the folders they were
@@ -88,6 +114,7 @@ def model_card(run_dir: str | os.PathLike) -> str:
         f"- **Accuracy**: {acc:.4f} on the validation images after {len(h)} epochs" if acc is not None else
         "- **Accuracy**: not validated",
         *([f"- **Flip TTA**: {r.tta_accuracy:.4f}"] if r.tta_accuracy else []),
+        f"- **Starting weights**: {_origin(s)}",
         f"- **Trained on**: {r.device}, {r.wall_time or 0:.0f} s",
         f"- **Versions**: {', '.join(f'{k} {v}' for k, v in (r.versions or {}).items())}",
         f"- **Command**: `{cmd}`", "",
@@ -107,5 +134,22 @@ def push(run_dir: str | os.PathLike, repo_id: str, private: bool = False, folder
         card = model_card(run_dir).replace("USER/NAME", repo_id)
         (out / "README.md").write_text(card)
         api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message="resnets push")
+        try:  # what fails from here is the network's, the token's or the Hub's answer, not the run's: one line
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message="resnets push")
+        except Exception as e:
+            kept = out if folder else None
+            raise HubError(_upload_failure(e, run_dir, repo_id, api.endpoint, kept)) from e
+
+
+def _upload_failure(e: Exception, run_dir, repo_id: str, endpoint: str, kept: Path | None = None) -> str:
+    "One line for a failed upload: what the network or the Hub said, and the ways round it."
+    why = type(e).__name__ + (f": {str(e).strip().splitlines()[0]}" if str(e).strip() else "")
+    later = (f"{kept} holds the folder to upload later" if kept
+             else f"`resnets export {run_dir} --timm DIR` writes the folder to upload later")  # fmt: skip
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status is None:  # no answer came back: no network, a proxy, HF_HUB_OFFLINE
+        return (f"could not reach the Hugging Face Hub at {endpoint} ({why}): check the network, or `hf auth login` "
+                f"/ $HF_TOKEN; {later}")  # fmt: skip
+    return (f"the Hugging Face Hub refused to upload to {repo_id} ({why}): is it USER/NAME, with a token that may "
+            f"write there (`hf auth login` / $HF_TOKEN)? {later}")  # fmt: skip

@@ -3,9 +3,10 @@
   image_files(folder)  the image files under a folder (fastai's extensions, hidden entries skipped), following
                        directory links but never into a folder already walked, so a link loop ends the walk
   open_rgb(file)       an image as 8-bit RGB, upright as its EXIF orientation says (a phone's portrait photo is
-                       stored sideways with Orientation 6 or 8): 16-bit greyscale (PNG's `I;16`) scaled to 8 bits (PIL's own
-                       convert clips it, so most of it turns white); an image over PIL's decompression-bomb limit
-                       refused with a line that says how to allow it ($RESNETS_MAX_IMAGE_PIXELS)
+                       stored sideways with Orientation 6 or 8): 16-bit greyscale (PNG's `I;16`) scaled to 8 bits
+                       (PIL's own convert clips it, so most of it turns white); an image over PIL's
+                       decompression-bomb limit refused with a line that says how to allow it
+                       ($RESNETS_MAX_IMAGE_PIXELS)
   check_image(file)    why a file cannot be trained on (None if it can), as the data checks report it
   RGBImage             fastai's PILImage, opened by `open_rgb`: the chapter's pipeline's ImageBlock
   image_size(file)     an image's (width, height) upright, from its header (EXIF orientation applied)
@@ -91,9 +92,10 @@ def image_size(path) -> tuple[int, int]:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """An opened image as 8-bit RGB, upright (`upright`: its EXIF orientation applied). 16-bit greyscale is scaled to 8 bits (0-65535 to 0-255); 32-bit integer images
-    are too when their values go past 255 (PIL opens some 16-bit files so); 32-bit float ones are taken as 0-1 when
-    they stay within it. The rest is PIL's convert (palettes, alpha, CMYK, 16-bit RGB already read as 8 bits)."""
+    """An opened image as 8-bit RGB, upright (`upright`: its EXIF orientation applied). 16-bit greyscale is scaled to
+    8 bits (0-65535 to 0-255); 32-bit integer images are too when their values go past 255 (PIL opens some 16-bit
+    files so); 32-bit float ones are taken as 0-1 when they stay within it. The rest is PIL's convert (palettes,
+    alpha, CMYK, 16-bit RGB already read as 8 bits)."""
     im = upright(im)
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):

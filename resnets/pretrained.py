@@ -9,7 +9,8 @@ used, none missing, every shape equal).
 - `timm_to_resnets(state, model)` / `resnets_to_timm(state, model)`: the mapping.
 - `read_pretrained(spec, model_name, stem)`: the weights and the preprocessing they were trained with, for `spec` a
   timm tag (`"resnet50d.ra2_in1k"`), `True` (the default tag of `model_name`, `DEFAULT_TAGS`), a local
-  `.safetensors` / `.pth` file, or a folder as timm's hub folders hold (model.safetensors + config.json).
+  `.safetensors` / `.pth` / `.bin` file, or a timm hub folder (what timm's `save_for_hf` writes: model.safetensors
+  or pytorch_model.bin, and config.json).
 - `load_pretrained_body(model, spec, ...)`: those weights into a model, all but the head (a new one for your
   classes): what `--pretrained` does before fastai's `fine_tune`.
 
@@ -31,9 +32,9 @@ from torch import nn
 from .config import is_weights_path
 from .errors import InputError, MissingFile, load_failure, refused_message
 
-__all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing", "timm_to_resnets",
-           "resnets_to_timm",
-           "read_pretrained", "load_pretrained_body", "pretrained_architecture"]  # fmt: skip
+__all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "HUB_WEIGHTS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing",
+           "timm_to_resnets", "resnets_to_timm",
+           "read_pretrained", "load_pretrained_body", "pretrained_architecture", "names_default"]  # fmt: skip
 
 # resnets model (and stem) -> timm architecture
 TIMM_ARCHS = {("resnet10", (24, 32, 64)): "resnet10t", ("resnet18", ()): "resnet18d", ("resnet34", ()): "resnet34d",
@@ -42,6 +43,9 @@ TIMM_ARCHS = {("resnet10", (24, 32, 64)): "resnet10t", ("resnet18", ()): "resnet
 DEFAULT_TAGS = {"resnet10": "resnet10t.c3_in1k", "resnet18": "resnet18d.ra2_in1k", "resnet34": "resnet34d.ra2_in1k",
                 "resnet50": "resnet50d.ra2_in1k", "resnet101": "resnet101d.ra2_in1k",
                 "resnet152": "resnet152d.ra2_in1k"}  # fmt: skip
+# The weights file of a timm hub folder, as timm's save_for_hf names it (with safe_serialization=True; with its
+# default, False): safetensors first, since it cannot hold code (a .bin is read with torch.load(weights_only=True)).
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # The tags of the family timm publishes ImageNet-1k weights for: their ImageNet top-1 (%) at their default
 # resolution, from timm's results/results-imagenet.csv (huggingface/pytorch-image-models, 2026-08).
 KNOWN_TAGS = {
@@ -214,18 +218,33 @@ def _download(tag: str, cfg: dict) -> Path:
                           f"{cfg['hf_hub_id']} elsewhere and pass --pretrained path/to/model.safetensors") from e
 
 
+def _hub_weights(folder: Path) -> Path:
+    "The weights file of a timm hub folder (`HUB_WEIGHTS`, the first there); one line naming them if neither is."
+    found = next((folder / name for name in HUB_WEIGHTS if (folder / name).is_file()), None)
+    if found is None:
+        raise MissingFile(f"no weights in {folder}: a timm hub folder holds {' or '.join(HUB_WEIGHTS)} (and "
+                          "config.json), as timm's save_for_hf writes it; pass such a folder, a weights file or a "
+                          "tag")  # fmt: skip
+    return found
+
+
+def names_default(spec) -> bool:
+    "Whether a `pretrained` value asks for the model's default tag (`DEFAULT_TAGS`): True, 'default' or 'imagenet'."
+    return spec is True or spec in ("default", "imagenet")
+
+
 def read_pretrained(spec, model_name: str, stem: tuple[int, ...] = ()) -> tuple[dict, Preprocessing, str]:
     """The timm-named state dict, the preprocessing it was trained with, and a short name of where it came from,
     for `spec`: True (the default tag of `model_name`), a timm tag, a weights file or a timm hub folder."""
-    if spec is True or spec in ("default", "imagenet"):
+    if names_default(spec):
         if model_name not in DEFAULT_TAGS:
             raise InputError(f"no ImageNet weights for {model_name!r}: --pretrained needs one of "
                              f"{', '.join(DEFAULT_TAGS)}")  # fmt: skip
         spec = DEFAULT_TAGS[model_name]
     spec = str(spec)
     path = Path(spec).expanduser()
-    if path.is_dir() or is_weights_path(spec):  # a file, or a hub folder (timm's save_for_hf: model.safetensors
-        weights = path / "model.safetensors" if path.is_dir() else path  # and config.json)
+    if path.is_dir() or is_weights_path(spec):  # a file, or a hub folder (its weights file and config.json)
+        weights = _hub_weights(path) if path.is_dir() else path
         if not weights.is_file():
             raise MissingFile(f"no weights file at {weights}: pass a .safetensors file, a timm hub folder or a tag "
                               f"({', '.join(KNOWN_TAGS)})")  # fmt: skip

@@ -4,6 +4,8 @@ offline is one clear line. All offline: timm models built with random weights, f
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -106,6 +108,53 @@ def test_a_local_file_and_a_download_take_the_same_path(weights_file, monkeypatc
     assert all(torch.equal(model[-1].state_dict()[k], v) for k, v in head.items()), "the new head stays new"
 
 
+def _hub_folder(folder, t, safe_serialization):
+    "`t` as timm's own save_for_hf writes it (pytorch_model.bin by default), with its config.json."
+    from timm.models import save_for_hf
+
+    save_for_hf(t, str(folder), safe_serialization=safe_serialization)
+    return folder
+
+
+def test_a_folder_timm_s_save_for_hf_writes_by_default_loads_as_pretrained(tree, tmp_path):
+    t = _timm_model("resnet18d", seed=2)
+    folder = _hub_folder(tmp_path / "hub", t, safe_serialization=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
+    state, prep, where = read_pretrained(folder, "resnet18")
+    assert where == str(folder) and prep.source == str(folder / "config.json") and prep.crop_pct == 0.875
+    assert state.keys() == t.state_dict().keys() and all(torch.equal(state[k], v) for k, v in t.state_dict().items())
+    learn, exp = build("resnet18", data=tree, pretrained=str(folder), size=32, bs=4, num_workers=0, verbose=False)
+    assert exp.fine_tunes and torch.equal(learn.model[0][0].weight, t.conv1[0].weight)
+    assert torch.equal(learn.model[7][1].convs[1][1].running_var, t.layer4[1].bn2.running_var)
+
+
+def test_a_hub_folder_prefers_safetensors_and_refuses_code_in_a_bin(tmp_path):
+    safe, other = _timm_model("resnet18d", seed=3), _timm_model("resnet18d", seed=4)
+    folder = _hub_folder(tmp_path / "both", safe, safe_serialization=True)
+    torch.save(other.state_dict(), folder / "pytorch_model.bin")  # another network's: must not be the one read
+    state, _, _ = read_pretrained(folder, "resnet18")
+    assert torch.equal(state["conv1.0.weight"], safe.conv1[0].weight)
+    (folder / "model.safetensors").unlink()
+    assert torch.equal(read_pretrained(folder, "resnet18")[0]["conv1.0.weight"], other.conv1[0].weight)
+
+    class Payload:  # pickles as a call of `exec`: whatever unpickles it creates the file `pwned`
+        def __reduce__(self):
+            return exec, (f"open({str(tmp_path / 'pwned')!r}, 'w').close()",)
+
+    torch.save({"conv1.0.weight": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(InputError, match="holds code and was refused"):
+        read_pretrained(folder, "resnet18")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_folder_without_weights_is_one_line_naming_what_it_looked_for(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFile) as e:
+        read_pretrained(tmp_path / "empty", "resnet18")
+    msg = str(e.value)
+    assert "\n" not in msg and "model.safetensors" in msg and "pytorch_model.bin" in msg and "empty" in msg
+
+
 def test_a_tag_of_another_architecture_names_the_fix():
     with pytest.raises(InputError, match="pass --model resnet50"):
         read_pretrained("resnet50d.ra2_in1k", "resnet18")
@@ -175,3 +224,8 @@ def test_a_pretrained_run_records_its_preprocessing_and_exports_it(weights_file,
     img = next((tree / "val" / "cat").glob("*.jpg"))
     xb = r.learn.dls.test_dl([img]).one_batch()[0]  # the validation pipeline, fastai's way
     assert (p.preprocess(img) - xb.as_subclass(torch.Tensor)).abs().max() < 1e-5
+    from resnets.hub import export_timm  # the timm folder says where this run started, and claims no timm weights
+
+    cfg = json.loads((export_timm(r.folder, tmp_path / "hub") / "config.json").read_text())["pretrained_cfg"]
+    assert not {"tag", "license", "origin_url", "hf_hub_id", "url"} & set(cfg)
+    assert f"fine-tuned from the weights in {path}" in cfg["description"]
