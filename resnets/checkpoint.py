@@ -26,6 +26,7 @@ from fastcore.foundation import L
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from .config import CHECKPOINT_FILES
 from .errors import InputError, load_failure, refused_message
 from .learner import unwrap
 from .results import atomic_write
@@ -33,8 +34,7 @@ from .results import atomic_write
 __all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
            "save_checkpoint", "rank_state", "restore_model", "restore_training_state", "set_deterministic"]  # fmt: skip
 
-CHECKPOINT = "checkpoint.safetensors"
-LEGACY_CHECKPOINT = "checkpoint.pth"  # resnets 0.2 and earlier: torch's format, loaded weights-only
+CHECKPOINT, LEGACY_CHECKPOINT = CHECKPOINT_FILES  # the legacy one: resnets 0.2 and earlier (torch's, weights-only)
 FORMAT = "resnets-checkpoint-v1"  # the header key holding the JSON tree
 
 

@@ -15,9 +15,17 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import GROUPS, OPTION_GROUPS, Experiment, check_source, is_weights_path
+from .config import (
+    GROUPS,
+    OPTION_GROUPS,
+    Experiment,
+    check_run_folder,
+    check_source,
+    csv_columns,
+    is_weights_path,
+)
 from .errors import InputError, MissingFile, RunExists, check_number
-from .recipes import EXPERIMENTS, STUDIES, configure, get_study
+from .recipes import ALIASES, EXPERIMENTS, STUDIES, configure, get_study
 
 __all__ = ["main", "parser", "add_options", "COMMAND_OPTIONS"]
 
@@ -91,7 +99,8 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
     commands = "{list,run,lr-find,compare,interpret,study,export,push,predict,bench,cache}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands, parser_class=_Parser)
-    sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
+    p = sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
+    p.add_argument("--all", action="store_true", help="also the earlier versions of the recipes (speedrun-v1, ...)")
     p = sub.add_parser("run", help="train an experiment, then compare with the book",
                        description="Every setting not given keeps the experiment's own (`resnets list` shows them).")
     p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
@@ -167,15 +176,30 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _list() -> None:
+def _list(everything: bool = False) -> None:
+    "The experiments (a recipe under its plain name, the version it runs named; `everything`: the earlier ones too)."
     print(f"{'name':<16}{'model':<16}{'data':<16}{'size':>5}{'epochs':>7}{'book acc':>9}{'s/epoch':>8}  title")
+    versions = set(ALIASES.values())  # shown under their plain names
+    hidden = [n for n in EXPERIMENTS if _is_version(n) and (n in versions or not everything)]
     for e in EXPERIMENTS.values():
+        if e.name in hidden:
+            continue
         book = f"{e.book_accuracy[-1]:>9.4f}{e.book_epoch_time:>8}" if e.book_accuracy else f"{'-':>9}{'-':>8}"
-        print(f"{e.name:<16}{e.model:<16}{e.data:<16}{e.size:>5}{e.epochs:>7}{book}  {e.title}")
+        title = f"{e.title} (= {ALIASES[e.name]})" if e.name in ALIASES else e.title
+        print(f"{e.name:<16}{e.model:<16}{e.data:<16}{e.size:>5}{e.epochs:>7}{book}  {title}")
     print("(book: final validation accuracy and seconds per epoch on the authors' 2020 GPU)")
+    earlier = [n for n in hidden if n not in versions]
+    if earlier:
+        print(f"earlier versions, which still run under their names: {', '.join(earlier)} (resnets list --all)")
     print("\nstudies (`resnets study NAME`):")
     for st in STUDIES.values():
         print(f"  {st.name:<16}{len(st.arms)} arms x {len(st.seeds)} seed(s): {st.claim}")
+
+
+def _is_version(name: str) -> bool:
+    "A recipe's numbered version (speedrun-v2): the plain name (speedrun) runs the latest."
+    base, _, v = name.rpartition("-v")
+    return base in ALIASES and v.isdigit()
 
 
 def _bench_conv1x1(repeats: int) -> None:
@@ -283,8 +307,10 @@ def _unfinished_runs(name: str) -> list[str]:
 
 def _checked(name: str, kw: dict, options: tuple[str, ...]) -> Experiment:
     "The experiment with the command's settings from `kw` (taken out of it), and its data's path, checked."
-    exp = configure(name, **{k: kw.pop(k) for k in options if k in kw})
+    given = {k: kw.pop(k) for k in options if k in kw}
+    exp = configure(name, **given)
     check_source(exp.data)
+    _check_split(exp, given)
     if exp.init is not None and not Path(exp.init).expanduser().exists():
         raise MissingFile(f"nothing to start from at {exp.init}: pass a run folder (--out of `resnets run`) or a file "
                           "written by `resnets export`")  # fmt: skip
@@ -293,6 +319,23 @@ def _checked(name: str, kw: dict, options: tuple[str, ...]) -> Experiment:
         raise MissingFile(f"no weights at {w}: pass a .safetensors file, a timm hub folder, a timm tag "
                           "(resnet50d.ra2_in1k) or --pretrained alone for the model's default")  # fmt: skip
     return exp
+
+
+def _check_split(exp: Experiment, given: dict) -> None:
+    """What the data's own layout decides, said before torch loads: a CSV's label column that is not there (an
+    error), and --valid-pct where the data has its own split (a line: it is not used)."""
+    path = Path(str(exp.data)).expanduser()
+    if path.suffix.lower() == ".csv" and path.is_file():
+        cols = csv_columns(path)
+        if exp.label_col is not None and exp.label_col not in cols:
+            raise InputError(f"no column {exp.label_col!r} in {path}: its columns are {', '.join(cols)} (choose one "
+                             "with --label-col)")  # fmt: skip
+        own = "is_valid" in cols and f"{path} has an is_valid column, which splits it"
+    else:
+        own = path.is_dir() and (path / "train").is_dir() and f"{path} has its own train/ and validation folders"
+    if own and "valid_pct" in given:
+        print(f"resnets: --valid-pct {exp.valid_pct:g} is not used: {own} (--valid-pct splits a folder of class "
+              "folders, or a CSV without is_valid)")  # fmt: skip
 
 
 def _progress(flag: bool | None) -> bool:
@@ -340,7 +383,7 @@ def _command(args, argv: list[str], kw: dict) -> int:
     "What `main` does, once the command line is parsed: one command, its mistakes as one line."
     try:
         if args.command == "list":
-            _list()
+            _list(args.all)
         elif args.command == "run":
             if args.resume and not args.out:
                 found = _unfinished_runs(args.name)
@@ -370,6 +413,7 @@ def _command(args, argv: list[str], kw: dict) -> int:
             print(found.table())
             print(f"saved {found.folder}/study.json and study.png")
         elif args.command == "export":
+            check_run_folder(args.run_dir)  # before torch loads, as every other path the command line is given
             from .deploy import ONNX_OPSET, export, export_onnx, export_torchscript, load
 
             path = export(args.run_dir, args.out)
@@ -388,14 +432,21 @@ def _command(args, argv: list[str], kw: dict) -> int:
                 print(f"saved {export_timm(args.run_dir, args.timm)} (timm: create_model('local-dir:{args.timm}', "
                       "pretrained=True))")  # fmt: skip
         elif args.command == "push":
+            check_run_folder(args.run_dir)
             from .hub import push
 
             push(args.run_dir, args.repo_id, private=args.private)
             print(f"uploaded {args.run_dir} to https://huggingface.co/{args.repo_id}")
         elif args.command == "predict":
+            check_number("k", args.k)
+            if not Path(args.model).expanduser().is_file():
+                raise MissingFile(f"no model file at {args.model}: create one with `resnets export RUN_DIR`")
+            missing = [p for p in args.images if not Path(p).expanduser().exists()]
+            if missing:
+                raise MissingFile(f"no image or folder at {missing[0]}" + (f" (nor {len(missing) - 1} more)"
+                                                                           if len(missing) > 1 else ""))  # fmt: skip
             from .deploy import image_files, load, write_predictions
 
-            check_number("k", args.k)
             predictor = load(args.model)
             rows = []
             for img in image_files(args.images):
@@ -412,9 +463,10 @@ def _command(args, argv: list[str], kw: dict) -> int:
 
             print(compare(args.runs))
         elif args.command == "interpret":
+            check_number("k", args.k)
+            check_run_folder(args.run_dir)
             from .training import interpret_run
 
-            check_number("k", args.k)
             per_class = interpret_run(args.run_dir, k=args.k, data=args.data)
             width = max(map(len, per_class))
             for c, acc in sorted(per_class.items(), key=lambda kv: kv[1]):

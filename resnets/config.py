@@ -14,12 +14,13 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import InputError, check_number
+from .errors import InputError, MissingFile, check_number
 
 __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS", "SCHEDULES", "MODEL_NAMES",
            "DATA_SETS", "GROUPS", "LOGGERS", "PRETRAINED_MODELS", "check_choice",
            "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
-           "check_source", "is_weights_path", "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
+           "check_source", "CHECKPOINT_FILES", "check_run_folder", "csv_columns", "is_weights_path",
+           "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 LOGGERS = ("csv", "tensorboard", "wandb")  # fastai's CSVLogger, TensorBoardCallback, WandbCallback
@@ -115,6 +116,27 @@ def check_source(source) -> None:
                          f"(train/ and val/, or a folder per class), a CSV, a URL, or one of {', '.join(DATA_SETS)}")
 
 
+CHECKPOINT_FILES = ("checkpoint.safetensors", "checkpoint.pth")  # a run folder's (resnets.checkpoint), newest first
+
+
+def check_run_folder(run_dir) -> None:
+    "A MissingFile unless `run_dir` is a run folder with a checkpoint (a trained model), checked before torch loads."
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise MissingFile(f"no run folder at {path}: pass the --out folder of a `resnets run`")
+    if not any((path / f).is_file() for f in CHECKPOINT_FILES):
+        raise MissingFile(f"{path} has no {CHECKPOINT_FILES[0]}, so no trained model: train it with `resnets run "
+                          "--out`")  # fmt: skip
+
+
+def csv_columns(path) -> list[str]:
+    "The column names of a CSV file, from its first line (torch-free, pandas-free: the command line's early checks)."
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
 def is_weights_path(spec: str) -> bool:
     "Whether a `pretrained` value names a file or folder (a weights file's suffix, or a path), not a timm tag."
     return "/" in spec or os.sep in spec or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin")
@@ -159,7 +181,8 @@ class Experiment:
     presize: int = _option("data", 160, "size images are first resized (and cropped) to, before augmentation", int,
                            metavar="PX")  # fmt: skip
     size: int = _option("data", 128, "training image size in pixels (the chapter's `resize`)", int, metavar="PX")
-    bs: int = _option("data", 128, "batch size", int, metavar="N")
+    bs: int | None = _option("data", None, "batch size (default: the chapter's 128, halved for a small data set "
+                             "until an epoch has at least 8 batches, down to 16)", int, metavar="N")  # fmt: skip
     subset: int | tuple[int, int] | None = _option("data", None, "at most N images per class in each split (a fixed "
                                                    "sample)", int, metavar="N")  # fmt: skip
     classes: int | tuple[str, ...] | None = _option("data", None, "the first N classes, or a comma-separated list of "
@@ -270,7 +293,8 @@ class Experiment:
     def _check_data(self):
         for k in ("presize", "size"):
             check_number(k, getattr(self, k), low=16)
-        check_number("bs", self.bs)
+        if self.bs is not None:
+            check_number("bs", self.bs)
         if self.size > self.presize:
             raise InputError(f"size ({self.size}) is larger than presize ({self.presize}): use a presize of at "
                              f"least {self.size} (--presize), or leave presize out to keep the experiment's ratio")

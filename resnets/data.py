@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import os
 import random
 import sys
@@ -45,7 +46,7 @@ from .images import PIXEL_LIMIT_ENV, RGBImage, check_image, image_files
 from .labels import IMAGENETTE_NAMES, class_label, table_label
 
 __all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "table_label", "DataError", "data_folders", "resolve_source",
-           "find_items", "find_split", "get_data", "set_image_size", "fingerprint"]
+           "find_items", "find_split", "choose_bs", "get_data", "set_image_size", "fingerprint"]
 
 _URLS = {"imagenette-160": URLs.IMAGENETTE_160, "imagenette-320": URLs.IMAGENETTE_320, "imagenette": URLs.IMAGENETTE,
          "imagewoof-160": URLs.IMAGEWOOF_160, "imagewoof-320": URLs.IMAGEWOOF_320, "imagewoof": URLs.IMAGEWOOF,
@@ -335,11 +336,42 @@ def _per_class(files: list[Path], n: int, table: dict | None = None) -> list[Pat
     return sorted(f for fs in by_class.values() for f in (fs if len(fs) <= n else rng.sample(fs, n)))
 
 
+BS, MIN_BATCHES, MIN_BS = 128, 8, 16  # the chapter's batch size; what a small data set's epoch should have at least
+
+
+def choose_bs(n_train: int, bs: int | None = None) -> tuple[int, str | None]:
+    """The batch size for `n_train` training images, and a line saying why when it is not `bs`.
+
+    None: the chapter's 128, halved until an epoch has at least 8 batches (fastai drops the last partial batch, so
+    192 photos in batches of 128 would train one step an epoch), down to 16. A given `bs` is kept unless the
+    training set holds less than one batch of it; below 8 batches, the line says which batch size (16 or more) gives 8.
+    Either way an epoch has at least two batches (a power of two, as batch sizes go), for sets of 4 images or more."""
+    asked, chosen = bs, bs or BS
+    if bs is None:
+        while chosen > MIN_BS and n_train // chosen < MIN_BATCHES:
+            chosen //= 2
+    if n_train < 4:
+        raise DataError(f"the training set has {n_train} image(s): a run needs at least 4 (two batches of 2)")
+    if n_train < chosen or (bs is None and n_train // chosen < 2):  # less than one batch: nothing would train
+        chosen = 2 ** int(math.log2(n_train // 2))
+    if chosen == asked:
+        steps, better = n_train // chosen, 2 ** int(math.log2(max(n_train // MIN_BATCHES, 1)))
+        if steps >= MIN_BATCHES or better < MIN_BS:  # enough steps, or a set too small for a batch size to help
+            return chosen, None
+        return chosen, (f"{n_train} training images in batches of {chosen}: {steps} step(s) an epoch (fastai drops "
+                        f"the last {n_train % chosen} image(s) of each); --bs {better} gives "
+                        f"{n_train // better}")  # fmt: skip
+    if chosen == BS and asked is None:
+        return chosen, None
+    why = "fewer than one batch of" if asked is not None else "so that an epoch has several steps, not one batch of"
+    return chosen, f"{n_train} training images, {why} {asked or BS}: batches of {chosen} ({n_train // chosen} an epoch)"
+
+
 def get_data(
     source: str | os.PathLike = "imagenette-160",
     presize: int = 160,
     resize: int = 128,
-    bs: int = 128,
+    bs: int | None = None,
     classes: list[str] | int | None = None,
     subset: int | tuple[int, int] | None = None,
     valid_name: str | None = None,
@@ -360,6 +392,8 @@ def get_data(
 ) -> DataLoaders:
     """The chapter's DataLoaders: Resize(presize) per item, min_scale=0.5 augmentation to `resize`, ImageNet stats.
 
+    `bs`: the batch size; None, the chapter's 128, smaller for a small training set (`choose_bs`, said in a line).
+
     `source`: a folder with train/ and val/ (or valid/), a folder of class folders (a seeded `valid_pct` split),
     a CSV of image paths and labels in fastai's from_csv form (`label_col`; `is_valid` if it has one, else the
     split), a data set's name or a URL. Images of any size and shape are resized and cropped as fastai's Resize.
@@ -370,7 +404,7 @@ def get_data(
     `stats`, `resample`, `valid_crop`: what pretrained weights were trained with (resnets.pretrained): the mean and
     std, the filter images are first resized with (bilinear, fastai's; bicubic, timm's), and the side of the centre
     crop validation keeps of the presize square before resizing it to `resize` (1: all of it, the chapter's)."""
-    for k, v in {"presize": presize, "resize": resize, "bs": bs}.items():
+    for k, v in {"presize": presize, "resize": resize, **({} if bs is None else {"bs": bs})}.items():
         check_number(k, v)
     if resize > presize:
         raise InputError(f"resize ({resize}) is larger than presize ({presize}): use presize >= resize")
@@ -387,6 +421,9 @@ def get_data(
     if holdout:  # a fixed sample of each class's training images (seed 0), whatever the run's seed
         train, valid = _random_split(train, table or {f: parent_label(f) for f in train}, holdout, seed=0)
     label = class_label if table is None else partial(table_label, table=table)
+    bs, why = choose_bs(len(train), bs)
+    if why:
+        print(f"resnets: {why}")
     if fast:
         dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label,
                                augment=augment, stats=stats, resample=resample, valid_crop=valid_crop)  # fmt: skip

@@ -24,11 +24,12 @@ import torch
 from fastai.vision.all import imagenet_stats
 from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .errors import InputError, MissingFile, check_number, load_failure, refused_message
 from .fastdata import RESAMPLES, preprocess
+from .files import as_umask_allows, atomic_write
 from .images import image_files as _find_images
 from .images import open_rgb, to_rgb
 from .labels import IMAGENETTE_NAMES
@@ -85,7 +86,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
             "history": state["history"]}  # fmt: skip
     # safetensors: the tensors, and the description as JSON in its header; no pickle to load (see `load`)
-    save_file({k: v.contiguous() for k, v in state["model"].items()}, str(out), metadata={"resnets": json.dumps(meta)})
+    tensors = {k: v.contiguous() for k, v in state["model"].items()}  # (written whole or not at all, as a new file's
+    atomic_write(out, safetensors_bytes(tensors, metadata={"resnets": json.dumps(meta)}))  # permissions: not 0600)
     return out
 
 
@@ -284,11 +286,13 @@ def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> floa
         if k in predictor.meta:
             proto.metadata_props.add(key=k, value=json.dumps(predictor.meta[k]))
     proto.metadata_props.add(key="preprocessing", value=(
-        f"RGB; shortest side resized to {predictor.meta['presize']} ({predictor.meta.get('resample', 'bilinear')}) "
-        f"and centre-cropped square; centre {predictor.meta.get('crop', 1.0):.4f} of each side kept; resized to {size} "
+        f"RGB, turned upright as its EXIF orientation says; shortest side resized to {predictor.meta['presize']} "
+        f"({predictor.meta.get('resample', 'bilinear')}) and centre-cropped square; centre "
+        f"{predictor.meta.get('crop', 1.0):.4f} of each side kept; resized to {size} "
         f"(bilinear); scaled to [0, 1]; normalised per channel with mean {predictor.meta['stats'][0]} and std "
         f"{predictor.meta['stats'][1]}; NCHW float32"))  # fmt: skip
     onnx.save(proto, str(out))
+    as_umask_allows(out)
     loaded, diffs = load(out), [0.0]
     with torch.no_grad():
         for img in images:
@@ -305,6 +309,7 @@ def export_torchscript(predictor: Predictor, out: str | os.PathLike, images=()) 
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(predictor.model, torch.randn(1, 3, size, size))
         traced.save(str(out))
+        as_umask_allows(out)
         loaded = torch.jit.load(str(out))
     diffs = [0.0]
     with torch.no_grad():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["atomic_write", "temporary", "sweep", "check_writable", "disk_error", "DiskError"]
+__all__ = ["as_umask_allows", "atomic_write", "temporary", "sweep", "check_writable", "disk_error", "DiskError"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _OURS = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{6}\.tmp$")
@@ -108,6 +108,15 @@ def check_writable(folder: str | os.PathLike, fix: str = "choose another folder"
         if err is None:
             raise
         raise err from None
+
+
+def as_umask_allows(*paths: str | os.PathLike) -> None:
+    """Give files the permissions a new file gets here (0666 less the umask): a library that writes its files as
+    0600 (safetensors' save_file, through timm's save_for_hf) makes a model file others cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in paths:
+        os.chmod(p, 0o666 & ~mask)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

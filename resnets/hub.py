@@ -23,6 +23,7 @@ from pathlib import Path
 from .config import is_weights_path
 from .deploy import trained_state
 from .errors import InputError
+from .files import as_umask_allows
 from .labels import IMAGENETTE_NAMES
 from .models import create_model
 from .pretrained import DEFAULT_TAGS, TIMM_ARCHS, names_default, resnets_to_timm
@@ -94,6 +95,7 @@ def export_timm(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     names = [IMAGENETTE_NAMES.get(c, c) for c in vocab]
     config = {"label_names": names, "label_descriptions": dict(zip(names, vocab))}  # names, and the folders they were
     save_for_hf(net.eval(), str(out), model_config=config, safe_serialization=True, data_config=_data_config(s))
+    as_umask_allows(*(f for f in Path(out).iterdir() if f.is_file()))  # safetensors writes 0600
     return out
 
 

@@ -10,7 +10,9 @@ import io
 import json
 import os
 import platform
+import re
 import statistics
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -27,10 +29,28 @@ __all__ = ["BOOK_NEUTRAL", "Results", "atomic_write", "save_figure", "versions",
            "compare"]
 
 
+_GLYPH = re.compile(r"Glyph \d+ \((.+?)\) missing from font\(s\) (.+?)\.?$")
+
+
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
-    "A matplotlib figure as a PNG at `path`, written atomically like every other output."
+    """A matplotlib figure as a PNG at `path`, written atomically like every other output. Characters the font lacks
+    (class names in another script) are one line, not a warning per glyph and draw."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    missing, fonts = {}, set()
+    for w in caught:
+        m = _GLYPH.match(str(w.message))
+        if m is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # any other warning, as it was
+            continue
+        missing[m[1]] = None
+        fonts.add(m[2])
+    if missing:
+        print(f"resnets: {path.name}: {len(missing)} character(s) of the labels are not in the font "
+              f"({', '.join(sorted(fonts))}) and show as boxes; set matplotlib's rcParams['font.family'] to a font "
+              "that has them")  # fmt: skip
     atomic_write(path, buf.getvalue())
 
 

@@ -9,7 +9,6 @@ launch) go through fastai's `distrib_ctx`."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ from .callbacks import (
 )
 from .checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, restore_model, set_deterministic
 from .config import DEFAULTS, Experiment
-from .data import fingerprint, get_data
+from .data import BS, fingerprint, get_data
 from .distributed import distributed_ready, join_process_group
 from .errors import InputError, MissingFile, RunExists, RunInterrupted
 from .evaluate import flip_tta, interpret, one_process, shared_predictions
@@ -69,18 +68,11 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     if exp.seed is not None:  # each rank its own augmentation draws, reproducibly (seed + rank, as timm does); DDP
         # copies rank 0's initial weights to every rank. CPU runs repeat exactly; on a GPU kernels may still vary.
         set_seed(exp.seed + rank_distrib())
-    dls = _data(exp, prep)
-    if len(dls.train_ds) < exp.bs:  # fastai drops the last partial training batch: nothing would train
-        n = len(dls.train_ds)
-        if n < 4:
-            raise InputError(f"the training set has {n} image(s): a run needs at least 4 (two batches of 2)")
-        bs = 2 ** int(math.log2(n // 2))  # two batches an epoch at least, a power of two as batch sizes go
-        if verbose:
-            print(f"resnets: {n} training images, fewer than one batch of {exp.bs}: batches of {bs} instead (the "
-                  f"learning rate stays {exp.lr:g}, the recipe's: an Adam step's size follows the rate, not the "
-                  f"batch, as SGD's would; --bs and --lr choose others)")  # fmt: skip
-        exp = replace(exp, bs=bs)
-        dls = _data(exp, prep)
+    dls = _data(exp, prep)  # its batch size chosen for the data's size when the experiment leaves it open (None)
+    if verbose and dls.train.bs != (exp.bs or BS):
+        print(f"resnets: the learning rate stays {exp.lr:g}, the recipe's: an Adam step's size follows the rate, not "
+              "the batch, as SGD's would (--lr chooses another)")  # fmt: skip
+    exp = replace(exp, bs=dls.train.bs)  # the run's record keeps the batch size it trained with
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width, stem=exp.stem)
     _check_input_size(model, exp)
     if exp.init is not None:
@@ -94,7 +86,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
            *([BatchNormRecalibration()] if exp.recalibrate_bn else []),
            *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
-    learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), top_5_metric()],
+    top_5 = [top_5_metric()] if dls.c > 5 else []  # with 5 classes or fewer the target is always in the top 5
+    learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), *top_5],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
                         splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
     learn.preprocessing = prep

@@ -51,7 +51,7 @@ def test_run_options_are_checked_at_the_edge(size, presize, bs, epochs, lr, labe
                         label_smoothing=label_smoothing, mixup=mixup, subset=subset)  # fmt: skip
     except InputError:
         return
-    assert 16 <= exp.size <= exp.presize and exp.bs >= 1 and exp.epochs >= 1 and exp.lr > 0
+    assert 16 <= exp.size <= exp.presize and (exp.bs is None or exp.bs >= 1) and exp.epochs >= 1 and exp.lr > 0
     assert 0 <= exp.label_smoothing < 1 and exp.mixup >= 0
 
 

@@ -345,3 +345,18 @@ def test_every_blocked_global_is_named_as_code_that_was_refused(tmp_path, kind):
         assert "holds code and was refused" in text and "nothing in it was run" in text, text
         assert "weights_only" not in text and "\n" not in text, "none of torch's advice to load it unsafely"
     assert not marker.exists()
+
+
+def test_exported_files_are_as_readable_as_any_new_file(generated_run, tmp_path):
+    "Found in a trial: model files were 0600 (safetensors' save_file), unreadable by anyone else."
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = export(generated_run.folder, tmp_path / "m.resnets")
+        assert path.stat().st_mode & 0o777 == 0o644
+        export_torchscript(load(path), tmp_path / "m.pt")
+        assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
+    assert load(path).predict(next(Path(generated_run.settings["data"]).glob("val/cat/*.jpg")))

@@ -85,3 +85,24 @@ def test_the_data_named_by_its_folder_or_its_name_is_the_book_s():
     assert r.book_differences() == []
     r.settings["source"] = "imagenette-160/noisy_imagenette.csv"
     assert r.book_differences() and r.book_accuracy is None
+
+
+def test_class_names_the_font_lacks_are_one_line_not_a_warning_per_glyph(tmp_path, capsys):
+    "Found in a trial: unicode class names gave a wall of matplotlib 'Glyph ... missing' warnings."
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from resnets.results import save_figure
+
+    fig, ax = plt.subplots()
+    ax.set_xticks([0, 1], ["猫", "犬"])
+    ax.set_title("猫 / 犬")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_figure(fig, tmp_path / "cm.png")
+    plt.close(fig)
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "cm.png: 2 character(s)" in out and "font.family" in out
+    assert (tmp_path / "cm.png").stat().st_size > 0
