@@ -36,7 +36,7 @@ from .callbacks import (
     WeightAverage,
 )
 from .checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, restore_model, set_deterministic
-from .config import DEFAULTS, Experiment
+from .config import DATA_SETS, DEFAULTS, Experiment
 from .data import BS, fingerprint, get_data
 from .distributed import distributed_ready, join_process_group
 from .errors import InputError, MissingFile, RunExists, RunInterrupted
@@ -241,9 +241,9 @@ def run(
         if rank == 0:
             print(f"resnets: {plan['epochs']} epoch(s) fit the budget of {exp.budget:.0f} s on this machine "
                   f"(predicted {plan['predicted_s']:.0f} s in all)")  # fmt: skip
-    settings = {**exp.to_dict(), "source": str(exp.data), "data": str(dls.path), "precision": learn.precision,
+    settings = {**exp.to_dict(), "source": str(exp.data), "data": _data_record(exp, dls), "precision": learn.precision,
                 "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds), "n_classes": dls.c,
-                "argv": sys.argv}  # fmt: skip
+                "argv": _command_line()}  # fmt: skip
     settings["data_key"] = _data_key(exp, dls)
     if plan is not None:
         settings["budget_plan"] = plan
@@ -326,6 +326,21 @@ def _interrupted(exp: Experiment, folder: Path | None) -> RunInterrupted:
     saved = len(load_checkpoint(folder)["history"])
     return RunInterrupted(f"interrupted after {saved} of {total} epochs; {path} keeps them: continue with {again}",
                           folder=folder)  # fmt: skip
+
+
+def _data_record(exp: Experiment, dls) -> str:
+    """Where the run's images are, as its record keeps them: a data set's name as given (the library's lookup finds
+    it again on another machine: `interpret`, a moved checkout), else the folder or CSV's folder on this machine."""
+    return str(exp.data) if isinstance(exp.data, str) and exp.data.split("/", 1)[0] in DATA_SETS else str(dls.path)
+
+
+def _command_line() -> list[str]:
+    """The command that started the run, as a person would type it again: `resnets ...` from the command line, the
+    script's name and arguments from a script; nothing from a notebook (its kernel's arguments are not a command)."""
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if prog in ("ipykernel_launcher.py", "ipykernel_launcher", "") or prog.startswith("ipykernel"):
+        return []
+    return ["resnets" if prog in ("resnets", "__main__.py") else prog, *sys.argv[1:]]
 
 
 def _distributed(learn, world: int):

@@ -373,3 +373,24 @@ def test_top_5_accuracy_is_reported_only_with_more_than_5_classes(tmp_path):
         r = run("cnn", data=data, size=32, presize=40, bs=4, epochs=1, save=False, progress=False, num_workers=0)
         assert ("top_5_accuracy" in r.history[0]) == shown, n
         assert ("top_5_accuracy" in r.learn.recorder.metric_names) == shown
+
+
+def test_a_record_keeps_no_path_of_the_machine_it_ran_on_where_it_need_not(monkeypatch):
+    "Found in a trial: committed results carried /work/... paths and a notebook kernel's arguments."
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from resnets.config import Experiment
+    from resnets.training import _command_line, _data_record
+
+    here = SimpleNamespace(path=Path("/home/someone/.fastai/data/imagenette2-160"))
+    assert _data_record(Experiment("x", data="imagenette-160"), here) == "imagenette-160", "found again by name"
+    assert _data_record(Experiment("x", data="imagenette-160/noisy.csv"), here) == "imagenette-160/noisy.csv"
+    assert _data_record(Experiment("x", data="/my/photos"), SimpleNamespace(path=Path("/my/photos"))) == "/my/photos"
+    kernel = "/srv/env/lib/python3.11/site-packages/ipykernel_launcher.py"
+    monkeypatch.setattr("sys.argv", [kernel, "-f", "/tmp/k.json"])
+    assert _command_line() == []
+    monkeypatch.setattr("sys.argv", ["/srv/env/bin/resnets", "run", "cnn", "--epochs", "2"])
+    assert _command_line() == ["resnets", "run", "cnn", "--epochs", "2"]
+    monkeypatch.setattr("sys.argv", ["/home/someone/train.py", "--fast"])
+    assert _command_line() == ["train.py", "--fast"]
