@@ -18,12 +18,13 @@ from .errors import InputError
 from .layers import conv1x1_einsum
 from .learner import cpu_bf16
 from .models import count_flops, create_model
+from .recipes import configure
 from .results import atomic_write, describe_device, versions
 from .timing import median_seconds, sync
 from .training import build, run
 
 __all__ = ["bench_conv1x1", "bench_models", "matmul_peak", "bench_data", "bench_epoch", "profile_training",
-           "format_profile", "run_suite", "format_suite"]
+           "format_profile", "bench_loop", "format_loop", "run_suite", "format_suite"]
 
 # (batch, ni, nf, grid): a ResNet-50 bottleneck's 1x1 convs at 128 px input, stage 1 and stage 4
 CONV1X1_SHAPES = ((32, 256, 64, 32), (32, 64, 256, 32), (32, 2048, 512, 4), (32, 512, 2048, 4))
@@ -253,6 +254,44 @@ def format_profile(p: dict) -> str:
         lines.append(f"{key:<10}{r['precision']:>5}{r['images_per_s']:>10.1f}"
                      + "".join(f"{r[f'{k}_fraction']:>{len(k) + 2}.0%}" for k in STAGES))  # fmt: skip
     return "\n".join(lines)
+
+
+def bench_loop(experiment: str, data, bs: int = 32, batches: int = 10, warmup: int = 2, repeats: int = 3,
+               **kw) -> dict:  # fmt: skip
+    """How near the processor's limit an experiment trains: in one call, the matmul peak (fp32 and bf16), the model's
+    training step alone (synthetic images, channels-last, the precision the run picks) and the library's own fastai
+    loop on real images (`profile_training`, both pipelines), each as images/s and as a fraction of the peak in
+    its precision (a training step taken as 3x the counted forward FLOPs). `kw`: the run's settings (size, presize,
+    subset, classes, ...)."""
+    profile = profile_training(experiment, data, batches=batches, warmup=warmup, bs=bs, **kw)
+    exp = configure(experiment, verbose=False, **{k: v for k, v in kw.items() if k in ("size", "presize")})
+    precision = profile["fast"]["precision"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
+    kind = "bf16" if precision == "bf16" else "fp32"
+    (step,) = bench_models([exp.model], size=exp.size, bs=bs, repeats=repeats, device=device,
+                           variants=("channels_last",), precision=kind)  # fmt: skip
+    gflops, peak = step["gflops_per_image"], peaks[kind]
+    frac = lambda ips: 3 * gflops * ips / peak  # noqa: E731
+    rows = {"model step alone": step["channels_last_images_per_s"],
+            **{f"library loop, {'fast path' if k == 'fast' else 'chapter pipeline'}": profile[k]["images_per_s"]
+               for k in ("stock", "fast")}}  # fmt: skip
+    return {"experiment": experiment, "model": exp.model, "size": exp.size, "bs": bs, "precision": precision,
+            "device": describe_device(torch.device(device)), "threads": torch.get_num_threads(), "versions": versions(),
+            "native_bf16": cpu_bf16() if device == "cpu" else None, "matmul_gflops": peaks, "gflops_per_image": gflops,
+            "images_per_s": rows, "fraction_of_peak": {k: frac(v) for k, v in rows.items()}, "profile": profile}
+
+
+def format_loop(r: dict) -> str:
+    "`bench_loop`'s report as a table."
+    lines = [f"{r['experiment']} ({r['model']}, {r['size']} px, bs {r['bs']}, {r['precision']}) on {r['device']}, "
+             f"{r['threads']} threads, native bf16: {r['native_bf16'] or 'none'}",
+             f"matmul peak: fp32 {r['matmul_gflops']['fp32']:,.0f} GFLOP/s, bf16 {r['matmul_gflops']['bf16']:,.0f} "
+             f"GFLOP/s; a training image {3 * r['gflops_per_image']:.1f} GFLOP", "",
+             f"{'':<34}{'images/s':>10}{'of peak':>9}"]  # fmt: skip
+    for k, v in r["images_per_s"].items():
+        lines.append(f"{k:<34}{v:>10.2f}{100 * r['fraction_of_peak'][k]:>8.1f}%")
+    return "\n".join(lines + ["", format_profile(r["profile"])])
 
 
 CHAPTER_MODELS = {"cnn": 128, "res_cnn": 128, "double_res_cnn": 128, "resnet18": 128, "resnet50": 224}

@@ -151,12 +151,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5, at least 1)")
     p.add_argument("--csv", metavar="FILE", help="also write one row per image: its path, then the top k classes' "
                    "names and probabilities")  # fmt: skip
-    p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, conv1x1")
-    p.add_argument("what", choices=["all", "models", "data", "epoch", "profile", "conv1x1"],
-                   help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON")  # fmt: skip
+    p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, loop, conv1x1")
+    p.add_argument("what", choices=["all", "models", "data", "epoch", "profile", "loop", "conv1x1"],
+                   help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON; loop: an "
+                   "experiment's own training loop beside its model's step alone and the matmul peak, as fractions "
+                   "of the peak")  # fmt: skip
     p.add_argument("--models", help="comma-separated model names (default: resnet18,resnet34,resnet50 for `models`; "
                    "for `all`, the chapter's five at their chapter sizes)")  # fmt: skip
-    p.add_argument("--size", type=int, default=128, help="image size for `models`")
+    p.add_argument("--size", type=int, help="image size for `models` (default 128) and `loop` (default: the "
+                   "experiment's)")  # fmt: skip
+    p.add_argument("--presize", type=int, help="for `loop`: the presize (default: the experiment's)")
     p.add_argument("--bs", type=int, default=32, help="batch size for model steps")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--variants", default="eager,channels_last",
@@ -248,9 +252,9 @@ def _bench(args) -> None:
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return _bench_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size, args.bs, args.repeats,
-                             device, variants)  # fmt: skip
-    if args.what in ("data", "epoch", "profile") and not args.data:
+        return _bench_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size or 128, args.bs,
+                             args.repeats, device, variants)  # fmt: skip
+    if args.what in ("data", "epoch", "profile", "loop") and not args.data:
         raise InputError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
     if args.what == "data":
         report = bench.bench_data(args.data, bs=args.data_bs, repeats=args.repeats, subset=args.subset,
@@ -261,12 +265,20 @@ def _bench(args) -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2))
         return None
+    elif args.what == "loop":
+        sizes = {k: v for k, v in (("size", args.size), ("presize", args.presize)) if v}
+        report = bench.bench_loop(args.experiment, args.data, bs=args.bs, repeats=args.repeats, subset=args.subset,
+                                  **sizes)  # fmt: skip
+        print(bench.format_loop(report))
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2))
+        return None
     elif args.what == "epoch":
         report = bench.bench_epoch(args.experiment, args.data, epochs=args.epochs, subset=args.subset, bs=args.data_bs)
     else:
         report = bench.run_suite(args.data, args.out, args.experiment, args.device, args.bs, args.repeats, variants,
                                  args.epochs, args.subset, data_bs=args.data_bs,
-                                 models={m: args.size for m in args.models.split(",")} if args.models else None)
+                                 models={m: args.size or 128 for m in args.models.split(",")} if args.models else None)
         print(bench.format_suite(report))
         return print(f"saved {args.out}" if args.out else "")
     print(json.dumps(report, indent=2))

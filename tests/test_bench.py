@@ -111,3 +111,24 @@ def test_bench_models_from_the_cli_passes_device_and_variants(monkeypatch, capsy
     assert (seen["names"], seen["device"], tuple(seen["variants"]), seen["size"]) == (["cnn"], "cpu", ("eager",), 32)
     out = capsys.readouterr().out
     assert "bf16 eager" in out and "2.00x" in out and seen["precision"] == "bf16"  # the last call: bf16, for the ratio
+
+
+def test_bench_loop_puts_the_library_s_loop_beside_the_model_step_and_the_peak(tree, tmp_path, monkeypatch, capsys):
+    "One call: the matmul peaks, the model's step alone and both pipelines' loops, each as a fraction of the peak."
+    from resnets import bench
+    from resnets.cli import main
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    r = bench.bench_loop("cnn", tree, bs=2, batches=2, warmup=1, repeats=1, size=32, presize=40, num_workers=0)
+    assert set(r["matmul_gflops"]) == {"fp32", "bf16"} and r["gflops_per_image"] > 0
+    assert set(r["images_per_s"]) == {"model step alone", "library loop, chapter pipeline", "library loop, fast path"}
+    peak = r["matmul_gflops"]["bf16" if r["precision"] == "bf16" else "fp32"]
+    for k, ips in r["images_per_s"].items():
+        assert ips > 0 and r["fraction_of_peak"][k] == pytest.approx(3 * r["gflops_per_image"] * ips / peak)
+    assert "library loop, fast path" in bench.format_loop(r) and "of peak" in bench.format_loop(r)
+    monkeypatch.setattr(bench, "bench_loop", lambda *a, **kw: {**r, "args": (a, kw)})
+    main(["bench", "loop", "--data", str(tree), "--experiment", "resnet50", "--size", "64", "--bs", "8",
+          "--out", str(tmp_path / "loop.json")])  # fmt: skip
+    assert "model step alone" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "loop.json").read_text())
+    assert saved["args"] == [["resnet50", str(tree)], {"bs": 8, "repeats": 5, "subset": None, "size": 64}]
