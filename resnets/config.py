@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import InputError, MissingFile, check_number
 
 __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS", "SCHEDULES", "MODEL_NAMES",
-           "DATA_SETS", "GROUPS", "LOGGERS", "PRETRAINED_MODELS", "check_choice",
+           "DATA_SETS", "CHAPTER_BS", "GROUPS", "LOGGERS", "PRETRAINED_MODELS", "check_choice",
            "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
            "check_source", "CHECKPOINT_FILES", "check_run_folder", "csv_columns", "is_weights_path",
            "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
@@ -40,6 +40,7 @@ MODEL_NAMES = ("cnn", "res_cnn", "double_res_cnn", "resnet10", "resnet18", "resn
 DATA_SETS = {"imagenette-160": "imagenette2-160", "imagenette-320": "imagenette2-320", "imagenette": "imagenette2",
              "imagewoof-160": "imagewoof2-160", "imagewoof-320": "imagewoof2-320", "imagewoof": "imagewoof2",
              "mnist-tiny": "mnist_tiny"}  # fmt: skip
+CHAPTER_BS = 128  # the chapter's batch size: the default, halved for a small data set (resnets.data.choose_bs)
 GROUPS = ("model", "data", "schedule", "regularisation", "evaluation", "runtime")
 
 
@@ -249,6 +250,10 @@ class Experiment:
                                       flag="--workers", metavar="N")  # fmt: skip
     deterministic: bool = _option("runtime", False, "deterministic GPU kernels too (slower; on CPU a seed repeats "
                                   "a run on the same machine anyway)", bool)  # fmt: skip
+    compile: bool = _option("runtime", False, "torch.compile the model inside fastai's loop (inductor: BatchNorm, "
+                            "ReLU and the residual adds fused into the convolutions' neighbours): minutes of "
+                            "compiling for each image size and for training and validation, then faster steps; for "
+                            "long runs at big images (docs/performance.md)", bool)  # fmt: skip
     log: str | None = _option("runtime", None, "also log every epoch as fastai does: csv (CSVLogger, history.csv in "
                               "the run folder), tensorboard (TensorBoardCallback, RUN_DIR/tensorboard; pip install "
                               "tensorboard) or wandb (WandbCallback, offline unless WANDB_MODE says otherwise; pip "
@@ -352,6 +357,7 @@ class Experiment:
         if self.num_workers is not None:
             check_number("num_workers", self.num_workers, low=0)
         _check_bool("deterministic", self.deterministic)
+        _check_bool("compile", self.compile)
         if self.log is not None:
             check_choice("log", self.log, LOGGERS)
 

@@ -39,7 +39,7 @@ from fastai.vision.all import ImageBlock, Resize, aug_transforms, imagenet_stats
 from fastai.vision.augment import RandomResizedCropGPU
 from PIL import Image
 
-from .config import AUGMENT_KW, AUGMENTS, DATA_SETS, check_choice, check_fraction, check_subset
+from .config import AUGMENT_KW, AUGMENTS, CHAPTER_BS, DATA_SETS, check_choice, check_fraction, check_subset
 from .errors import InputError, check_number
 from .fastdata import RESAMPLES, ChapterAugment, fast_dataloaders
 from .images import PIXEL_LIMIT_ENV, RGBImage, check_image, image_files
@@ -336,7 +336,7 @@ def _per_class(files: list[Path], n: int, table: dict | None = None) -> list[Pat
     return sorted(f for fs in by_class.values() for f in (fs if len(fs) <= n else rng.sample(fs, n)))
 
 
-BS, MIN_BATCHES, MIN_BS = 128, 8, 16  # the chapter's batch size; what a small data set's epoch should have at least
+BS, MIN_BATCHES, MIN_BS = CHAPTER_BS, 8, 16  # what a small data set's epoch should have at least, and its batches
 
 
 def choose_bs(n_train: int, bs: int | None = None) -> tuple[int, str | None]:

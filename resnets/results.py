@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from . import __version__
-from .config import DATA_SETS, OPTIONS
+from .config import CHAPTER_BS, DATA_SETS, OPTIONS
 from .errors import InputError, MissingFile
 from .files import atomic_write
 from .recipes import EXPERIMENTS
@@ -132,6 +132,8 @@ class Results:
             if k in BOOK_NEUTRAL or k not in now:
                 continue
             mine, book = now[k], getattr(exp, k)
+            if k == "bs":  # left open (None): the chapter's 128 on the chapter's data
+                mine, book = mine or CHAPTER_BS, book or CHAPTER_BS
             if k == "data":  # a name, or the folder it extracts to (the project's local copy is the same data)
                 mine = s.get("source", mine)
                 if mine == book or Path(str(mine)).name == DATA_SETS.get(book):
@@ -216,8 +218,8 @@ class Results:
 # The options that leave a run's compared accuracy as the book's: how the data are loaded and the machine's side
 # (precision, seed, workers, determinism), the run's length (compared at the same epoch; a budget sets it), which
 # epochs are validated and the extra TTA score, and two data options that do nothing for a train/ val/ folder.
-BOOK_NEUTRAL = frozenset({"fast_data", "precision", "seed", "num_workers", "deterministic", "epochs", "budget",
-                          "valid_last", "tta", "valid_pct", "label_col", "log"})
+BOOK_NEUTRAL = frozenset({"fast_data", "precision", "seed", "num_workers", "deterministic", "compile", "epochs",
+                          "budget", "valid_last", "tta", "valid_pct", "label_col", "log"})
 
 
 def load_results(path: str | os.PathLike) -> Results:

@@ -61,9 +61,13 @@ def test_load_results_errors(tmp_path):
 
 
 def test_the_book_s_own_settings_are_compared():
-    r = _run(fast_data=True, precision="fp32", seed=1)  # the pipeline and the machine's side do not count
+    r = _run(fast_data=True, precision="fp32", seed=1, compile=True)  # the pipeline and the machine's side do not count
     assert r.book_differences() == [] and r.book_accuracy == pytest.approx(0.7572)
     assert "book: 0.7572" in r.summary()
+    r.settings["bs"] = 128  # what a run records when its batch size was left open (None): the chapter's
+    assert r.book_differences() == []
+    r.settings["bs"] = 64
+    assert r.book_differences() == ["bs 64 (book 128)"]
 
 
 @pytest.mark.parametrize("overrides, named", [
