@@ -49,7 +49,7 @@ from .pretrained import CHAPTER_PREPROCESSING, Preprocessing, load_pretrained_bo
 from .recipes import configure
 from .results import Results, describe_device, load_results, save_figure, versions
 
-__all__ = ["build", "run", "lr_find", "interpret_run"]
+__all__ = ["build", "run", "lr_find", "interpret_run", "compile_model"]
 
 
 def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
@@ -83,6 +83,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
         # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
         model = model.to(memory_format=torch.channels_last)
+    if exp.compile:
+        compile_model(model)
     cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
            *([BatchNormRecalibration()] if exp.recalibrate_bn else []),
            *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
@@ -92,6 +94,19 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
                         splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
     learn.preprocessing = prep
     return learn, exp
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile` the model in place (`nn.Module.compile`: its state_dict, and so checkpoints, exports and
+    resuming, are unchanged), for static shapes: each image size, training and validation, and a last smaller batch
+    compile once each (a few minutes apiece on a small CPU), rather than a slower dynamic-shape kernel for all."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config  # (recompile_limit: cache_size_limit before torch 2.6)
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), 64))  # image sizes x training and validation x frozen or not
+    model.compile(dynamic=False)
+    return model
 
 
 def _fine_tune(learn, exp: Experiment, start: int, counters) -> None:
@@ -368,7 +383,7 @@ def _check_same_settings(saved: dict, now: dict, out) -> None:
                          "replaced, added, removed or moved to another class since its checkpoint): resume over the "
                          "same images, or train a new run into another folder")  # fmt: skip
     # the command line differs by --resume; a moved data folder is still the data (its images are compared above)
-    ignore = {"argv", "data", "source", "data_key", "world_size"}
+    ignore = {"argv", "data", "source", "data_key", "world_size", "compile"}  # compiled or not: the same model
     saved = {**{k: v for k, v in DEFAULTS.items() if k not in saved}, **saved}  # an older checkpoint's: defaults
     diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
     if diff:
