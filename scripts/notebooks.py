@@ -9,9 +9,11 @@
 
 Each notebook runs with papermill in nbs/ (so its relative links hold), with one parameter injected: `out`, the
 folder its runs go into, results/notebooks/<notebook>/ (the 08 notebook also gets a local weights file: no network
-here). Resumable notebook by notebook: results/notebooks/executed.json records, for each one executed, a hash of its
-code (the injected cell left out), how long it took and on what; a notebook whose code has not changed since is
-skipped. A notebook that fails or is killed is left as it was; its run folder is cleared when it
+here). The executed notebook keeps that injected cell commented out, so that a reader's Run All takes the parameters
+cell's settings (new runs under nbs/runs/, not RunExists on the committed ones), and papermill's record of its paths
+relative to the checkout. Resumable notebook by notebook: results/notebooks/executed.json records, for each one
+executed, a hash of its code (the injected cell left out), how long it took and on what; a notebook whose code has
+not changed since is skipped. A notebook that fails or is killed is left as it was; its run folder is cleared when it
 starts again. Two jobs at once halve each other's speed: the times recorded are only meaningful on a quiet machine.
 """
 
@@ -63,6 +65,30 @@ class TooLarge(Exception):
     pass
 
 
+# What the executed notebook's injected cell says in place of papermill's "# Parameters".
+INJECTED = """\
+# The parameters scripts/notebooks.py executed this notebook with (the outputs are theirs; its runs are in
+# results/notebooks/), commented out: running the notebook again takes the parameters cell's instead, so its runs go
+# under runs/ beside it rather than stopping at the committed ones (RunExists).
+"""
+
+
+def for_readers(nb: dict, nb_path: Path) -> dict:
+    """The executed notebook `nb` as it is committed: its injected parameters commented out (Run All must not write
+    into the committed runs, nor read 08's random weights, which git ignores), and papermill's input and output
+    paths those of the notebook in the checkout (it is executed into itself), not this machine's absolute ones."""
+    for cell in nb["cells"]:
+        source = "".join(cell["source"])
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []) and not source.startswith(INJECTED):
+            lines = [line for line in source.splitlines() if line and line != "# Parameters"]  # papermill's header
+            cell["source"] = INJECTED + "".join(f"# {line}\n" for line in lines)
+    meta = nb["metadata"].get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if key in meta:
+            meta[key] = f"{NBS.name}/{nb_path.name}"
+    return nb
+
+
 def parameters(nb: dict) -> set[str]:
     "The names the notebook's parameters cell assigns (what papermill may inject)."
     cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -89,6 +115,7 @@ def _save_state(state: dict) -> None:
 
 
 def execute(nb_path: Path) -> dict:
+    import nbformat
     import papermill
     from fastai.torch_core import default_device
 
@@ -110,12 +137,13 @@ def execute(nb_path: Path) -> dict:
     tmp = RESULTS / f".{nb_path.stem}.executing.ipynb"  # beside the runs, not in nbs/ (kept there when too large)
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(str(nb_path), str(tmp), parameters=params, cwd=str(NBS), kernel_name="python3",
-                                   progress_bar=False, log_output=True)  # fmt: skip
+        executed = papermill.execute_notebook(str(nb_path), str(tmp), parameters=params, cwd=str(NBS),
+                                              kernel_name="python3", progress_bar=False, log_output=True)  # fmt: skip
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start
+    nbformat.write(for_readers(executed, nb_path), str(tmp))
     size = tmp.stat().st_size
     if size > LIMIT:  # left unexecuted (and not recorded)
         raise TooLarge(f"{nb_path.name} executed into {size / 2**20:.1f} MiB (over 1 MiB): make its figures smaller"

@@ -1,7 +1,9 @@
-"""Every notebook in nbs/ executes end to end on a tiny real subset (papermill injects the parameters)."""
+"""Every notebook in nbs/ executes end to end on a tiny real subset (papermill injects the parameters), and as a reader
+runs it, committed (Run All: nothing injected)."""
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -21,7 +23,8 @@ def test_one_notebook_per_chapter_section_then_the_exercises():
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     papermill = pytest.importorskip("papermill", reason="papermill is a dev dependency: pip install -e .[dev]")
-    params = dict(data=str(imagenette), size=32, presize=40, epochs=1, bs=8, subset=8, classes=2, seed=0)
+    # the tiny setting the parameters cells name, the batch size left to the library (128 would be no batch of 16)
+    params = dict(data=str(imagenette), size=32, presize=40, epochs=1, subset=8, classes=2, seed=0)
     if "mnist_data" in nb.read_text():
         params["mnist_data"] = str(mnist_tiny)
     if "seeds = None" in nb.read_text():
@@ -161,3 +164,79 @@ def test_the_runner_reads_the_parameters_cell_and_refuses_a_training_notebook_wi
     (tmp_path / "03_resnet18.ipynb").write_text(json.dumps(nb))
     with pytest.raises(ValueError, match="no `out` parameter"):
         runner.execute(tmp_path / "03_resnet18.ipynb")
+
+
+def _cell(nb: dict, tag: str) -> str:
+    return "".join(next((c["source"] for c in nb["cells"] if tag in c["metadata"].get("tags", [])), ""))
+
+
+def _settings(nb: dict) -> tuple[dict, dict]:
+    "What the parameters cell sets, and what Run All has set once past the injected cell too."
+    chosen = {}
+    exec(_cell(nb, "parameters"), chosen)
+    ran = dict(chosen)
+    exec(_cell(nb, "injected-parameters"), ran)
+    return chosen, ran
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_run_all_on_a_committed_notebook_takes_its_parameters_cell_not_the_runner_s(nb: Path):
+    """Run All runs the injected cell too: it must leave the parameters cell's settings, so that a reader's runs go
+    into a new folder (out None), not into the committed runs (RunExists), and 08 starts from ImageNet's weights,
+    not from the runner's random weights file, which git ignores."""
+    chosen, ran = _settings(json.loads(nb.read_text()))
+    assert ran == chosen
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_committed_notebooks_metadata_names_no_path_of_the_machine_that_ran_them(nb: Path):
+    assert [s for s in _strings(json.loads(nb.read_text())["metadata"]) if os.path.isabs(s)] == []
+
+
+def test_the_runner_comments_out_what_it_injected_and_keeps_paths_relative():
+    "What execute() writes: the injected values still shown (commented), papermill's paths from the checkout's root."
+    papermill = pytest.importorskip("papermill", reason="papermill is a dev dependency: pip install -e .[dev]")
+    runner = _runner()
+    path = ROOT / "nbs" / "08_pretrained.ipynb"
+    weights = "../results/notebooks/08_pretrained/resnet18d-random-weights.safetensors"
+    nb = papermill.parameterize.parameterize_notebook(papermill.iorw.load_notebook_node(str(path)),
+                                                      {"out": "../results/notebooks/08_pretrained",
+                                                       "pretrained": weights})  # fmt: skip
+    papermill.execute.prepare_notebook_metadata(nb, str(path), str(runner.RESULTS / ".08_pretrained.executing.ipynb"))
+    before = runner.source_hash(nb)
+    runner.for_readers(nb, path)
+    injected = _cell(nb, "injected-parameters")
+    assert f'# pretrained = "{weights}"' in injected and "RunExists" in injected
+    chosen, ran = _settings(nb)
+    assert ran == chosen
+    assert nb.metadata.papermill.input_path == nb.metadata.papermill.output_path == "nbs/08_pretrained.ipynb"
+    assert nb.metadata.papermill.parameters["pretrained"] == weights  # the record of what ran is kept
+    assert runner.source_hash(nb) == before  # the committed outputs still count as this code's
+
+
+@pytest.mark.slow
+def test_run_all_in_a_clone_writes_a_new_run_beside_the_committed_one(imagenette, tmp_path):
+    """A reader's Run All on nbs/01 as committed (its injected cell left in, nothing injected anew), the tiny setting
+    its parameters cell names typed into it, in a checkout where the injected `out` holds the committed finished run."""
+    nbclient = pytest.importorskip("nbclient", reason="nbclient comes with papermill, a dev dependency")
+    nbformat = pytest.importorskip("nbformat")
+    nb_path = ROOT / "nbs" / "01_fully_convolutional.ipynb"
+    committed = tmp_path / "results" / "notebooks" / nb_path.stem / "cnn"
+    committed.mkdir(parents=True)
+    shutil.copy(_runner().RESULTS / nb_path.stem / "cnn" / "results.json", committed)
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += f"\ndata, size, epochs, subset, classes, num_workers = {str(imagenette)!r}, 32, 1, 8, 2, 0\n"
+    (tmp_path / "nbs").mkdir()
+    client = nbclient.NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "nbs")}})
+    client.execute()  # a failing cell raises CellExecutionError (RunExists, no batches, ...)
+    assert len(list((tmp_path / "nbs" / "runs").glob("cnn-*/results.json"))) == 1, "a new run, in a new folder"
+    assert [p.name for p in committed.iterdir()] == ["results.json"], "the committed run is left as it was"
