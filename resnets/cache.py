@@ -32,11 +32,17 @@ from .errors import InputError
 from .files import atomic_write, disk_error, sweep, temporary
 
 __all__ = ["LIMIT_ENV", "SAMPLE", "cache_folder", "cache_limit", "locked", "write_cache", "open_cache", "read_info",
-           "list_caches", "prune", "describe", "disk_free"]  # fmt: skip
+           "list_caches", "prune", "describe", "disk_free", "shown"]  # fmt: skip
 
 LIMIT_ENV = "RESNETS_CACHE_LIMIT"
 DEFAULT_LIMIT_GB = 20.0
 SAMPLE = 256  # entries whose checksum is checked when a cache is opened
+
+
+def shown(path) -> str:
+    "A path as the library prints it: the home folder as ~ (a notebook's outputs name no machine's user)."
+    home, text = str(Path.home()), str(path)
+    return "~" + text[len(home) :] if home not in ("", "/") and text.startswith(home + os.sep) else text
 
 
 def cache_folder() -> Path:
@@ -134,7 +140,7 @@ def open_cache(path: Path, slots: list) -> np.ndarray | None:
             if _crc(arr[slots[i]]) != info["crc"][i]:
                 raise ValueError(f"entry {i} is not what was written (the file was damaged or overwritten)")
     except (OSError, ValueError, IndexError, KeyError, TypeError) as e:
-        print(f"resnets: the image cache {path} cannot be used ({e}): building it again")
+        print(f"resnets: the image cache {shown(path)} cannot be used ({e}): building it again")
         _remove(path)
         return None
     try:

@@ -58,6 +58,7 @@ from .cache import (
     open_cache,
     prune,
     read_info,
+    shown,
     write_cache,
 )
 from .config import AUGMENT_KW
@@ -164,7 +165,7 @@ def _build(path: Path, shape: tuple, load, files: list, size: int, slots: list, 
                                                     "size": size, **info})  # fmt: skip
     removed = prune(path.parent, keep={path.stem})
     if removed:
-        print(f"resnets: removed {len(removed)} least recently used image cache(s) from {path.parent} (over "
+        print(f"resnets: removed {len(removed)} least recently used image cache(s) from {shown(path.parent)} (over "
               f"${LIMIT_ENV}, {cache_limit() / 1e9:.0f} GB, or of an earlier version): "
               f"{sum(c['bytes'] for c in removed) / 1e9:.2f} GB")  # fmt: skip
 
@@ -184,7 +185,7 @@ def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None =
     with locked(folder):  # another rank (or run) building it: wait, then read it
         arr = open_cache(path, slots)
         if arr is None:
-            print(f"resnets: decoding {len(files)} images once, at {size} px, into {path}")
+            print(f"resnets: decoding {len(files)} images once, at {size} px, into {shown(path)}")
             _build(path, (len(files), size, size, 3), partial(load_square, resample=resample), files, size, slots,
                    workers, {"kind": "squares"})  # fmt: skip
             arr = np.load(path, mmap_mode="r")
@@ -235,7 +236,7 @@ def _strips(path: Path, files: list[Path], size: int, workers: int | None, resam
         info = {"source": _common_folder(files), "images": 0, "size": size, "kind": "strips", "index": [], "crc": []}
         atomic_write(path.with_suffix(".json"), json.dumps(info).encode())
         return None, index
-    print(f"resnets: decoding {len(index)} non-square images once more, whole, into {path}")
+    print(f"resnets: decoding {len(index)} non-square images once more, whole, into {shown(path)}")
     _build(path, (start, size, 3), partial(load_strip, resample=resample), [files[i] for i in index[:, 0]], size,
            [slice(s, s + n) for _, s, n, _ in index], workers, {"kind": "strips", "index": index.tolist()})  # fmt: skip
     return np.load(path, mmap_mode="r"), index
