@@ -221,9 +221,13 @@ def get_learner(
     label_smoothing: float = 0.0,
     mixup: float = 0.0,
     verbose: bool = True,
+    channels_last: bool = True,
     **kwargs,
 ) -> Learner:
-    "A fastai Learner with cross-entropy and `accuracy`, in the precision chosen for `dls.device`."
+    """A fastai Learner with cross-entropy and `accuracy`, in the precision chosen for `dls.device`; the model's
+    convolutions channels-last (`channels_last`, the default: oneDNN's and cuDNN's fast layout, measured
+    1.3-1.4x a ResNet-50 step at 224 px on a CPU; docs/performance.md). The model's layout is enough: a contiguous
+    batch comes out of the first convolution channels-last, and its state_dict is the same tensors."""
     # `metrics` from this module's factories (not fastai's per-batch `accuracy`) stay exact in distributed runs.
     chosen, why = choose_precision(precision, dls.device)
     check_regularisation(label_smoothing, mixup)
@@ -232,6 +236,8 @@ def get_learner(
         # for predict and get_preds), `decodes` (argmax, for show_results and Interpretation), and `y_int`, which
         # MixUp needs to mix losses, not labels. torch's own loss has none of them.
         loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     cbs = [*L(cbs), *([MixUp(mixup)] if mixup else [])]
     learn = Learner(dls, model, loss_func=loss_func, metrics=metrics if metrics is not None else accuracy_metric(),
                     cbs=cbs, **kwargs)  # fmt: skip

@@ -79,12 +79,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         load_body(model, exp.init, exp.model, exp.width, exp.stem)
     if weights is not None:
         load_pretrained_body(model, weights, where)
-    if exp.fast_data:  # channels-last convolutions: ~20 % faster epochs on CPU (docs/performance.md), same accuracy;
-        # the model's layout is enough (a contiguous batch comes out of the first conv channels-last). Done here, not
-        # with fastai's ChannelsLast callback, so that `bench profile`'s own step loop times the same model.
-        model = model.to(memory_format=torch.channels_last)
-    if exp.compile:
-        compile_model(model)
+    if exp.compile:  # (get_learner makes the model channels-last first: in place, the compiled module is the same)
+        compile_model(model.to(memory_format=torch.channels_last))
     cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
            *([BatchNormRecalibration()] if exp.recalibrate_bn else []),
            *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
