@@ -191,8 +191,8 @@ def choose_precision(precision: str, device: torch.device | str) -> tuple[str, s
 class MixedPrecision(fp16.MixedPrecision):
     """fastai's mixed precision (autocast from each batch to its loss, a loss scaler for fp16), with autocast on the
     data's device: fastai 2.8.12's always asks for CUDA's, which on a CPU runs everything in fp32. On a CPU,
-    bf16 only (it needs no loss scaling: bf16 has fp32's range); BatchNorm and the loss run in fp32 under it
-    (torch's CPU autocast lists), the optimiser updates fp32 weights."""
+    bf16 only (it needs no loss scaling: bf16 has fp32's range); BatchNorm runs on bf16 activations with fp32
+    statistics and parameters, the loss in fp32 (torch's CPU autocast lists), the optimiser updates fp32 weights."""
 
     def before_fit(self):
         kind = self.dls.device.type
