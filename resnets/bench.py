@@ -276,6 +276,7 @@ def bench_loop(experiment: str, data, bs: int = 32, batches: int = 10, warmup: i
             **{f"library loop, {'fast path' if k == 'fast' else 'chapter pipeline'}": profile[k]["images_per_s"]
                for k in ("stock", "fast")}}  # fmt: skip
     return {"experiment": experiment, "model": exp.model, "size": exp.size, "bs": bs, "precision": precision,
+            "compile": bool(kw.get("compile")),
             "device": describe_device(torch.device(device)), "threads": torch.get_num_threads(), "versions": versions(),
             "native_bf16": cpu_bf16() if device == "cpu" else None, "matmul_gflops": peaks, "gflops_per_image": gflops,
             "images_per_s": rows, "fraction_of_peak": {k: frac(v) for k, v in rows.items()}, "profile": profile}
@@ -283,7 +284,9 @@ def bench_loop(experiment: str, data, bs: int = 32, batches: int = 10, warmup: i
 
 def format_loop(r: dict) -> str:
     "`bench_loop`'s report as a table."
-    lines = [f"{r['experiment']} ({r['model']}, {r['size']} px, bs {r['bs']}, {r['precision']}) on {r['device']}, "
+    compiled = ", the loop compiled" if r.get("compile") else ""
+    lines = [f"{r['experiment']} ({r['model']}, {r['size']} px, bs {r['bs']}, {r['precision']}{compiled}) on "
+             f"{r['device']}, "
              f"{r['threads']} threads, native bf16: {r['native_bf16'] or 'none'}",
              f"matmul peak: fp32 {r['matmul_gflops']['fp32']:,.0f} GFLOP/s, bf16 {r['matmul_gflops']['bf16']:,.0f} "
              f"GFLOP/s; a training image {3 * r['gflops_per_image']:.1f} GFLOP", "",

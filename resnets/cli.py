@@ -161,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="image size for `models` (default 128) and `loop` (default: the "
                    "experiment's)")  # fmt: skip
     p.add_argument("--presize", type=int, help="for `loop`: the presize (default: the experiment's)")
+    p.add_argument("--compile", action="store_true", help="for `loop`: the library's loop with --compile (its "
+                   "compiling is in the warm-up batches, not timed)")  # fmt: skip
     p.add_argument("--bs", type=int, default=32, help="batch size for model steps")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--variants", default="eager,channels_last",
@@ -266,7 +268,7 @@ def _bench(args) -> None:
             Path(args.out).write_text(json.dumps(report, indent=2))
         return None
     elif args.what == "loop":
-        sizes = {k: v for k, v in (("size", args.size), ("presize", args.presize)) if v}
+        sizes = {k: v for k, v in (("size", args.size), ("presize", args.presize), ("compile", args.compile)) if v}
         report = bench.bench_loop(args.experiment, args.data, bs=args.bs, repeats=args.repeats, subset=args.subset,
                                   **sizes)  # fmt: skip
         print(bench.format_loop(report))
@@ -453,10 +455,6 @@ def _command(args, argv: list[str], kw: dict) -> int:
             check_number("k", args.k)
             if not Path(args.model).expanduser().is_file():
                 raise MissingFile(f"no model file at {args.model}: create one with `resnets export RUN_DIR`")
-            missing = [p for p in args.images if not Path(p).expanduser().exists()]
-            if missing:
-                raise MissingFile(f"no image or folder at {missing[0]}" + (f" (nor {len(missing) - 1} more)"
-                                                                           if len(missing) > 1 else ""))  # fmt: skip
             from .deploy import image_files, load, write_predictions
 
             predictor = load(args.model)

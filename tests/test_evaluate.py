@@ -43,7 +43,7 @@ def test_resnets_interpret_redraws_a_run(tiny_resnet, capsys):
     assert "tench" in out and "English springer" in out and "%" in out
     assert (tiny_resnet / "confusion_matrix.png").exists() and (tiny_resnet / "top_losses.png").exists()
     assert main(["interpret", str(tiny_resnet.parent / "missing")]) == 2
-    assert "no trained run" in capsys.readouterr().err
+    assert "no run folder" in capsys.readouterr().err
 
 
 def test_flip_tta_averages_an_image_and_its_mirror(imagenette):

@@ -63,6 +63,7 @@ def test_predict_test_dl_and_show_results_take_every_kind_of_input(tree, tmp_pat
         dl = lrn.dls.test_dl(items, num_workers=0)
         preds, _ = lrn.get_preds(dl=dl)
         assert preds.shape == (len(items), lrn.dls.c) and torch.allclose(preds, probs.expand_as(preds), atol=1e-5)
+    plt.close("all")
     # show_results needs labels (fastai 2.8's show_results of an unlabelled test_dl fails in its own dispatch)
     learn.show_results(dl=learn.dls.test_dl([f, str(f)], with_labels=True, num_workers=0), max_n=2)
     shown = [ax.get_title() for n in plt.get_fignums() for ax in plt.figure(n).axes if ax.get_title()]
