@@ -370,6 +370,13 @@ def _cache(args) -> None:
     print(describe(folder))
 
 
+def _printable(text: str) -> str:
+    """A file or class name as it can be shown on one terminal line: bytes that are not UTF-8 and control characters
+    (a newline, a terminal escape) escaped, as Python writes them in a string literal."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _one_line(e: BaseException) -> str:
     "An error's message, without the lines fastai puts before one raised in a callback (naming the callback)."
     text = str(e)
@@ -463,8 +470,9 @@ def _command(args, argv: list[str], kw: dict) -> int:
                 top = predictor.predict(img, k=args.k)
                 rows.append([str(img), *(v for _, name, prob in top for v in (name, f"{prob:.6f}"))])
                 if args.csv is None or len(rows) <= 20:  # a folder into a CSV: the first few on screen
-                    print(img)
+                    print(_printable(str(img)))
                     for c, name, prob in top:
+                        name, c = _printable(name), _printable(c)
                         print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
             if args.csv is not None:
                 write_predictions(args.csv, rows, args.k)
@@ -478,8 +486,9 @@ def _command(args, argv: list[str], kw: dict) -> int:
             from .training import interpret_run
 
             per_class = interpret_run(args.run_dir, k=args.k, data=args.data)
-            width = max(map(len, per_class))
-            for c, acc in sorted(per_class.items(), key=lambda kv: kv[1]):
+            shown = {_printable(c): acc for c, acc in per_class.items()}
+            width = max(map(len, shown))
+            for c, acc in sorted(shown.items(), key=lambda kv: kv[1]):
                 print(f"  {c:<{width}}  {acc:7.2%}")
             print(f"saved {args.run_dir}/confusion_matrix.png and top_losses.png")
         elif args.command == "bench":

@@ -474,5 +474,6 @@ def fingerprint(train: list, valid: list, root: str | os.PathLike, extra: bytes 
                     fh.seek(-4096, os.SEEK_END)
                 tail = fh.read(4096)
             rel = f.relative_to(root) if f.is_relative_to(root) else f
-            h.update(f"{split} {rel.as_posix()} {size}\n".encode() + head + tail)
+            # surrogateescape: a file name that is not UTF-8 hashes as its bytes (the same digest for UTF-8 ones)
+            h.update(f"{split} {rel.as_posix()} {size}\n".encode(errors="surrogateescape") + head + tail)
     return h.hexdigest()[:20]

@@ -336,8 +336,8 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 def write_predictions(path: str, rows: list[list[str]], k: int) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # a non-UTF-8 file name: its
+        w = csv.writer(f)  # bytes as they are, so the path in the CSV opens the file
         w.writerow(["image", *(c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}"))])
         w.writerows(rows)
     print(f"saved {len(rows)} predictions to {path}")

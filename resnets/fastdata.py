@@ -62,7 +62,7 @@ from .cache import (
     write_cache,
 )
 from .config import AUGMENT_KW
-from .files import DiskError, atomic_write, check_writable, disk_error
+from .files import DiskError, atomic_write, check_writable, disk_error, size_text
 from .images import image_size, open_rgb, to_rgb
 from .labels import class_label
 
@@ -141,7 +141,7 @@ def _cache_key(files: list[Path], size: int, resample: str = "bilinear") -> str:
     h = hashlib.sha1(f"v3 {size}{'' if resample == 'bilinear' else ' ' + resample}".encode())
     for f in files:
         st = f.stat()
-        h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
+        h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode(errors="surrogateescape"))  # (non-UTF-8 names too)
     return h.hexdigest()[:16]
 
 
@@ -156,8 +156,8 @@ def _build(path: Path, shape: tuple, load, files: list, size: int, slots: list, 
     check_writable(path.parent)  # before any decoding
     need, free = int(np.prod(shape)), disk_free(path.parent)
     if need > free:  # refused before the disk is filled (a checkpoint could not be written then)
-        raise DiskError(f"cannot write {path}: no space left on the disk ({need / 1e9:.1f} GB needed, "
-                        f"{free / 1e9:.1f} GB free)")  # fmt: skip
+        raise DiskError(f"cannot write {path}: no space left on the disk ({size_text(need)} needed, "
+                        f"{size_text(free)} free)")  # fmt: skip
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
         it = pool.map(_decode, [(load, f, size) for f in files], chunksize=64)
         bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file

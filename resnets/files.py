@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["as_umask_allows", "atomic_write", "temporary", "sweep", "check_writable", "disk_error", "DiskError"]
+__all__ = ["size_text", "as_umask_allows", "atomic_write", "temporary", "sweep", "check_writable", "disk_error",
+           "DiskError"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _OURS = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{6}\.tmp$")
@@ -108,6 +109,14 @@ def check_writable(folder: str | os.PathLike, fix: str = "choose another folder"
         if err is None:
             raise
         raise err from None
+
+
+def size_text(n: float) -> str:
+    "A number of bytes as people read it: 812 bytes, 4.2 MB, 1.3 GB (never '0.0 GB' for a nearly full disk)."
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def as_umask_allows(*paths: str | os.PathLike) -> None:

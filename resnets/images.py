@@ -136,10 +136,11 @@ def check_image(path) -> str | None:
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """The image files under `folder`, sorted, as fastai's `get_image_files` finds them (its extensions, hidden files
-    and folders skipped, links followed), except that a folder reached a second time (a link loop such as
-    `up -> ..`, or two links to one folder) is not walked again, and a line says which links were skipped."""
+    and folders skipped, links followed; only regular files, and a line names any other), except that a folder reached
+    a second time (a link loop such as `up -> ..`, or two links to one folder) is not walked again, and a line says
+    which links were skipped."""
     folder = Path(folder)
-    seen, skipped, found = {os.path.realpath(folder)}, [], []
+    seen, skipped, found, special = {os.path.realpath(folder)}, [], [], []
     for parent, dirs, files in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(dirs):
@@ -152,8 +153,16 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
             seen.add(real)
             keep.append(d)
         dirs[:] = keep
-        found += [Path(parent) / f for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in image_extensions]  # fmt: skip
+        for f in files:
+            if f.startswith(".") or Path(f).suffix.lower() not in image_extensions:
+                continue
+            path = Path(parent) / f
+            # only regular files (or links to them): a FIFO named x.jpg would hang every reader that opens it
+            (found if path.is_file() else special).append(path)
+    if special:
+        shown = ", ".join(map(str, special[:3])) + (" ..." if len(special) > 3 else "")
+        print(f"resnets: skipping {len(special)} image name(s) under {folder} that are not regular files (a pipe, "
+              f"a device, a broken link): {shown}")  # fmt: skip
     if skipped:
         shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         print(f"resnets: not following {len(skipped)} folder link(s) under {folder} into folders already searched "

@@ -103,3 +103,34 @@ def test_an_empty_class_folder_is_named_not_dropped_silently(tmp_path, capsys):
     (flat / "empty").mkdir()
     get_data(flat, presize=8, resize=8, bs=2, num_workers=0)
     assert "empty" in capsys.readouterr().out
+
+
+def test_a_pipe_named_like_an_image_is_skipped_not_opened(tmp_path, capsys):
+    "Found in a trial: a FIFO named x.jpg in train/ hung both pipelines forever (opening it waits for a writer)."
+    root = make_tree(tmp_path / "d", n_train=2, n_valid=1)
+    os.mkfifo(root / "train" / "cat" / "x.jpg")
+    items, _ = find_items(root)  # returns: the pipe is never opened
+    assert root / "train" / "cat" / "x.jpg" not in items and len(items) == 6
+    out = capsys.readouterr().out
+    assert "not regular files" in out and "x.jpg" in out
+    for fast in (False, True):
+        dls = get_data(root, presize=32, resize=32, bs=2, fast=fast, num_workers=0)
+        assert len(dls.train_ds) == 4
+
+
+def test_a_file_name_that_is_not_utf_8_trains_and_predicts_on_both_pipelines(tmp_path, capsys):
+    "Found in a trial: a Latin-1 file name crashed the data fingerprint, the cache key and predict --csv."
+    from resnets import export, run
+    from resnets.cli import main
+
+    root = make_tree(tmp_path / "d", n_train=3, n_valid=1)
+    odd = root / "train" / "cat" / os.fsdecode(b"caf\xe9.jpg")  # not UTF-8: Python holds it with a surrogate
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(odd)
+    for fast in (False, True):
+        r = run("cnn", data=root, out=tmp_path / f"r{fast}", size=32, presize=32, bs=2, epochs=1, fast_data=fast,
+                progress=False, num_workers=0)  # fmt: skip
+        assert r.finished and r.settings["n_train"] == 7
+    model = export(tmp_path / "rTrue")
+    assert main(["predict", str(model), str(odd), "--csv", str(tmp_path / "p.csv")]) == 0
+    rows = (tmp_path / "p.csv").read_bytes().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(os.fsencode(odd)), "the file's own bytes: its path opens it"
