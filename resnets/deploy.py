@@ -14,6 +14,7 @@ training size, scaled to [0, 1] and normalised with the run's statistics (ImageN
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -29,7 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .errors import InputError, MissingFile, check_number, load_failure, refused_message
 from .fastdata import RESAMPLES, preprocess
-from .files import as_umask_allows, atomic_write
+from .files import atomic_write
 from .images import image_files as _find_images
 from .images import open_rgb, to_rgb
 from .labels import IMAGENETTE_NAMES
@@ -276,12 +277,13 @@ def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> floa
     if not is_onnx(out):
         raise InputError(f"an ONNX file's name ends in .onnx: use {out.with_suffix('.onnx')}, not {out}")
     model = predictor.model.to(memory_format=torch.contiguous_format)
+    buf = io.BytesIO()  # exported in memory, then written whole (atomic_write): a full disk leaves no half file
     with warnings.catch_warnings():  # the exporter's notes on its own internals are not the user's business
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(out), input_names=["image"],
+        torch.onnx.export(model, (torch.randn(1, 3, size, size),), buf, input_names=["image"],
                           output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
-    proto = onnx.load(str(out))
+    proto = onnx.load_from_string(buf.getvalue())
     for k in _ONNX_META:
         if k in predictor.meta:
             proto.metadata_props.add(key=k, value=json.dumps(predictor.meta[k]))
@@ -291,8 +293,7 @@ def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> floa
         f"{predictor.meta.get('crop', 1.0):.4f} of each side kept; resized to {size} "
         f"(bilinear); scaled to [0, 1]; normalised per channel with mean {predictor.meta['stats'][0]} and std "
         f"{predictor.meta['stats'][1]}; NCHW float32"))  # fmt: skip
-    onnx.save(proto, str(out))
-    as_umask_allows(out)
+    atomic_write(out, proto.SerializeToString())
     loaded, diffs = load(out), [0.0]
     with torch.no_grad():
         for img in images:
@@ -308,8 +309,9 @@ def export_torchscript(predictor: Predictor, out: str | os.PathLike, images=()) 
     with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; the trace is still what it was
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(predictor.model, torch.randn(1, 3, size, size))
-        traced.save(str(out))
-        as_umask_allows(out)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        atomic_write(out, buf.getvalue())  # whole or not at all (a full disk: one line, no half file)
         loaded = torch.jit.load(str(out))
     diffs = [0.0]
     with torch.no_grad():

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from .config import is_weights_path
 from .deploy import trained_state
 from .errors import InputError
-from .files import as_umask_allows
+from .files import as_umask_allows, disk_error, temporary
 from .labels import IMAGENETTE_NAMES
 from .models import create_model
 from .pretrained import DEFAULT_TAGS, TIMM_ARCHS, names_default, resnets_to_timm
@@ -94,8 +95,23 @@ def export_timm(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     net.load_state_dict(resnets_to_timm(state["model"], ours))  # strict both ways
     names = [IMAGENETTE_NAMES.get(c, c) for c in vocab]
     config = {"label_names": names, "label_descriptions": dict(zip(names, vocab))}  # names, and the folders they were
-    save_for_hf(net.eval(), str(out), model_config=config, safe_serialization=True, data_config=_data_config(s))
-    as_umask_allows(*(f for f in Path(out).iterdir() if f.is_file()))  # safetensors writes 0600
+    # written into a temporary folder beside `out`, then moved in file by file: a full disk leaves no half folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary(out)
+    try:
+        save_for_hf(net.eval(), str(tmp), model_config=config, safe_serialization=True, data_config=_data_config(s))
+        files = [f for f in tmp.iterdir() if f.is_file()]
+        as_umask_allows(*files)  # safetensors writes 0600
+        out.mkdir(exist_ok=True)
+        for f in files:
+            os.replace(f, out / f.name)
+    except OSError as e:
+        err = disk_error(e, out, "free space or choose another folder; nothing was written there")
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -360,3 +360,42 @@ def test_exported_files_are_as_readable_as_any_new_file(generated_run, tmp_path)
     finally:
         os.umask(mask)
     assert load(path).predict(next(Path(generated_run.settings["data"]).glob("val/cat/*.jpg")))
+
+
+def test_an_export_on_a_full_disk_is_one_line_and_leaves_no_half_file(generated_run, tmp_path, monkeypatch):
+    "Found in a trial: ONNX and TorchScript exports left truncated files on a full disk, with raw errors."
+    import errno
+    import os
+
+    from resnets import deploy, files
+    from resnets.files import DiskError
+
+    predictor = load(export(generated_run.folder, tmp_path / "m.resnets"))
+    real = os.fdopen
+
+    class Full:  # a file on a disk that fills after its first 64 bytes
+        def __init__(self, fd, mode):
+            self.f = real(fd, mode)
+
+        def write(self, data):
+            self.f.write(data[:64])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(files.os, "fdopen", Full)
+    with pytest.raises(DiskError, match="no space left on the disk"):
+        deploy.export_torchscript(predictor, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+    pytest.importorskip("onnx")
+    with pytest.raises(DiskError, match="no space left on the disk"):
+        export_onnx(predictor, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")], "no temporary left behind"

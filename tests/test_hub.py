@@ -4,6 +4,7 @@ uploads that folder with a model card (tested up to the upload itself, offline).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,23 @@ def test_a_network_timm_does_not_have_is_a_clear_error(generated_run, tmp_path):
 def test_export_timm_from_the_command_line(resnet_run, tmp_path, capsys):
     main(["export", str(resnet_run.folder), "--out", str(tmp_path / "m.resnets"), "--timm", str(tmp_path / "t")])
     assert "create_model('local-dir:" in capsys.readouterr().out and (tmp_path / "t" / "config.json").is_file()
+
+
+def test_a_timm_export_on_a_full_disk_is_one_line_and_leaves_no_folder(resnet_run, tmp_path, monkeypatch):
+    "Found in a trial: --timm on a full disk left an empty folder and a raw error."
+    import errno
+    import os
+
+    import timm.models
+
+    from resnets.files import DiskError
+
+    def full(model, folder, **kw):  # writes part of the weights, then the disk is full
+        os.makedirs(folder, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"\0" * 64)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(timm.models, "save_for_hf", full)
+    with pytest.raises(DiskError, match="no space left on the disk"):
+        export_timm(resnet_run.folder, tmp_path / "hub")
+    assert not (tmp_path / "hub").exists() and not list(tmp_path.glob(".*tmp"))
