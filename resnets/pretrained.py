@@ -22,6 +22,7 @@ saying what was tried and how to use a downloaded file instead. timm is needed o
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 
 from .config import is_weights_path
 from .errors import InputError, MissingFile, load_failure, refused_message
+from .fastdata import RESAMPLES
 
 __all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "HUB_WEIGHTS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing",
            "timm_to_resnets", "resnets_to_timm",
@@ -188,8 +190,28 @@ def _read_file(path: Path) -> dict:
 
 
 def _preprocessing_of(cfg: dict, source: str) -> Preprocessing:
-    return Preprocessing(tuple(cfg.get("mean", Preprocessing.mean)), tuple(cfg.get("std", Preprocessing.std)),
-                         cfg.get("interpolation", "bicubic"), float(cfg.get("crop_pct", 0.875)), source)  # fmt: skip
+    """The preprocessing a pretrained_cfg describes, each field checked against what images can be (a crafted or
+    broken config.json: one line naming the field, not a presize of 32,000 px or a run at chance)."""
+    def bad(field: str, want: str) -> InputError:
+        return InputError(f"{source}: pretrained_cfg's {field} is {cfg.get(field)!r}, {want}: fix or remove it "
+                          "(ImageNet's defaults are used without one)")  # fmt: skip
+
+    def triple(field: str, low: float, high: float, default) -> tuple[float, float, float]:
+        v = cfg.get(field, default)
+        ok = isinstance(v, list | tuple) and len(v) == 3 and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and low < x <= high for x in v)
+        if not ok:
+            raise bad(field, f"not three numbers in ({low:g}, {high:g}], one per channel")
+        return tuple(float(x) for x in v)
+
+    mean, std = triple("mean", -1e-9, 1.0, Preprocessing.mean), triple("std", 0.0, 1.0, Preprocessing.std)
+    interpolation = cfg.get("interpolation", "bicubic")
+    if interpolation not in RESAMPLES:
+        raise bad("interpolation", f"not one of {', '.join(RESAMPLES)}")
+    crop = cfg.get("crop_pct", 0.875)
+    if isinstance(crop, bool) or not isinstance(crop, int | float) or not 0.5 <= crop <= 1.0:
+        raise bad("crop_pct", "not a fraction between 0.5 and 1 (the side of the centre crop)")
+    return Preprocessing(mean, std, interpolation, float(crop), source)
 
 
 def _timm_cfg(tag: str) -> dict:
@@ -249,7 +271,14 @@ def read_pretrained(spec, model_name: str, stem: tuple[int, ...] = ()) -> tuple[
             raise MissingFile(f"no weights file at {weights}: pass a .safetensors file, a timm hub folder or a tag "
                               f"({', '.join(KNOWN_TAGS)})")  # fmt: skip
         config = weights.with_name("config.json")  # what the weights were trained on, when it is beside them
-        cfg = json.loads(config.read_text()).get("pretrained_cfg", {}) if config.is_file() else {}
+        try:
+            cfg = json.loads(config.read_text()) if config.is_file() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{config} is not JSON ({e}): fix it, or remove it to use ImageNet's defaults") from None
+        cfg = cfg.get("pretrained_cfg", {}) if isinstance(cfg, dict) else None
+        if not isinstance(cfg, dict):
+            raise InputError(f"{config}: not timm's config (a JSON object with a pretrained_cfg object): fix it, or "
+                             "remove it to use ImageNet's defaults")  # fmt: skip
         return _read_file(weights), _preprocessing_of(cfg, str(config) if cfg else "ImageNet's defaults"), str(path)
     arch = pretrained_architecture(spec)
     if arch != (model_name, tuple(stem or ())):

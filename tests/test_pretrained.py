@@ -229,3 +229,26 @@ def test_a_pretrained_run_records_its_preprocessing_and_exports_it(weights_file,
     cfg = json.loads((export_timm(r.folder, tmp_path / "hub") / "config.json").read_text())["pretrained_cfg"]
     assert not {"tag", "license", "origin_url", "hf_hub_id", "url"} & set(cfg)
     assert f"fine-tuned from the weights in {path}" in cfg["description"]
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("crop_pct", 0.001, "crop_pct"), ("crop_pct", 0, "crop_pct"), ("crop_pct", "abc", "crop_pct"),
+    ("std", [-0.2, 0.2, 0.2], "std"), ("mean", [1e6, 0.4, 0.4], "mean"), ("mean", [0.5, 0.5], "mean"),
+    ("interpolation", "lanczos9", "interpolation"),
+])  # fmt: skip
+def test_a_hub_folder_s_config_is_checked_field_by_field(tmp_path, field, value, named):
+    "Found in a trial: crop_pct 0.001 made a presize of 32,000 px; std -0.2 trained silently at chance."
+    t = _timm_model("resnet18d", seed=3)
+    folder = _hub_folder(tmp_path / "hub", t, safe_serialization=True)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["pretrained_cfg"][field] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match=f"pretrained_cfg's {named} is") as e:
+        read_pretrained(folder, "resnet18")
+    assert "\n" not in str(e.value)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="is not JSON"):
+        read_pretrained(folder, "resnet18")
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="not timm's config"):
+        read_pretrained(folder, "resnet18")
