@@ -24,7 +24,7 @@ from .timing import median_seconds, sync
 from .training import build, run
 
 __all__ = ["bench_conv1x1", "bench_models", "matmul_peak", "bench_data", "bench_epoch", "profile_training",
-           "format_profile", "bench_loop", "format_loop", "run_suite", "format_suite"]
+           "format_profile", "bench_loop", "format_loop", "command", "run_suite", "format_suite"]
 
 # (batch, ni, nf, grid): a ResNet-50 bottleneck's 1x1 convs at 128 px input, stage 1 and stage 4
 CONV1X1_SHAPES = ((32, 256, 64, 32), (32, 64, 256, 32), (32, 2048, 512, 4), (32, 512, 2048, 4))
@@ -375,3 +375,64 @@ def format_suite(report: dict) -> str:
     if "profile" in report:
         lines += ["", format_profile(report["profile"])]
     return "\n".join(lines)
+
+
+def _print_conv1x1(repeats: int) -> None:
+    print(f"1x1 convolution forward, median of {repeats}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'input -> nf':<26}{'conv2d ms':>10}{'einsum ms':>10}{'ratio':>7}{'max diff':>10}")
+    for r in bench_conv1x1(repeats=repeats):
+        print(f"{r['shape']:<26}{r['conv2d_ms']:>10.2f}{r['einsum_ms']:>10.2f}{r['einsum_over_conv2d']:>7.2f}"
+              f"{r['max_abs_diff']:>10.1e}")  # fmt: skip
+
+
+def _print_models(names: list[str], size: int, bs: int, repeats: int, device: str, variants: tuple[str, ...]) -> None:
+    for n in names:
+        create_model(n)  # unknown names fail here, listing the valid ones, before any timing
+    print(f"training step (forward + backward + SGD) on synthetic {size} px images, bs {bs}, on {device}, median of "
+          f"{repeats}, images/s")  # fmt: skip
+    first = f"bf16 {variants[0]}"  # the same step under bf16 autocast, timed beside fp32's in this call
+    print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}" + "".join(f"{v:>15}" for v in (*variants, first))
+          + f"{'bf16/fp32':>10}")  # fmt: skip
+    for n in names:
+        (r,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants)
+        (b,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants[:1],
+                            precision="bf16")  # fmt: skip
+        bf16 = b[f"{variants[0]}_images_per_s"]
+        print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}"
+              + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" for v in variants)
+              + f"{bf16:>15.1f}{bf16 / r[f'{variants[0]}_images_per_s']:>9.2f}x")  # fmt: skip
+
+
+def command(args) -> None:
+    "`resnets bench WHAT`: one benchmark, printed as a table (or JSON), and written to `args.out` when given."
+    variants = tuple(args.variants.split(","))
+    args.data, args.subset = getattr(args, "data", None), getattr(args, "subset", None)
+    if args.what == "conv1x1":
+        return _print_conv1x1(args.repeats)
+    if args.what == "models":
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return _print_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size or 128, args.bs,
+                             args.repeats, device, variants)  # fmt: skip
+    if args.what in ("data", "epoch", "profile", "loop") and not args.data:
+        raise InputError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
+    table = None  # the report's own table, where it has one (else JSON)
+    if args.what == "data":
+        report = bench_data(args.data, bs=args.data_bs, repeats=args.repeats, subset=args.subset, device=args.device)
+    elif args.what == "profile":
+        report = profile_training(args.experiment, args.data, subset=args.subset, bs=args.data_bs)
+        table = format_profile
+    elif args.what == "loop":
+        sizes = {k: v for k, v in (("size", args.size), ("presize", args.presize), ("compile", args.compile)) if v}
+        report = bench_loop(args.experiment, args.data, bs=args.bs, repeats=args.repeats, subset=args.subset, **sizes)
+        table = format_loop
+    elif args.what == "epoch":
+        report = bench_epoch(args.experiment, args.data, epochs=args.epochs, subset=args.subset, bs=args.data_bs)
+    else:
+        report = run_suite(args.data, args.out, args.experiment, args.device, args.bs, args.repeats, variants,
+                                 args.epochs, args.subset, data_bs=args.data_bs,
+                                 models={m: args.size or 128 for m in args.models.split(",")} if args.models else None)
+        print(format_suite(report))
+        return print(f"saved {args.out}" if args.out else "")
+    print(table(report) if table else json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))

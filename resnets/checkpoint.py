@@ -14,6 +14,7 @@ they still load, with `torch.load(weights_only=True)`, and are replaced by the n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,7 +32,7 @@ from .errors import InputError, load_failure, refused_message
 from .learner import unwrap
 from .results import atomic_write
 
-__all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
+__all__ = ["fingerprint", "CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
            "save_checkpoint", "rank_state", "restore_model", "restore_training_state", "set_deterministic"]  # fmt: skip
 
 CHECKPOINT, LEGACY_CHECKPOINT = CHECKPOINT_FILES  # the legacy one: resnets 0.2 and earlier (torch's, weights-only)
@@ -232,3 +233,24 @@ def restore_training_state(learn, state: dict, rank: int = 0) -> None:
     if state.get("scaler") and getattr(learn, "scaler", None) is not None:
         learn.scaler.load_state_dict(state["scaler"])
     learn.recorder.smooth_loss.count, learn.recorder.smooth_loss.val = _own(state, rank)["smooth_loss"]
+
+
+def fingerprint(train: list, valid: list, root: str | os.PathLike, extra: bytes = b"") -> str:
+    """A digest of the images a run trains and validates on: each file's path below `root` (so a moved data folder is
+    still the same data), its split, its size and its first and last 4 KiB. An image replaced, added, removed or
+    moved between classes changes it; a checkpoint keeps it, so that resuming over other images is refused. `extra`:
+    more that decides the labels (a CSV's contents)."""
+    h, root = hashlib.sha1(b"resnets data v1\n" + extra), Path(root)  # extra: a CSV's labels
+    for split, files in (("train", train), ("valid", valid)):
+        for f in files:
+            f = Path(f)
+            with open(f, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                head = fh.read(4096)
+                if size > 8192:
+                    fh.seek(-4096, os.SEEK_END)
+                tail = fh.read(4096)
+            rel = f.relative_to(root) if f.is_relative_to(root) else f
+            # surrogateescape: a file name that is not UTF-8 hashes as its bytes (the same digest for UTF-8 ones)
+            h.update(f"{split} {rel.as_posix()} {size}\n".encode(errors="surrogateescape") + head + tail)
+    return h.hexdigest()[:20]

@@ -208,86 +208,6 @@ def _is_version(name: str) -> bool:
     return base in ALIASES and v.isdigit()
 
 
-def _bench_conv1x1(repeats: int) -> None:
-    import torch
-
-    from .bench import bench_conv1x1
-
-    print(f"1x1 convolution forward, median of {repeats}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'input -> nf':<26}{'conv2d ms':>10}{'einsum ms':>10}{'ratio':>7}{'max diff':>10}")
-    for r in bench_conv1x1(repeats=repeats):
-        print(f"{r['shape']:<26}{r['conv2d_ms']:>10.2f}{r['einsum_ms']:>10.2f}{r['einsum_over_conv2d']:>7.2f}"
-              f"{r['max_abs_diff']:>10.1e}")  # fmt: skip
-
-
-def _bench_models(names: list[str], size: int, bs: int, repeats: int, device: str, variants: tuple[str, ...]) -> None:
-    from .bench import bench_models
-    from .models import create_model
-
-    for n in names:
-        create_model(n)  # unknown names fail here, listing the valid ones, before any timing
-    print(f"training step (forward + backward + SGD) on synthetic {size} px images, bs {bs}, on {device}, median of "
-          f"{repeats}, images/s")  # fmt: skip
-    first = f"bf16 {variants[0]}"  # the same step under bf16 autocast, timed beside fp32's in this call
-    print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}" + "".join(f"{v:>15}" for v in (*variants, first))
-          + f"{'bf16/fp32':>10}")  # fmt: skip
-    for n in names:
-        (r,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants)
-        (b,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants[:1],
-                            precision="bf16")  # fmt: skip
-        bf16 = b[f"{variants[0]}_images_per_s"]
-        print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}"
-              + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" for v in variants)
-              + f"{bf16:>15.1f}{bf16 / r[f'{variants[0]}_images_per_s']:>9.2f}x")  # fmt: skip
-
-
-def _bench(args) -> None:
-    import json
-
-    from . import bench
-
-    variants = tuple(args.variants.split(","))
-    args.data, args.subset = getattr(args, "data", None), getattr(args, "subset", None)
-    if args.what == "conv1x1":
-        return _bench_conv1x1(args.repeats)
-    if args.what == "models":
-        import torch
-
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return _bench_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size or 128, args.bs,
-                             args.repeats, device, variants)  # fmt: skip
-    if args.what in ("data", "epoch", "profile", "loop") and not args.data:
-        raise InputError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
-    if args.what == "data":
-        report = bench.bench_data(args.data, bs=args.data_bs, repeats=args.repeats, subset=args.subset,
-                                  device=args.device)  # fmt: skip
-    elif args.what == "profile":
-        report = bench.profile_training(args.experiment, args.data, subset=args.subset, bs=args.data_bs)
-        print(bench.format_profile(report))
-        if args.out:
-            Path(args.out).write_text(json.dumps(report, indent=2))
-        return None
-    elif args.what == "loop":
-        sizes = {k: v for k, v in (("size", args.size), ("presize", args.presize), ("compile", args.compile)) if v}
-        report = bench.bench_loop(args.experiment, args.data, bs=args.bs, repeats=args.repeats, subset=args.subset,
-                                  **sizes)  # fmt: skip
-        print(bench.format_loop(report))
-        if args.out:
-            Path(args.out).write_text(json.dumps(report, indent=2))
-        return None
-    elif args.what == "epoch":
-        report = bench.bench_epoch(args.experiment, args.data, epochs=args.epochs, subset=args.subset, bs=args.data_bs)
-    else:
-        report = bench.run_suite(args.data, args.out, args.experiment, args.device, args.bs, args.repeats, variants,
-                                 args.epochs, args.subset, data_bs=args.data_bs,
-                                 models={m: args.size or 128 for m in args.models.split(",")} if args.models else None)
-        print(bench.format_suite(report))
-        return print(f"saved {args.out}" if args.out else "")
-    print(json.dumps(report, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
-
-
 def _resume_command(argv: list[str], folder) -> str:
     "The command line that continues the run in `folder`: this one, with --out FOLDER and --resume."
     import shlex
@@ -492,7 +412,9 @@ def _command(args, argv: list[str], kw: dict) -> int:
                 print(f"  {c:<{width}}  {acc:7.2%}")
             print(f"saved {args.run_dir}/confusion_matrix.png and top_losses.png")
         elif args.command == "bench":
-            _bench(args)
+            from .bench import command
+
+            command(args)
         elif args.command == "cache":
             _cache(args)
     except RunExists as e:

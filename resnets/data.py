@@ -14,7 +14,6 @@ URLs go through fastai's `untar_data`, so an already-extracted copy in fastai's 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import math
 import os
@@ -41,12 +40,12 @@ from PIL import Image
 
 from .config import AUGMENT_KW, AUGMENTS, CHAPTER_BS, DATA_SETS, check_choice, check_fraction, check_subset
 from .errors import InputError, check_number
-from .fastdata import RESAMPLES, ChapterAugment, fast_dataloaders
+from .fastdata import RESAMPLES, fast_dataloaders, set_image_size
 from .images import PIXEL_LIMIT_ENV, RGBImage, check_image, image_files
 from .labels import IMAGENETTE_NAMES, class_label, table_label
 
 __all__ = ["SOURCES", "IMAGENETTE_NAMES", "class_label", "table_label", "DataError", "data_folders", "resolve_source",
-           "find_items", "find_split", "choose_bs", "get_data", "set_image_size", "fingerprint"]
+           "find_items", "find_split", "choose_bs", "get_data", "set_image_size"]  # fmt: skip
 
 _URLS = {"imagenette-160": URLs.IMAGENETTE_160, "imagenette-320": URLs.IMAGENETTE_320, "imagenette": URLs.IMAGENETTE,
          "imagewoof-160": URLs.IMAGEWOOF_160, "imagewoof-320": URLs.IMAGEWOOF_320, "imagewoof": URLs.IMAGEWOOF,
@@ -444,36 +443,3 @@ def get_data(
         dls = dblock.dataloaders(train + valid, bs=bs, device=device, **kw)
     dls.path = path if path.is_dir() else path.parent
     return dls
-
-
-def set_image_size(dls: DataLoaders, size: int) -> None:
-    """Change the size the batch augmentation resizes to (progressive resizing, testing at a higher resolution), on
-    both pipelines: fastai's RandomResizedCropGPU and ChapterAugment. The training and validation loaders share
-    their transforms, so a run sets it before each phase (resnets.callbacks.ImageSizes)."""
-    loaders = [getattr(dl, "dl", dl) for dl in (dls.train, dls.valid)]  # a distributed run wraps each loader
-    for t in [t for dl in loaders for t in getattr(getattr(dl, "after_batch", None), "fs", [])]:
-        if isinstance(t, ChapterAugment):
-            t.size = size
-        elif isinstance(t, RandomResizedCropGPU):
-            t.size = (size, size)
-
-
-def fingerprint(train: list, valid: list, root: str | os.PathLike, extra: bytes = b"") -> str:
-    """A digest of the images a run trains and validates on: each file's path below `root` (so a moved data folder is
-    still the same data), its split, its size and its first and last 4 KiB. An image replaced, added, removed or
-    moved between classes changes it; a checkpoint keeps it, so that resuming over other images is refused. `extra`:
-    more that decides the labels (a CSV's contents)."""
-    h, root = hashlib.sha1(b"resnets data v1\n" + extra), Path(root)  # extra: a CSV's labels
-    for split, files in (("train", train), ("valid", valid)):
-        for f in files:
-            f = Path(f)
-            with open(f, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                head = fh.read(4096)
-                if size > 8192:
-                    fh.seek(-4096, os.SEEK_END)
-                tail = fh.read(4096)
-            rel = f.relative_to(root) if f.is_relative_to(root) else f
-            # surrogateescape: a file name that is not UTF-8 hashes as its bytes (the same digest for UTF-8 ones)
-            h.update(f"{split} {rel.as_posix()} {size}\n".encode(errors="surrogateescape") + head + tail)
-    return h.hexdigest()[:20]

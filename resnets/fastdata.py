@@ -28,7 +28,6 @@ draws it. fastai crops the original and then resizes, so those pixels differ fro
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -45,7 +44,7 @@ from fastai.data.core import DataLoaders, Datasets
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
 from fastai.torch_core import TensorImage
 from fastai.vision.all import imagenet_stats
-from fastai.vision.augment import RandTransform
+from fastai.vision.augment import RandomResizedCropGPU, RandTransform
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
@@ -63,11 +62,11 @@ from .cache import (
 )
 from .config import AUGMENT_KW
 from .files import DiskError, atomic_write, check_writable, disk_error, size_text
-from .images import image_size, open_rgb, to_rgb
+from .images import RGBImage, image_size, open_rgb, to_rgb
 from .labels import class_label
 
 __all__ = ["cache_folder", "load_square", "load_strip", "resize_valid", "preprocess", "build_cache", "build_strips",
-           "CachedImage", "ChapterAugment", "fast_dataloaders"]  # fmt: skip
+           "CachedImage", "ChapterAugment", "fast_dataloaders", "set_image_size"]  # fmt: skip
 
 
 # The filters images are first resized with: fastai's Resize uses bilinear, timm's pretrained weights bicubic.
@@ -242,18 +241,6 @@ def _strips(path: Path, files: list[Path], size: int, workers: int | None, resam
     return np.load(path, mmap_mode="r"), index
 
 
-def _as_image(x) -> Image.Image:
-    """Bytes of an image file, an (h, w[, 3]) uint8 array or tensor, or a (3, h, w) TensorImage as a PIL image: what
-    fastai's `PILImage.create` makes of them."""
-    if isinstance(x, bytes):
-        return open_rgb(io.BytesIO(x))
-    if isinstance(x, TensorImage):
-        x = x.permute(1, 2, 0)
-    if isinstance(x, torch.Tensor):
-        x = x.to(torch.uint8).numpy()
-    return Image.fromarray(np.asarray(x))
-
-
 class CachedImage(RandTransform):
     """An image file (or PIL image) -> its presize square as a uint8 TensorImage, from the cache when it holds it.
 
@@ -279,8 +266,8 @@ class CachedImage(RandTransform):
         self.do, self.pct = True, 0.5 if split_idx or square else random.random()
 
     def encodes(self, f: Path | str | bytes | Image.Image | np.ndarray | torch.Tensor):
-        if not isinstance(f, Path | str | Image.Image):  # bytes of a file, an (h, w, 3) array or a (3, h, w) tensor
-            f = _as_image(f)
+        if not isinstance(f, Path | str | Image.Image):  # bytes of a file, an array or a tensor: as the chapter's
+            f = RGBImage.create(f)  # pipeline reads them (fastai's PILImage rules, EXIF orientation applied)
         i = self.index.get(f if isinstance(f, Path) else Path(f)) if not isinstance(f, Image.Image) else None
         if self.pct == 0.5 or isinstance(f, Image.Image):
             arr = np.array(self.cache[i]) if i is not None else load_square(f, self.size, self.resample)
@@ -432,3 +419,15 @@ def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize:
                                                       **AUGMENT_KW[augment]),
                    Normalize.from_stats(*stats)]  # fmt: skip
     return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)
+
+
+def set_image_size(dls: DataLoaders, size: int) -> None:
+    """Change the size the batch augmentation resizes to (progressive resizing, testing at a higher resolution), on
+    both pipelines: fastai's RandomResizedCropGPU and ChapterAugment. The training and validation loaders share
+    their transforms, so a run sets it before each phase (resnets.callbacks.ImageSizes)."""
+    loaders = [getattr(dl, "dl", dl) for dl in (dls.train, dls.valid)]  # a distributed run wraps each loader
+    for t in [t for dl in loaders for t in getattr(getattr(dl, "after_batch", None), "fs", [])]:
+        if isinstance(t, ChapterAugment):
+            t.size = size
+        elif isinstance(t, RandomResizedCropGPU):
+            t.size = (size, size)

@@ -35,9 +35,9 @@ from .callbacks import (
     StopOnNaN,
     WeightAverage,
 )
-from .checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, restore_model, set_deterministic
+from .checkpoint import CHECKPOINT, find_checkpoint, fingerprint, load_checkpoint, restore_model, set_deterministic
 from .config import DATA_SETS, DEFAULTS, Experiment
-from .data import BS, fingerprint, get_data
+from .data import BS, get_data
 from .distributed import distributed_ready, join_process_group
 from .errors import InputError, MissingFile, RunExists, RunInterrupted
 from .evaluate import flip_tta, interpret, one_process, shared_predictions
@@ -79,8 +79,6 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         load_body(model, exp.init, exp.model, exp.width, exp.stem)
     if weights is not None:
         load_pretrained_body(model, weights, where)
-    if exp.compile:  # (get_learner makes the model channels-last first: in place, the compiled module is the same)
-        compile_model(model.to(memory_format=torch.channels_last))
     cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
            *([BatchNormRecalibration()] if exp.recalibrate_bn else []),
            *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
@@ -88,6 +86,8 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), *top_5],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
                         splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
+    if exp.compile:  # in place, once get_learner has made it channels-last: learn.model is the compiled module
+        compile_model(learn.model)
     learn.preprocessing = prep
     return learn, exp
 
@@ -362,7 +362,7 @@ def _distributed(learn, world: int):
 
 
 def _data_key(exp: Experiment, dls) -> str:
-    "The fingerprint of the run's images (and of its CSV of labels), which a checkpoint keeps (data.fingerprint)."
+    "The fingerprint of the run's images (and of its CSV of labels), which a checkpoint keeps (checkpoint.fingerprint)."
     csv = Path(str(exp.data)).expanduser()
     extra = csv.read_bytes() if csv.suffix.lower() == ".csv" and csv.is_file() else b""
     return fingerprint(dls.train_ds.items, dls.valid_ds.items, dls.path, extra)
