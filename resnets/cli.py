@@ -24,7 +24,7 @@ from .config import (
     csv_columns,
     is_weights_path,
 )
-from .errors import InputError, MissingFile, RunExists, check_number
+from .errors import InputError, MissingFile, RunExists, check_number, one_line
 from .recipes import ALIASES, EXPERIMENTS, STUDIES, configure, get_study
 
 __all__ = ["main", "parser", "add_options", "COMMAND_OPTIONS"]
@@ -297,12 +297,6 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _one_line(e: BaseException) -> str:
-    "An error's message, without the lines fastai puts before one raised in a callback (naming the callback)."
-    text = str(e)
-    return text.rsplit("\n", 1)[-1].strip() if text.startswith("Exception occured in") else text
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(_values_kept(argv))
@@ -403,14 +397,20 @@ def _command(args, argv: list[str], kw: dict) -> int:
         elif args.command == "interpret":
             check_number("k", args.k)
             check_run_folder(args.run_dir)
+            from .evaluate import CONFUSION_LIMIT
             from .training import interpret_run
 
             per_class = interpret_run(args.run_dir, k=args.k, data=args.data)
-            shown = {_printable(c): acc for c, acc in per_class.items()}
-            width = max(map(len, shown))
-            for c, acc in sorted(shown.items(), key=lambda kv: kv[1]):
+            worst = sorted(((_printable(c), acc) for c, acc in per_class.items()), key=lambda ca: ca[1])
+            if len(worst) > CONFUSION_LIMIT:  # many classes: the worst, and where the rest are
+                print(f"the {CONFUSION_LIMIT} worst of {len(worst)} classes (every class: results.json's "
+                      f"per_class_accuracy)")  # fmt: skip
+                worst = worst[:CONFUSION_LIMIT]
+            width = max(len(c) for c, _ in worst)
+            for c, acc in worst:
                 print(f"  {c:<{width}}  {acc:7.2%}")
-            print(f"saved {args.run_dir}/confusion_matrix.png and top_losses.png")
+            figure = "confusion_matrix.png" if len(per_class) <= CONFUSION_LIMIT else "most_confused.png"
+            print(f"saved {args.run_dir}/{figure} and top_losses.png")
         elif args.command == "bench":
             from .bench import command
 
@@ -422,7 +422,7 @@ def _command(args, argv: list[str], kw: dict) -> int:
         print(f"resnets {args.command}: error: {e}{more}", file=sys.stderr)
         return 2
     except (InputError, MemoryError) as e:  # bad input (any other exception is a bug: keep its traceback)
-        print(f"resnets {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"resnets {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: one line, and the way back when there is one
         folder = getattr(e, "folder", None)

@@ -7,7 +7,7 @@ catches ValueError keeps working.
 
 import re
 
-__all__ = ["InputError", "RunExists", "MissingFile", "RunInterrupted", "check_number", "load_failure",
+__all__ = ["InputError", "RunExists", "MissingFile", "RunInterrupted", "check_number", "one_line", "load_failure",
            "refused_message"]
 
 
@@ -33,6 +33,12 @@ class RunInterrupted(KeyboardInterrupt):
 
 class MissingFile(InputError, FileNotFoundError):
     "A file the caller named is not there."
+
+
+def one_line(e: BaseException) -> str:
+    "An error's message, without the lines fastai puts before one raised in a callback (naming the callback)."
+    text = str(e)
+    return text.rsplit("\n", 1)[-1].strip() if text.startswith("Exception occured in") else text
 
 
 def check_number(name: str, value, kind=int, low=1, strict: bool = False) -> None:

@@ -7,6 +7,8 @@
 And fastai's `ClassificationInterpretation`, drawn into a run's folder:
 
   confusion_matrix.png  actual class (rows) against predicted class (columns), on the validation images
+                        (up to CONFUSION_LIMIT classes; beyond, a cell per pair would not be read, nor fit in memory)
+  most_confused.png     beyond CONFUSION_LIMIT classes: the most-confused pairs, and every class's accuracy sorted
   top_losses.png        the validation images the model is most confidently wrong about (fastai's grid:
                         predicted / actual / loss / probability of the actual class)
   per-class accuracy    the share of each class's validation images predicted right, in results.json
@@ -31,10 +33,11 @@ from torch.optim.swa_utils import update_bn
 from .learner import MixedPrecision, unwrap
 from .results import save_figure
 
-__all__ = ["RECALIBRATION_IMAGES", "device_autocast", "flip_tta", "flip_tta_accuracy", "shared_predictions",
-           "one_process", "recalibrate_bn",
+__all__ = ["CONFUSION_LIMIT", "RECALIBRATION_IMAGES", "device_autocast", "flip_tta", "flip_tta_accuracy",
+           "shared_predictions", "one_process", "recalibrate_bn",
            "Interpretation", "interpret"]  # fmt: skip
 
+CONFUSION_LIMIT = 30  # classes up to which the confusion matrix is drawn cell by cell (0.6 inch a class)
 RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates BatchNorm on (and plan_budget counts)
 
 
@@ -205,20 +208,49 @@ class Interpretation(ClassificationInterpretation):
 
     def per_class_accuracy(self) -> dict[str, float]:
         "Each class's share of its validation images predicted right (classes with no image left out)."
-        cm = self.confusion_matrix()
-        return {str(c): float(cm[i, i] / cm[i].sum()) for i, c in enumerate(self.vocab) if cm[i].sum()}
+        n, targs = len(self.vocab), self.targs.view(-1)
+        total = torch.bincount(targs, minlength=n)
+        right = torch.bincount(targs[self.preds.argmax(-1).view(-1) == targs], minlength=n)
+        return {str(c): right[i].item() / total[i].item() for i, c in enumerate(self.vocab) if total[i]}
+
+    def most_confused(self, k: int = 20) -> list[tuple[str, str, int]]:
+        """The `k` (actual, predicted) pairs of different classes seen most often, most first: fastai's
+        `most_confused` counted from the predictions (memory grows with the images, not with classes squared)."""
+        n, targs, preds = len(self.vocab), self.targs.view(-1), self.preds.argmax(-1).view(-1)
+        wrong = targs != preds
+        pairs, counts = torch.unique(targs[wrong] * n + preds[wrong], return_counts=True)
+        top = sorted(zip(pairs.tolist(), counts.tolist()), key=lambda pc: (-pc[1], pc[0]))[:k]
+        return [(str(self.vocab[pair // n]), str(self.vocab[pair % n]), count) for pair, count in top]
+
+    def plot_most_confused(self, k: int = 20):
+        "The figure for many classes: the `k` most-confused pairs, and every class's accuracy, sorted."
+        pairs, per_class = self.most_confused(k), sorted(self.per_class_accuracy().values())
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.3 * max(len(pairs), 10) + 1.5))
+        left.barh(range(len(pairs)), [c for *_, c in pairs], color="C3")
+        left.set_yticks(range(len(pairs)), [f"{a} \u2192 {p}" for a, p, _ in pairs], fontsize=8)
+        left.invert_yaxis()
+        left.set(xlabel="validation images", title=f"the {len(pairs)} most-confused pairs (actual \u2192 predicted)")
+        right.plot(range(1, len(per_class) + 1), per_class, drawstyle="steps-mid")
+        right.set(xlabel="class, from worst to best", ylabel="accuracy", ylim=(0, 1.02),
+                  title=f"accuracy of each of {len(per_class)} classes, sorted")  # fmt: skip
+        fig.tight_layout()
+        return fig
 
 
 def interpret(learn, folder: str | os.PathLike, k: int = 9, predictions=None) -> dict[str, float]:
-    """Write confusion_matrix.png and top_losses.png (the `k` worst) into `folder`; return the per-class accuracy.
-    `predictions`: (logits, targets) already made on the validation set, in its order (else predicted here)."""
+    """Write confusion_matrix.png (most_confused.png beyond CONFUSION_LIMIT classes) and top_losses.png (the `k`
+    worst) into `folder`; return the per-class accuracy. `predictions`: (logits, targets) already made on the
+    validation set, in its order (else predicted here)."""
     folder = Path(folder)
     with learn.no_bar():  # predictions in the precision validated in (see _fp32)
         interp = Interpretation.from_learner(learn) if predictions is None else \
             Interpretation.from_predictions(learn, *predictions)  # fmt: skip
         n = len(interp.vocab)
-        interp.plot_confusion_matrix(figsize=(max(4, 0.6 * n + 2),) * 2, dpi=80)
-        save_figure(fig := plt.gcf(), folder / "confusion_matrix.png")
+        if n <= CONFUSION_LIMIT:
+            interp.plot_confusion_matrix(figsize=(max(4, 0.6 * n + 2),) * 2, dpi=80)
+            save_figure(fig := plt.gcf(), folder / "confusion_matrix.png")
+        else:
+            save_figure(fig := interp.plot_most_confused(), folder / "most_confused.png")
         plt.close(fig)  # only the figures drawn here: a notebook's own stay open
         interp.plot_top_losses(min(k, len(interp.losses)), nrows=3)
         save_figure(fig := plt.gcf(), folder / "top_losses.png")

@@ -39,7 +39,7 @@ from .checkpoint import CHECKPOINT, find_checkpoint, fingerprint, load_checkpoin
 from .config import DATA_SETS, DEFAULTS, Experiment
 from .data import BS, get_data
 from .distributed import distributed_ready, join_process_group
-from .errors import InputError, MissingFile, RunExists, RunInterrupted
+from .errors import InputError, MissingFile, RunExists, RunInterrupted, one_line
 from .evaluate import flip_tta, interpret, one_process, shared_predictions
 from .files import check_writable
 from .finetune import body_head_splitter, load_body
@@ -313,14 +313,23 @@ def run(
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
         results.finished, results.wall_time = True, time.perf_counter() - start
         return results
-    if folder is not None and trained_all:  # confusion matrix, top losses, per-class accuracy
-        with one_process() if world > 1 else contextlib.nullcontext():  # (the other ranks are done)
-            results.per_class_accuracy = interpret(learn, folder, predictions=plain)
     results.finished = True
     results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
-    if folder is not None:
-        results.folder = str(folder)
-        results.save(folder)
+    if folder is None:
+        return results
+    results.folder = str(folder)
+    results.save(folder)  # the trained run is whole (its weights are in the checkpoint) before any extra is drawn
+    if trained_all:  # confusion matrix, top losses, per-class accuracy: a failure here leaves the run finished
+        try:
+            with one_process() if world > 1 else contextlib.nullcontext():  # (the other ranks are done)
+                results.per_class_accuracy = interpret(learn, folder, predictions=plain)
+        except Exception as e:  # noqa: BLE001 (an extra: say what failed and how to draw it again)
+            print(f"resnets: {exp.name} is trained and saved in {folder}, but its interpretation plots failed "
+                  f"({type(e).__name__}: {one_line(e)}); draw them again with: resnets interpret {folder}",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            results.wall_time = time.perf_counter() - start
+            results.save(folder, plot=False)
     return results
 
 
@@ -412,4 +421,10 @@ def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = Non
     learn, _ = build(exp, verbose=False)  # its ImageSizes validates at the run's final size
     learn.model.load_state_dict(state["model"])
     learn.model.to(learn.dls.device)  # an inner validation skips the fit's move to the data's device
-    return interpret(learn, run_dir, k)
+    per_class = interpret(learn, run_dir, k)
+    if (run_dir / "results.json").is_file():  # the record gets what a failed interpretation left out of it
+        results = load_results(run_dir)
+        if results.per_class_accuracy != per_class:
+            results.per_class_accuracy = per_class
+            results.save(run_dir, plot=False)
+    return per_class

@@ -60,6 +60,52 @@ def test_a_zeroed_cache_is_found_and_built_again(files, cache, capsys):
     assert np.array_equal(again, good)
 
 
+def test_damage_to_any_one_entry_of_a_large_cache_is_found(tmp_path, cache, capsys):
+    "Every entry's checksum is checked on opening (a sample of 256 missed damage elsewhere: trained on wrong pixels)."
+    from conftest import save_image
+
+    files = [save_image(tmp_path / "many" / f"{i:03d}.png", size=(8, 8), seed=i) for i in range(300)]
+    good = np.array(build_cache(files, 8))
+    (path,) = cache.glob("images-*.npy")
+    entry = 6  # not among the 256 the old check sampled (np.linspace(0, 299, 256).astype(int) skips 6, 13, ...)
+    header = path.stat().st_size - good.nbytes
+    with open(path, "r+b") as f:
+        f.seek(header + entry * good[0].nbytes)
+        f.write(bytes(255 - good[entry].reshape(-1)))
+    capsys.readouterr()
+    again = build_cache(files, 8)
+    assert f"entry {entry} is not what was written" in capsys.readouterr().out
+    assert np.array_equal(again, good)
+
+
+def test_a_cache_opened_again_is_read_not_decoded_again(tmp_path, cache, files, capsys):
+    "A whole cache passes its own check: a second open decodes nothing (squares and strips, whose entries are slices)."
+    from PIL import Image
+
+    wide = []
+    for i, w in enumerate((60, 45, 90)):
+        wide.append(tmp_path / f"w{i}.png")
+        Image.new("RGB", (w, 30), (80 * i, 10, 0)).save(wide[-1])
+    first = np.array(build_cache(files, 24)), np.array(build_strips(wide, 20)[0])
+    capsys.readouterr()
+    second = np.array(build_cache(files, 24)), np.array(build_strips(wide, 20)[0])
+    assert capsys.readouterr().out == "", "nothing decoded, nothing found damaged"
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_a_cache_whose_description_cannot_be_written_is_not_left_in_place(files, cache, monkeypatch):
+    "The .npy is renamed into place only after its .json is written: a failed .json leaves no cache to trust."
+    import resnets.cache as cache_module
+
+    def full(path, data, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_write", full)
+    with pytest.raises(DiskError):
+        build_cache(files, 24)
+    assert not list(cache.glob("images-*.npy")), "no cache under its final name"
+
+
 def test_a_truncated_cache_is_built_again_not_a_traceback(files, cache, capsys):
     good = np.array(build_cache(files, 24))
     (path,) = cache.glob("images-*.npy")

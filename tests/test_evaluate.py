@@ -130,3 +130,68 @@ def test_flip_tta_averages_each_image_with_its_left_right_mirror(tree):
         expected = model(x).softmax(1) + model(x.flip(3)).softmax(1)
     assert torch.allclose(probs, expected, atol=1e-5)
     assert acc == (expected.argmax(1) == targs).float().mean().item()
+
+
+def _interpretation(vocab, targs, preds) -> Interpretation:
+    "An Interpretation of given predictions (class indices), without a learner: what its summaries read."
+    interp = Interpretation.__new__(Interpretation)
+    interp.vocab, interp.targs = vocab, torch.tensor(targs)
+    interp.preds = torch.nn.functional.one_hot(torch.tensor(preds), len(vocab)).float()
+    return interp
+
+
+def test_the_most_confused_pairs_and_per_class_accuracy_are_counted_without_the_matrix():
+    "fastai's own most_confused (from the n x n matrix) and the matrix's diagonal give what the O(images) counts give."
+    vocab = ["a", "b", "c", "d"]
+    targs = [0, 0, 0, 1, 1, 1, 1, 2, 2, 0, 1]
+    preds = [1, 1, 0, 0, 2, 2, 1, 0, 2, 2, 0]
+    interp = _interpretation(vocab, targs, preds)
+    assert interp.most_confused(k=10) == ClassificationInterpretation.most_confused(interp)
+    assert interp.most_confused(k=10) == [("a", "b", 2), ("b", "a", 2), ("b", "c", 2), ("a", "c", 1), ("c", "a", 1)]
+    assert interp.most_confused(k=2) == [("a", "b", 2), ("b", "a", 2)]
+    assert interp.per_class_accuracy() == {"a": 1 / 4, "b": 1 / 5, "c": 1 / 2}, "d has no image: left out"
+
+
+def test_a_run_with_1000_classes_finishes_with_a_summary_of_its_mistakes(tmp_path, capsys):
+    """Every after-training step scales with the classes: 1,000 of them (tiny images) train, interpret and redraw
+    in seconds, drawn as the most-confused pairs and sorted accuracies, not a 1,000 x 1,000 matrix of cells."""
+    from conftest import make_tree
+
+    data = make_tree(tmp_path / "data", classes=[f"c{i:04d}" for i in range(1000)], n_train=1, n_valid=1)
+    r = run("resnet18", data=data, out=tmp_path / "run", size=16, presize=16, width=0.25, epochs=1, bs=64,
+            fast_data=True, progress=False, num_workers=0, seed=0)  # fmt: skip
+    folder = Path(r.folder)
+    assert r.finished and len(r.per_class_accuracy) == 1000
+    assert (folder / "most_confused.png").stat().st_size > 1000 and (folder / "top_losses.png").exists()
+    assert not (folder / "confusion_matrix.png").exists()
+    (folder / "most_confused.png").unlink()
+    capsys.readouterr()
+    assert main(["interpret", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "the 30 worst of 1000 classes" in out and len(out.splitlines()) < 40
+    assert (folder / "most_confused.png").exists()
+
+
+def test_a_failed_interpretation_leaves_the_trained_run_finished_and_saved(tmp_path, monkeypatch, capsys):
+    "The extras after training come after the record: their failure is one line, and `resnets interpret` redoes them."
+    from conftest import make_tree
+    from resnets import training
+    from resnets.results import load_results
+
+    def fail(*args, **kwargs):
+        raise MemoryError("drawing ran out of memory")
+
+    data = make_tree(tmp_path / "data", n_train=4, n_valid=2)
+    monkeypatch.setattr(training, "interpret", fail)
+    r = run("cnn", data=data, out=tmp_path / "run", size=32, presize=32, bs=4, epochs=1, progress=False,
+            num_workers=0, seed=0)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "trained and saved" in err and "drawing ran out of memory" in err and "resnets interpret" in err
+    saved = load_results(tmp_path / "run")
+    assert saved.finished and len(saved.history) == 1 and saved.per_class_accuracy == {} and r.finished
+    monkeypatch.undo()
+    assert main(["interpret", str(tmp_path / "run")]) == 0
+    assert set(load_results(tmp_path / "run").per_class_accuracy) == {"cat", "dog"}
+    again = run("cnn", data=data, out=tmp_path / "run", resume=True, size=32, presize=32, bs=4, epochs=1,
+                progress=False, num_workers=0, seed=0)  # fmt: skip
+    assert again.finished and again.history == saved.history, "finished: a resume trains nothing more"
