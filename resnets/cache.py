@@ -8,7 +8,7 @@ half cache under the final name; its temporary is swept by the next build (resne
 Opening one checks its size against its header and the checksum of every entry: a truncated file, a zeroed one or
 damage to any one image is found and the cache is built again, with a line saying why; nothing damaged is trained
 on. The check reads the whole file, which the first epoch reads anyway (it is then in the page cache): the extra
-cost is the CRC-32 itself, about 0.5 s a gigabyte on 2 cores (docs/guide.md). A folder that cannot be written
+cost is the CRC-32 itself, under a second a gigabyte on 2 cores (docs/guide.md). A folder that cannot be written
 (read-only, or a full disk) is no error: the run decodes each image as it reads it, as the chapter's pipeline does,
 and says so.
 

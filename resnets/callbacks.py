@@ -37,7 +37,14 @@ from fastai.learner import Recorder
 from fastai.torch_core import rank_distrib
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import TrainingDiverged, find_checkpoint, rank_state, restore_training_state, save_checkpoint
+from .checkpoint import (
+    TrainingDiverged,
+    find_checkpoint,
+    load_checkpoint,
+    rank_state,
+    restore_training_state,
+    save_checkpoint,
+)
 from .config import Experiment
 from .data import set_image_size
 from .errors import InputError
@@ -106,7 +113,11 @@ class StopOnNaN(TerminateOnNaNCallback):
                 msg += f" (learning rate {lr:.2g} at that step)"
             msg += ": try a lower maximum learning rate (--lr), e.g. a third of this run's"
             if self.folder is not None and (kept := find_checkpoint(self.folder)):
-                msg += f". The last good epoch is kept in {kept}"
+                try:  # a checkpoint that holds NaN weights itself is no good epoch to go back to
+                    load_checkpoint(self.folder)
+                    msg += f". The last good epoch is kept in {kept}"
+                except InputError as e:
+                    msg += f". The last checkpoint cannot be gone on from either ({e})"
             raise TrainingDiverged(msg)
 
 

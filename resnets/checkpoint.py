@@ -30,10 +30,12 @@ from safetensors.torch import save as safetensors_bytes
 from .config import CHECKPOINT_FILES
 from .errors import InputError, load_failure, refused_message
 from .learner import unwrap
+from .models import weights_mismatch
 from .results import atomic_write
 
 __all__ = ["fingerprint", "CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
-           "save_checkpoint", "rank_state", "restore_model", "restore_training_state", "set_deterministic"]  # fmt: skip
+           "check_state", "check_fits", "save_checkpoint", "rank_state", "restore_model", "restore_training_state",
+           "set_deterministic"]  # fmt: skip
 
 CHECKPOINT, LEGACY_CHECKPOINT = CHECKPOINT_FILES  # the legacy one: resnets 0.2 and earlier (torch's, weights-only)
 FORMAT = "resnets-checkpoint-v1"  # the header key holding the JSON tree
@@ -173,24 +175,79 @@ def _read(path: Path) -> dict:
 
 
 def load_checkpoint(folder: str | os.PathLike) -> dict | None:
-    "The checkpoint in a run folder, or None if there is none."
+    "The checkpoint in a run folder, checked (`check_state`), or None if there is none."
     path = find_checkpoint(folder)
     if path is None:
         return None
     if path.name == CHECKPOINT:
         try:  # no pickle: tensors and JSON only
-            return _read(path)
-        except (SafetensorError, ValueError, KeyError, OSError) as e:
+            return check_state(_read(path), path)
+        except (SafetensorError, ValueError, KeyError, TypeError, OSError, RecursionError) as e:
+            if isinstance(e, InputError):
+                raise
             raise InputError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                              "): remove it to start the run again") from e  # fmt: skip
     try:  # an earlier version's: tensors and plain values only, so that loading a crafted file does not run its code
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         code, why = load_failure(e)
         if code is not None:  # (resnets before weights-only checkpoints saved NumPy arrays and fastcore lists)
             raise InputError(refused_message(path, code, why, "Another program, or a resnets older than 0.2, wrote "
                                              "it: remove it to start the run again")) from e  # fmt: skip
         raise InputError(f"{path} cannot be read ({why}): remove it to start the run again") from e
+    return check_state(state, path)
+
+
+def _refused(path, what: str) -> InputError:
+    return InputError(f"{path} is not a usable checkpoint: {what}; remove it to start the run again (or put back a "
+                      "copy of an earlier one)")  # fmt: skip
+
+
+def check_state(state, path) -> dict:
+    """A loaded checkpoint's tree checked before anything uses it (one InputError line naming what is wrong): the
+    parts every use reads, of their types; the epoch a whole number, that of the history's last record; the model's
+    weights named tensors, all finite (NaN in a BatchNorm statistic trains at chance, silently). What it must fit
+    (the network's shapes, the run's epochs) is checked where that is known (`restore_model`, the run)."""
+    if not isinstance(state, dict):
+        raise _refused(path, f"it holds a {type(state).__name__}, not a tree of a run's state")
+    for key, kind in (("epoch", int), ("history", list), ("model", dict), ("settings", dict), ("opt", dict)):
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _refused(path, f"its {key!r} is {'missing' if value is None else 'a ' + type(value).__name__}, "
+                                 f"not a {kind.__name__}")  # fmt: skip
+    epoch, history = state["epoch"], state["history"]
+    if not all(isinstance(h, dict) for h in history) or epoch < 0 or epoch != len(history) - 1:
+        raise _refused(path, f"its epoch ({epoch}) is not the last of the {len(history)} epochs its history records")
+    for name, w in state["model"].items():
+        if not isinstance(name, str) or not isinstance(w, torch.Tensor):
+            raise _refused(path, f"its model holds {type(w).__name__} {name!r}, not a named tensor")
+        if w.is_floating_point() and not torch.isfinite(w).all():
+            raise _refused(path, f"its model's {name} holds NaN or infinite values (weights of a run that diverged, "
+                                 "or damage): training on from it, or predicting with it, gives nothing")  # fmt: skip
+    return state
+
+
+def check_fits(learn, state: dict, path=None) -> None:
+    """A checkpoint's model and optimiser state checked against `learn`'s network before either is loaded (one
+    InputError line): the same tensors, of the same shapes and dtypes; an optimiser state per parameter, its
+    tensors of that parameter's shape."""
+    path = path or "the checkpoint"
+    if problem := weights_mismatch(unwrap(learn.model).state_dict(), state["model"]):
+        raise _refused(path, f"its model is not this run's network ({problem})")
+    params = [p for p, *_ in learn.opt.all_params()] if learn.opt is not None else None
+    opt = state["opt"].get("state")
+    if params is None:
+        return
+    if not isinstance(opt, list) or len(opt) != len(params) or not all(isinstance(st, dict) for st in opt):
+        raise _refused(path, f"its optimiser state is not one record for each of the network's {len(params)} "
+                             "parameters")  # fmt: skip
+    for i, (p, st) in enumerate(zip(params, opt)):
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.numel() != 1 and v.shape != p.shape:
+                raise _refused(path, f"its optimiser's {k!r} for parameter {i} is {tuple(v.shape)}, the "
+                                     f"parameter {tuple(p.shape)}")  # fmt: skip
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+                raise _refused(path, f"its optimiser's {k!r} for parameter {i} holds NaN or infinite values")
 
 
 def save_checkpoint(learn, results, folder: Path, ranks: list | None = None) -> None:
@@ -213,13 +270,18 @@ def _own(state: dict, rank: int) -> dict:
     return ranks[rank] if ranks else {"rng": state["rng"], "smooth_loss": state["smooth_loss"]}
 
 
-def restore_model(learn, state: dict, rank: int = 0) -> None:
-    """A checkpoint's model and random state (`rank`'s own, in a data-parallel run), into `learn` (before `fit`);
-    the optimiser's and the loss scaler's follow in `restore_training_state`, from the fit's start
-    (callbacks.Checkpoint)."""
-    learn.model.load_state_dict(state["model"])
+def restore_model(learn, state: dict, rank: int = 0, path=None) -> None:
+    """A checkpoint's model and random state (`rank`'s own, in a data-parallel run), into `learn` (before `fit`),
+    checked to fit it first (`check_fits`); the optimiser's and the loss scaler's follow in
+    `restore_training_state`, from the fit's start (callbacks.Checkpoint)."""
     learn.create_opt()  # so that `fit` keeps this optimiser (and its parameters) rather than making one
-    _set_rng_state(_own(state, rank)["rng"], learn.dls)
+    check_fits(learn, state, path)
+    learn.model.load_state_dict(state["model"])
+    try:
+        _set_rng_state(_own(state, rank)["rng"], learn.dls)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise _refused(path or "the checkpoint", f"its random state cannot be restored ({type(e).__name__}: "
+                                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None  # fmt: skip
 
 
 def restore_training_state(learn, state: dict, rank: int = 0) -> None:

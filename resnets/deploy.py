@@ -18,6 +18,7 @@ import io
 import json
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from .files import atomic_write
 from .images import image_files as _find_images
 from .images import open_rgb, to_rgb
 from .labels import IMAGENETTE_NAMES
-from .models import MODELS, create_model
+from .models import MODELS, create_model, weights_mismatch
 from .pretrained import valid_crop
 
 __all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "check_description", "Predictor", "export_torchscript",
@@ -213,14 +214,15 @@ def load(path: str | os.PathLike) -> Predictor:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
     meta = check_description(meta, path)
-    model = create_model(meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0),
-                         stem=tuple(meta.get("stem") or ()))  # fmt: skip
-    try:
-        model.load_state_dict(meta["state_dict"])
-    except RuntimeError as e:  # missing or unexpected tensors, or their shapes: another network's weights
-        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+    build = partial(create_model, meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0),
+                    stem=tuple(meta.get("stem") or ()))  # fmt: skip
+    with torch.device("meta"):  # the described network's shapes, no memory: a crafted width or class count
+        shapes = build().state_dict()  # (gigabytes) is refused before anything is allocated
+    if problem := weights_mismatch(shapes, meta["state_dict"], dtypes=False):
         raise InputError(f"{path}: its weights are not those of the {meta['model']} with {meta['n_out']} outputs its "
-                         f"description names ({first}): write the file again with `resnets export`") from None
+                         f"description names ({problem}): write the file again with `resnets export`")  # fmt: skip
+    model = build()
+    model.load_state_dict(meta["state_dict"])
     return Predictor(model, meta)
 
 

@@ -5,6 +5,7 @@
   sweep(folder)              remove the temporaries a killed process of this host left in `folder`
   check_writable(folder)     one line naming the problem unless files can be written into `folder`
   disk_error(e, path, fix)   an OSError of a full disk or a read-only folder as one line (an InputError), else None
+  owned(folder)              hold a run folder for one run: a second run into it is refused with one line
 
 A kill during a write leaves its temporary behind (a checkpoint's is megabytes, an image cache's a gigabyte): every
 temporary is named `.NAME.HOST-PID.XXXXXX.tmp`, and the next write into the same folder removes those whose process
@@ -13,7 +14,9 @@ is gone. Temporaries of another host (a shared folder) are left to that host.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -24,7 +27,7 @@ from pathlib import Path
 from .errors import InputError
 
 __all__ = ["size_text", "as_umask_allows", "atomic_write", "temporary", "sweep", "check_writable", "disk_error",
-           "DiskError"]
+           "DiskError", "FolderInUse", "owned", "RUN_LOCK"]  # fmt: skip
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _OURS = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{6}\.tmp$")
@@ -38,6 +41,13 @@ READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 class DiskError(InputError, OSError):
     "A file could not be written: the disk is full, or the folder is read-only."
+
+
+class FolderInUse(InputError):
+    "Another process is running into the same run folder."
+
+
+RUN_LOCK = ".resnets.lock"  # in a run folder: the flock its run holds, and that run's host and process id
 
 
 def temporary(path: str | os.PathLike) -> Path:
@@ -147,3 +157,36 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         if err is not None:
             raise err from None
         raise
+
+
+@contextlib.contextmanager
+def owned(folder: str | os.PathLike):
+    """Hold `folder` (made if missing) for one run: an exclusive flock on its RUN_LOCK, with this host and process in
+    it. A second run into the folder gets a FolderInUse naming the first's process, before it reads or writes
+    anything there. The kernel releases the lock when the process ends, however it ends (a kill leaves no stale
+    lock). A folder that cannot be written is held unlocked (check_writable then says why, in one line); one this
+    call made and that holds nothing else when the run ends is removed (a run refused early leaves no folder)."""
+    folder = Path(folder)
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise FolderInUse(f"{folder} is in use by another run (process {holder}): wait for it to finish, or "
+                              "choose another output folder (--out)") from None  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        if made and [e.name for e in os.scandir(folder)] == [RUN_LOCK]:
+            with contextlib.suppress(OSError):
+                os.unlink(folder / RUN_LOCK)
+                folder.rmdir()
+        os.close(fd)

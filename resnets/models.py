@@ -40,6 +40,7 @@ __all__ = [
     "create_model",
     "list_models",
     "count_flops",
+    "weights_mismatch",
 ]
 
 
@@ -254,6 +255,21 @@ def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, 
                                  "leave it out")  # fmt: skip
             kw[k] = v
     return MODELS[name](n_out=n_out, c_in=c_in, **kw)
+
+
+def weights_mismatch(ours: dict, theirs: dict, dtypes: bool = True) -> str | None:
+    """What keeps the weights `theirs` (a state dict) from loading into a network whose state dict is `ours` (one
+    built on torch's "meta" device will do: shapes and dtypes, no memory): names missing or unexpected, a shape or
+    (with `dtypes`) a dtype that differs; None when they fit."""
+    if theirs.keys() != ours.keys():
+        extra, missing = sorted(theirs.keys() - ours.keys()), sorted(ours.keys() - theirs.keys())
+        return f"missing {missing[:3]}, unexpected {extra[:3]}"
+    for name, w in ours.items():
+        t = theirs[name]
+        if not isinstance(t, torch.Tensor) or t.shape != w.shape or (dtypes and t.dtype != w.dtype):
+            what = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            return f"{name} is {what}, the network's {w.dtype} {tuple(w.shape)}"
+    return None
 
 
 def count_flops(model: nn.Module, size: int, c_in: int = 3) -> int:

@@ -35,13 +35,21 @@ from .callbacks import (
     StopOnNaN,
     WeightAverage,
 )
-from .checkpoint import CHECKPOINT, find_checkpoint, fingerprint, load_checkpoint, restore_model, set_deterministic
+from .checkpoint import (
+    CHECKPOINT,
+    check_fits,
+    find_checkpoint,
+    fingerprint,
+    load_checkpoint,
+    restore_model,
+    set_deterministic,
+)
 from .config import DATA_SETS, DEFAULTS, Experiment
 from .data import BS, get_data
 from .distributed import distributed_ready, join_process_group
 from .errors import InputError, MissingFile, RunExists, RunInterrupted, one_line
 from .evaluate import flip_tta, interpret, one_process, shared_predictions
-from .files import check_writable
+from .files import check_writable, owned
 from .finetune import body_head_splitter, load_body
 from .learner import OPT_FUNCS, accuracy_metric, fit_flat_cos, get_learner, top_5_metric
 from .models import create_model
@@ -228,7 +236,14 @@ def run(
 
     Every epoch is saved into `out` (results.json, and checkpoint.safetensors for `resume`). `resume=True` continues the
     run in `out` from its last checkpoint with the same settings (a fresh start if it has none). `cbs`: more fastai
-    callbacks for the Learner (loggers, your own), as `build` and fastai's `Learner` take them."""
+    callbacks for the Learner (loggers, your own), as `build` and fastai's `Learner` take them. A run owns its
+    folder while it runs: another run into the same `out` is refused (FolderInUse, naming this one's process)."""
+    hold = save and out is not None and rank_distrib() == 0
+    with owned(out) if hold else contextlib.nullcontext():
+        return _run(name, out, progress, save, resume, cbs, **overrides)
+
+
+def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) -> Results:
     start = time.perf_counter()
     exp = configure(name, verbose=rank_distrib() == 0, **overrides)
     if resume and (out is None or not save):
@@ -266,6 +281,10 @@ def run(
                       book=exp.book, learn=learn)  # fmt: skip
     if state is not None:
         _check_same_settings(state["settings"], settings, out)
+        total = exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
+        if state["epoch"] + 1 > total:
+            raise InputError(f"{find_checkpoint(out)} is not a usable checkpoint: it is at epoch {state['epoch'] + 1} "
+                             f"of a run of {total}; remove it to start the run again")  # fmt: skip
         results.history = list(state["history"])
         if state["epoch"] + 1 >= exp.epochs:
             print(f"resnets: {out} finished all {exp.epochs} epochs already")
@@ -274,7 +293,7 @@ def run(
         folder.mkdir(parents=True, exist_ok=True)
     checkpoint = Checkpoint(folder, results, state, gather=save and world > 1)
     if state is not None:
-        restore_model(learn, state, rank)
+        restore_model(learn, state, rank, find_checkpoint(out))
         if rank == 0:
             print(f"resnets: resuming {out} after epoch {state['epoch'] + 1} of {exp.epochs}")
     keep = LastValidPreds()
@@ -419,6 +438,7 @@ def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = Non
     # the checkpoint holds the trained weights: no budget to plan, no earlier run to start from (it may be gone)
     exp = Experiment.from_dict(s, data=data or s["data"], budget=None, init=None)
     learn, _ = build(exp, verbose=False)  # its ImageSizes validates at the run's final size
+    check_fits(learn, state, find_checkpoint(run_dir))
     learn.model.load_state_dict(state["model"])
     learn.model.to(learn.dls.device)  # an inner validation skips the fit's move to the data's device
     per_class = interpret(learn, run_dir, k)

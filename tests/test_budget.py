@@ -63,3 +63,6 @@ def test_the_budget_plan_is_the_most_epochs_that_fit(monkeypatch):
     assert exp.epochs == 11 and plan["predicted_s"] == pytest.approx(18.94, abs=0.05)
     with pytest.raises(InputError, match="at least --budget 4"):  # one epoch: 1.72 + 2.22 = 3.94 s
         _plan(monkeypatch, n_batches=10, budget=3.9)
+    # fine-tuning first trains the head alone for freeze_epochs (a whole epoch's time each): 1.72 s + 9 epochs
+    exp, plan = _plan(monkeypatch, n_batches=10, init="runs/earlier", freeze_epochs=1)
+    assert exp.epochs == 9 and plan["predicted_s"] == pytest.approx(19.42, abs=0.05)

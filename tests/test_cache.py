@@ -190,13 +190,21 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path, cach
     stale = temporary(folder / "checkpoint.safetensors")
     stale = stale.with_name(stale.name.replace(f"-{os.getpid()}.", f"-{dead}."))
     live = temporary(folder / "results.json")  # this process's: a write under way
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # another live writer's
+    busy = live.with_name(live.name.replace(f"-{os.getpid()}.", f"-{other.pid}."))
     old = folder / "images-24px-10-abc.123456789.tmp"  # an earlier version's, its pid over Linux's pid_max (2**22)
     theirs = [folder / "notes.123456789.tmp", folder / f".draft.{dead}.tmp"]  # not the library's: left alone
-    for p in (stale, live, old, *theirs):
-        p.write_bytes(b"x" * 1000)
-    atomic_write(folder / "results.json", b"{}")
-    assert not stale.exists() and not old.exists() and live.exists() and all(p.exists() for p in theirs)
-    assert sweep(folder) == [] and (folder / "results.json").read_bytes() == b"{}"
+    try:
+        for p in (stale, live, busy, old, *theirs):
+            p.write_bytes(b"x" * 1000)
+        atomic_write(folder / "results.json", b"{}")
+        assert not stale.exists() and not old.exists() and all(p.exists() for p in theirs)
+        assert live.exists() and busy.exists(), "a live process's temporaries are left alone, this one's or another's"
+        assert sweep(folder) == [] and (folder / "results.json").read_bytes() == b"{}"
+    finally:
+        other.kill()
+        other.wait()
+    assert sweep(folder) == [busy], "once its process is gone"
     cache.mkdir()
     left = temporary(cache / "images-24px-10-abc.npy")
     left = left.with_name(left.name.replace(f"-{os.getpid()}.", f"-{dead}."))

@@ -200,7 +200,8 @@ def test_the_checkpoint_file_is_safetensors_and_its_tree_comes_back_as_it_was(tm
     base = torch.arange(12.0).reshape(3, 4)
     tree = {"model": {"w": base[:, 1], "b": torch.ones(2, dtype=torch.bfloat16)}, "img": TensorImage(torch.zeros(2)),
             "random": (3, tuple(range(5)), None), "opt": {0: {"step": 7, "do_wd": True}}, "loss": float("nan"),
-            "history": [{"epoch": 0, "accuracy": 0.5}], "__tensor__": "a key that looks like a marker"}  # fmt: skip
+            "history": [{"epoch": 0, "accuracy": 0.5}], "__tensor__": "a key that looks like a marker",
+            "epoch": 0, "settings": {}}  # fmt: skip
     path = tmp_path / CHECKPOINT
     checkpoint._atomic_save(tree, path)
     with safe_open(str(path), framework="pt") as f:  # any safetensors reader opens it: its tensors by number
@@ -230,14 +231,20 @@ def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path, monkeypatch)
     assert find_checkpoint(old) == old / CHECKPOINT and not (old / LEGACY_CHECKPOINT).exists(), "one checkpoint"
 
 
-def test_resuming_over_other_images_is_refused(tmp_path, monkeypatch):
-    "A trial replaced an image, and swapped two between classes (same counts): resuming carried on over mixed data."
-    import shutil
-
+def _one_epoch_in_r(tmp_path, monkeypatch):
+    "A one-epoch run of generated images in tmp_path/r (its cache its own): the data folder, and the run's settings."
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     root = make_tree(tmp_path / "d", n_train=3, n_valid=2)
     kw = dict(size=32, presize=32, bs=2, epochs=1, progress=False, num_workers=0, seed=0)
     run("cnn", data=root, out=tmp_path / "r", **kw)
+    return root, kw
+
+
+def test_resuming_over_other_images_is_refused(tmp_path, monkeypatch):
+    "A trial replaced an image, and swapped two between classes (same counts): resuming carried on over mixed data."
+    import shutil
+
+    root, kw = _one_epoch_in_r(tmp_path, monkeypatch)
     resume = lambda data: run("cnn", data=data, out=tmp_path / "r", resume=True, **kw)  # noqa: E731
     moved = shutil.copytree(root, tmp_path / "elsewhere")  # copied: new times, the same images
     assert resume(moved).finished, "a moved or copied data folder is still the data"
@@ -253,3 +260,154 @@ def test_resuming_over_other_images_is_refused(tmp_path, monkeypatch):
     a.write_bytes(bytes(data))
     with pytest.raises(InputError, match="its images are not those"):
         resume(root)
+
+
+def test_a_run_owns_its_folder_while_it_runs(tmp_path, capsys):
+    """Two runs into one --out both reported success, one's results lost, the folder mixing both: the second is now
+    refused in one line naming the first's process, from Python and the command line, resume or not; the lock goes
+    with its process, however it ends."""
+    from resnets.cli import main
+    from resnets.files import RUN_LOCK, FolderInUse
+
+    data, out = make_tree(tmp_path / "data", n_train=4, n_valid=2), tmp_path / "run"
+    kw = dict(data=data, size=32, presize=32, bs=4, epochs=1, progress=False, num_workers=0, seed=0)
+    refused = []
+
+    class _Second(Callback):
+        "While the first run trains, a second one into the same folder (this process, another open of the lock)."
+
+        def after_epoch(self):
+            for resume in (False, True):
+                with pytest.raises(FolderInUse, match=f"in use by another run \\(process {os.getpid()} on "):
+                    run("cnn", out=out, resume=resume, **kw)
+            refused.append(main(["run", "cnn", "--data", str(data), "--out", str(out), "--epochs", "1"]))
+
+    first = run("cnn", out=out, cbs=[_Second()], **kw)
+    assert refused == [2] and first.finished and len(first.history) == 1
+    err = capsys.readouterr().err
+    assert err.count("in use by another run") == 1 and "choose another output folder" in err
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom resnets.files import owned\n"
+                               "with owned(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+                               str(tmp_path / "other")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUse, match=f"process {holder.pid} on"):
+            run("cnn", out=tmp_path / "other", **kw)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run("cnn", out=tmp_path / "other", **kw).finished, "a killed run's lock went with it"
+    with pytest.raises(InputError):
+        run("cnn", out=tmp_path / "never", **{**kw, "bs": -1})
+    assert not (tmp_path / "never").exists(), "a run refused before any work leaves no folder behind"
+    assert (out / RUN_LOCK).exists() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _damaged(state: dict, change) -> dict:
+    "A deep copy of a checkpoint's tree with `change` applied to it."
+    import copy
+
+    state = copy.deepcopy(state)
+    change(state)
+    return state
+
+
+def _set(path, value):
+    "A change that sets state[path[0]][path[1]]... to `value`."
+
+    def change(state):
+        *keys, last = path
+        for k in keys:
+            state = state[k]
+        state[last] = value
+
+    return change
+
+
+def _grow(state):
+    state["history"] = state["history"] + [dict(state["history"][-1], epoch=i) for i in range(2, 5)]
+    state["epoch"] = 3
+
+
+DAMAGE = {  # what the trial did to a checkpoint (safely parsed, then used unchecked), and what the refusal names
+    "epoch NaN": (_set(["epoch"], float("nan")), "'epoch' is a float"),
+    "epoch -5": (_set(["epoch"], -5), "its epoch \\(-5\\) is not the last"),
+    "epoch 10**12": (_set(["epoch"], 10**12), "is not the last of the 1 epochs"),
+    "epoch past the run": (_grow, "at epoch 4 of a run of 2"),
+    "model a list": (_set(["model"], [1, 2]), "'model' is a list"),
+    "a weight of another shape": (lambda s: s["model"].update({"0.0.weight": torch.zeros(3, 3)}),
+                                  "0.0.weight is torch.float32 \\(3, 3\\), the network's torch.float32 \\(16, 3, 3, 3\\)"),
+    "a weight of another dtype": (lambda s: s["model"].update({"0.0.weight": s["model"]["0.0.weight"].double()}),
+                                  "float64"),
+    "a weight missing": (lambda s: s["model"].pop("0.0.weight"), "missing \\['0.0.weight'\\]"),
+    "NaN in a running mean": (lambda s: s["model"]["0.1.running_mean"].fill_(float("nan")),
+                              "0.1.running_mean holds NaN"),
+    "optimiser state cut short": (lambda s: s["opt"]["state"].pop(), "not one record for each"),
+    "optimiser state of another shape": (lambda s: s["opt"]["state"][0].update(grad_avg=torch.zeros(7)),
+                                         "'grad_avg' for parameter 0 is \\(7,\\)"),
+    "torch's random state a string": (_set(["rng", "torch"], "abc"), "random state cannot be restored"),
+    "NumPy's random state too short": (_set(["rng", "numpy"], [1]), "random state cannot be restored"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_checkpoint_is_refused_in_one_line_before_training_on(tmp_path, damage, capsys):
+    """Wrong types, shapes, dtypes, epochs or non-finite weights raised raw tracebacks, resumed into a history longer
+    or shorter than the run, or trained at chance with exit 0: each is refused, naming what is wrong."""
+    from resnets.cli import main
+
+    data = make_tree(tmp_path / "data", n_train=4, n_valid=2)
+    out = tmp_path / "run"
+    argv = ["run", "cnn", "--data", str(data), "--out", str(out), "--size", "32", "--presize", "32", "--bs", "4",
+            "--epochs", "2", "--seed", "0", "--no-progress"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as m:
+        _with(m, _StopAfter(1))
+        assert main(argv) == 0
+    change, names = DAMAGE[damage]
+    checkpoint._atomic_save(_damaged(load_checkpoint(out), change), out / CHECKPOINT)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a usable checkpoint" in err and "remove it" in err, err
+    assert __import__("re").search(names, err), err
+    assert len(load_results(out).history) == 1, "nothing trained on from it"
+
+
+def test_a_checkpoint_nested_beyond_reason_is_refused_not_a_recursion_error(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"0": torch.zeros(1)}, str(tmp_path / CHECKPOINT), metadata={checkpoint.FORMAT: "[" * 100000 +
+                                                                            "]" * 100000})  # fmt: skip
+    with pytest.raises(InputError, match="cannot be read \\(RecursionError"):
+        load_checkpoint(tmp_path)
+    torch.save([1, 2], tmp_path / LEGACY_CHECKPOINT)
+    (tmp_path / CHECKPOINT).unlink()
+    with pytest.raises(InputError, match="it holds a list, not a tree"):
+        load_checkpoint(tmp_path)
+
+
+def test_resuming_over_other_validation_images_or_labels_is_refused(tmp_path, monkeypatch):
+    "The data key covers the validation images and a CSV's labels too (not only the training images)."
+    import csv
+
+    root, kw = _one_epoch_in_r(tmp_path, monkeypatch)
+    image = root / "val" / "dog" / "dog0.jpg"
+    data = bytearray(image.read_bytes())
+    data[-100] ^= 0xFF
+    image.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="its images are not those it was trained on"):
+        run("cnn", data=root, out=tmp_path / "r", resume=True, **kw)
+    rows = [(f.relative_to(root).as_posix(), f.parent.name, f.parts[-3] == "val") for f in sorted(root.rglob("*.jpg"))]
+    labels = root / "labels.csv"  # (its paths are read relative to its folder)
+
+    def write(rows):
+        with open(labels, "w", newline="") as f:
+            csv.writer(f).writerows([("name", "label", "is_valid"), *rows])
+
+    write(rows)
+    run("cnn", data=labels, out=tmp_path / "c", **kw)
+    a, b = next(i for i, r in enumerate(rows) if r[1] == "cat"), next(i for i, r in enumerate(rows) if r[1] == "dog")
+    rows[a], rows[b] = (rows[a][0], "dog", rows[a][2]), (rows[b][0], "cat", rows[b][2])  # two labels swapped
+    write(rows)
+    with pytest.raises(InputError, match="its images are not those it was trained on"):
+        run("cnn", data=labels, out=tmp_path / "c", resume=True, **kw)

@@ -286,6 +286,29 @@ def test_a_model_file_whose_description_does_not_fit_is_refused_in_one_line(gene
     assert len(err) == 1 and message.split(" ")[0] in err[0] and "Traceback" not in err[0]
 
 
+def test_a_described_network_is_checked_against_the_weights_before_it_is_built(generated_run, tmp_path, monkeypatch):
+    """A crafted width or class count built the network first (gigabytes, once ~184 GB): now its shapes are taken
+    on torch's meta device (no memory) and compared with the weights; only a network that fits is built."""
+    import resnets.deploy as deploy
+
+    built, real = [], deploy.create_model
+
+    def spy(*a, **k):
+        built.append(torch.empty(0).device.type)  # the device new tensors go to: "meta" allocates nothing
+        return real(*a, **k)
+
+    monkeypatch.setattr(deploy, "create_model", spy)
+    vocab = [f"c{i:05d}" for i in range(20000)]
+    for changes in ({"model": "resnet50", "width": 64.0}, {"vocab": vocab, "n_out": len(vocab)}):
+        built.clear()
+        with pytest.raises(InputError, match="its weights are not those of the"):
+            load(_edited(generated_run, tmp_path, **changes))
+        assert built == ["meta"], changes
+    built.clear()
+    load(_edited(generated_run, tmp_path))
+    assert built == ["meta", "cpu"]
+
+
 def test_an_unedited_model_file_still_loads_and_names_are_filled_in(generated_run, tmp_path):
     path = _edited(generated_run, tmp_path, names=None)
     assert load(path).names == {"cat": "cat", "dog": "dog"}

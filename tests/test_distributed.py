@@ -127,22 +127,71 @@ RUN = """
 """
 
 
+LAUNCH_TAG = "RESNETS_TEST_LAUNCH"  # in the environment of a launch's every process, however it was started
+
+
 def _launch(tmp_path, opts: dict, launcher: list[str], env=None) -> subprocess.Popen:
+    """Start `launcher` on the resumable script, its output in a file (not a pipe: a worker left running would hold a
+    pipe open, and reading it would hang), every process it starts tagged in its environment (`_finish` ends them)."""
+    import uuid
+
     script = tmp_path / "run_resumable.py"
     script.write_text(textwrap.dedent(RUN))
-    return subprocess.Popen([*launcher, str(script), json.dumps(opts)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)  # fmt: skip
+    tag = uuid.uuid4().hex
+    log = open(tmp_path / f"launch-{tag}.log", "w+")  # noqa: SIM115 (closed by _finish)
+    p = subprocess.Popen([*launcher, str(script), json.dumps(opts)], stdout=log, stderr=subprocess.STDOUT,
+                         env={**(env or os.environ), LAUNCH_TAG: tag}, start_new_session=True)  # fmt: skip
+    p.log, p.tag = log, tag
+    return p
+
+
+def _kill_tagged(tag: str) -> list[int]:
+    "SIGKILL every process whose environment has the launch's tag (restarted workers may be in sessions of their own)."
+    killed, mark = [], f"{LAUNCH_TAG}={tag}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), 9)
+                killed.append(int(proc.name))
+        except OSError:  # gone already, or not ours to read
+            pass
+    return killed
 
 
 def _finish(p: subprocess.Popen, timeout: float = 300) -> str:
+    "The launch's output once the launcher ends; whatever of it is still running is killed, pass or fail."
     try:
-        out, _ = p.communicate(timeout=timeout)
+        p.wait(timeout=timeout)
+        timed_out = False
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, 9)  # the launcher and its workers: nothing left behind for the next test
-        out, _ = p.communicate()
+        timed_out = True
+    finally:
+        _kill_tagged(p.tag)  # nothing left behind for the next test, nor holding the test's output
+        p.wait()
+        p.log.seek(0)
+        out = p.log.read()
+        p.log.close()
+    if timed_out:
         pytest.fail(f"the launch did not end in {timeout:.0f} s:\n{out}")
     assert p.returncode == 0, out
     return out
+
+
+def test_a_failed_launch_fails_at_once_leaving_no_worker_behind(tmp_path):
+    """A launcher that fails while a worker it started (in a session of its own, as a restarted one can be) runs
+    on: the test fails at once, and the worker is gone (it held the output pipe open: the test hung instead)."""
+    import time
+
+    spawn = ("import subprocess, sys; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+             "start_new_session=True); print('worker', w.pid, flush=True); sys.exit(1)")  # fmt: skip
+    start = time.perf_counter()
+    p = _launch(tmp_path, {}, [sys.executable, "-c", spawn])
+    with pytest.raises(AssertionError) as e:
+        _finish(p, timeout=60)
+    assert time.perf_counter() - start < 30
+    worker = int(str(e.value).split("worker ")[1].split()[0])
+    time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
 
 
 def _curve(folder) -> list[tuple]:

@@ -92,6 +92,24 @@ def test_fast_augmentation_draws_what_the_chapters_draws():
         assert np.abs(col[:, 3]).max() < 15 and 0.5 < (np.abs(col[:, 3]) > 0.5).mean() < 0.9
 
 
+def test_fast_zoom_draws_what_fastais_zoom_draws():
+    """Each image's zoom (and its centre) as fastai's Zoom(max_zoom=1.1, p=0.75) draws it: a quarter of the images
+    unzoomed, the rest scaled by 1/U(1, 1.1) (read back from the affine map's determinant: |det| = s^2)."""
+    from fastai.vision.augment import zoom_mat
+
+    n = 4000
+    torch.manual_seed(0)
+    theirs = zoom_mat(torch.zeros(n, 3, 8, 8), max_zoom=1.1, p=0.75)
+    torch.manual_seed(1)
+    ours = ChapterAugment(64).affine(n, 80, 80, "cpu")
+    s_theirs, s_ours = theirs[:, 0, 0].numpy(), ours[:, :2, :2].det().abs().sqrt().numpy()
+    assert ks_statistic(s_theirs.round(4), s_ours.round(4)) < 0.05  # (critical value at 0.1 %, 4,000 vs 4,000: 0.044)
+    for s in (s_theirs, s_ours):
+        assert 0.2 < np.isclose(s, 1).mean() < 0.3 and s.min() >= 1 / 1.1 - 1e-6
+    shift = lambda m: m[:, :2, 2].norm(dim=1).numpy()  # noqa: E731  (the zoom's centre; rotation keeps its length)
+    assert ks_statistic(shift(theirs).round(4), shift(ours).round(4)) < 0.05
+
+
 def test_light_augmentation_is_the_crop_and_the_flip_only():
     "augment='light' on both pipelines: half the images flipped, none rotated, brightened or contrasted."
     chapter, fast = _pipelines(augment="light")
@@ -123,6 +141,20 @@ def test_fast_crops_are_the_chapters_square_crops():
     left = ((crops[:, 0, 2].numpy() + 1) * 159 - side + 1) / 2  # back from the normalised centre to the top-left pixel
     assert (left.round() >= 0).all() and (left.round() + side <= 160).all(), "inside the image"
     assert abs(float(np.corrcoef(left, side)[0, 1])) < 0.9 and left.std() > 3, "positions drawn, not centred"
+
+
+def test_fast_validation_tensors_are_the_chapters_on_generated_images(tmp_path):
+    """The quick tier's check of the same: landscape and portrait noise images (every pixel differs from its
+    neighbours, so another filter than fastai's bilinear, or a crop off the centre, is far from 1e-4)."""
+    root = make_tree(tmp_path / "wide", n_train=2, n_valid=3)
+    for i in range(3):
+        save_image(root / "val" / "cat" / f"tall{i}.jpg", size=(36, 52), seed=100 + i)
+    for presize, size in ((24, 16), (32, 32), (48, 40)):  # smaller, and larger, than the images' shorter sides
+        kw = dict(presize=presize, resize=size, bs=2)
+        stock, fast = get_data(root, **kw), get_data(root, fast=True, **kw)
+        (xs, ys), (xf, yf) = ([torch.cat(t) for t in zip(*dls.valid)] for dls in (stock, fast))
+        assert xs.shape == xf.shape == (9, 3, size, size) and torch.equal(ys, yf)
+        assert (xs - xf).abs().max() < 1e-4
 
 
 def test_fast_validation_tensors_are_the_chapters(imagenette):

@@ -207,6 +207,33 @@ def test_validation_sees_what_timm_s_eval_transform_gives(imagenette, fast, size
     assert (xb.as_subclass(torch.Tensor) - ref).abs().max() <= PREPROCESSING_TOLERANCE
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_validation_sees_what_timm_s_eval_transform_gives_on_generated_images(fast, tmp_path, monkeypatch):
+    """The quick tier's check of the same (a resize filter or a crop position unlike timm's fails it): square noise
+    images larger and smaller than the size timm resizes them to. (Square, and sizes whose crop margin is even: for
+    other images timm resizes the long side to a rounded length, and rounds an odd margin's half where fastai's
+    crop floors it, a sub-pixel difference that noise magnifies.)"""
+    from timm.data import create_transform, resolve_data_config
+
+    from conftest import save_image
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "d"
+    for i, (split, c, side) in enumerate([(s, c, 40) for s in ("train", "val") for c in ("cat", "dog") for _ in (0, 1)]
+                                         + [("val", "dog", 52), ("val", "cat", 90)]):  # fmt: skip
+        save_image(root / split / c / f"{c}{i}.jpg", size=(side, side), seed=i)
+    cfg = pre._timm_cfg("resnet18d.ra2_in1k")
+    prep = pre._preprocessing_of(cfg, "resnet18d.ra2_in1k")
+    for size in (32, 48):  # resized to 36 and 54 px, their centres cropped
+        dls = get_data(root, presize=prep.resize_for(size), resize=size, bs=2, fast=fast, num_workers=0,
+                       **prep.data_kw(size))  # fmt: skip
+        xb = torch.cat([x.as_subclass(torch.Tensor) for x, _ in dls.valid])
+        timm_eval = create_transform(**resolve_data_config(pretrained_cfg=cfg, args={"input_size": (3, size, size)}))
+        ref = torch.stack([timm_eval(Image.open(f).convert("RGB")) for f in dls.valid_ds.items])
+        assert xb.shape == ref.shape == (6, 3, size, size)
+        assert (xb - ref).abs().max() <= PREPROCESSING_TOLERANCE
+
+
 def test_a_pretrained_run_records_its_preprocessing_and_exports_it(weights_file, tree, tmp_path, monkeypatch):
     "fastai's fine_tune from the weights (the head alone, then all); the model file predicts with the same images."
     from resnets import export, load, run
