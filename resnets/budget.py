@@ -13,7 +13,7 @@ import torch
 from .config import Experiment
 from .data import set_image_size
 from .errors import InputError
-from .evaluate import RECALIBRATION_IMAGES, device_autocast
+from .evaluate import RECALIBRATION_IMAGES, device_autocast, on_data_device
 from .timing import step_stages
 
 __all__ = ["plan_budget"]
@@ -23,7 +23,7 @@ def _time_steps(learn, size: int, steps: int = 3) -> float:
     """Seconds per training step at `size`, data loading and augmentation included: a copy of the model (the run's
     own is not touched), timed on real batches by `timing.step_stages`."""
     set_image_size(learn.dls, size)
-    model = copy.deepcopy(learn.model)
+    model = copy.deepcopy(on_data_device(learn))  # (not yet moved by a fit: the batches are on the data's device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-9)  # the step's cost, not fastai's bookkeeping
     warmup = 1 if len(learn.dls.train) > 1 else 0
     steps = max(1, min(steps, len(learn.dls.train) - warmup))
@@ -36,7 +36,7 @@ def _time_steps(learn, size: int, steps: int = 3) -> float:
 def _time_validation(learn, size: int, batches: int = 2) -> float:
     "Seconds for a whole validation pass at `size`, from the first few batches."
     set_image_size(learn.dls, size)
-    model, it, n, start = learn.model.eval(), iter(learn.dls.valid), 0, time.perf_counter()
+    model, it, n, start = on_data_device(learn).eval(), iter(learn.dls.valid), 0, time.perf_counter()
     with device_autocast(learn):
         for _ in range(min(batches, len(learn.dls.valid))):
             xb, _ = next(it)

@@ -27,15 +27,15 @@ from fastcore.foundation import L
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .config import CHECKPOINT_FILES
+from .config import CHECKPOINT_FILES, DEFAULTS
 from .errors import InputError, load_failure, refused_message
 from .learner import unwrap
 from .models import weights_mismatch
 from .results import atomic_write
 
 __all__ = ["fingerprint", "CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
-           "check_state", "check_fits", "save_checkpoint", "rank_state", "restore_model", "restore_training_state",
-           "set_deterministic"]  # fmt: skip
+           "check_state", "check_fits", "check_same_settings", "save_checkpoint", "rank_state", "restore_model",
+           "restore_training_state", "set_deterministic"]  # fmt: skip
 
 CHECKPOINT, LEGACY_CHECKPOINT = CHECKPOINT_FILES  # the legacy one: resnets 0.2 and earlier (torch's, weights-only)
 FORMAT = "resnets-checkpoint-v1"  # the header key holding the JSON tree
@@ -93,8 +93,9 @@ def _set_rng_state(state: dict, dls) -> None:
     for dl, s in zip(_loaders(dls), state["loaders"]):
         if s is not None and hasattr(dl, "rng"):
             dl.rng.setstate(_py_rng(s))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs' as there are here (a run moved to fewer GPUs,
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):  # or to a CPU, goes on)
+            torch.cuda.set_rng_state(s, i)
 
 
 def _plain(obj):
@@ -316,3 +317,26 @@ def fingerprint(train: list, valid: list, root: str | os.PathLike, extra: bytes 
             # surrogateescape: a file name that is not UTF-8 hashes as its bytes (the same digest for UTF-8 ones)
             h.update(f"{split} {rel.as_posix()} {size}\n".encode(errors="surrogateescape") + head + tail)
     return h.hexdigest()[:20]
+
+
+def check_same_settings(saved: dict, now: dict, out, auto: bool = False) -> None:
+    "Refuse a resume whose settings differ from the checkpoint's (`auto`: --precision auto, which may resolve anew)."
+    before, after = saved.get("world_size", 1), now.get("world_size", 1)
+    if before != after:  # each rank resumes with its own random state: there is one for each of the run's ranks
+        launch = lambda n: f"torchrun, {n} processes in all" if n > 1 else "one process"  # noqa: E731
+        raise InputError(f"cannot resume {out} with {after} process(es): it was trained by {before}, and each resumes "
+                         f"with its own random state; launch it as it was, with {launch(before)}")  # fmt: skip
+    if saved.get("data_key", now.get("data_key")) != now.get("data_key"):  # (earlier versions kept none)
+        raise InputError(f"cannot resume {out}: its images are not those it was trained on so far (an image was "
+                         "replaced, added, removed or moved to another class since its checkpoint): resume over the "
+                         "same images, or train a new run into another folder")  # fmt: skip
+    # the command line differs by --resume; a moved data folder is still the data (its images are compared above)
+    ignore = {"argv", "data", "source", "data_key", "world_size", "compile"}  # compiled or not: the same model
+    saved = {**{k: v for k, v in DEFAULTS.items() if k not in saved}, **saved}  # an older checkpoint's: defaults
+    diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
+    if "precision" in diff and auto:  # --precision auto on another machine (fp16 on a GPU, bf16 or fp32 on a CPU)
+        print(f"resnets: resuming {out}, trained in {diff.pop('precision')[0]} so far, in {now['precision']} here "
+              "(--precision auto: what this machine has)")  # fmt: skip
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        raise InputError(f"cannot resume {out} with different settings ({shown}): use the run's own options")

@@ -13,11 +13,12 @@ import os
 import torch
 import torch.distributed as dist
 from fastai.distributed import DistributedDL
+from fastai.torch_core import defaults
 from fastcore.basics import patch
 
 from .errors import InputError
 
-__all__ = ["distributed_ready", "join_process_group"]
+__all__ = ["distributed_ready", "join_process_group", "backend_for"]
 
 
 @patch
@@ -44,7 +45,23 @@ def join_process_group() -> None:
     (connectFullMesh refused, every restart in a row, on a loaded machine). gloo on a CPU, NCCL on CUDA."""
     if dist.is_initialized():
         return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend, device = backend_for(int(os.environ.get("LOCAL_RANK", 0)), gpus, defaults.use_cuda is not False)
+    if device is not None:  # before any data or model is made: fastai's default device is then this rank's GPU
+        torch.cuda.set_device(device)
+    elif gpus:  # fewer GPUs than ranks on this machine: every rank on the CPU, not all of them on cuda:0
+        defaults.use_cuda = False
     store, rank, world = next(dist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
+    dist.init_process_group(backend, rank=rank, world_size=world,
                             store=dist.PrefixStore(f"resnets/attempt-{attempt}", store))  # fmt: skip
+
+
+def backend_for(local_rank: int, gpus: int, cuda: bool = True) -> tuple[str, str | None]:
+    """The process group's backend, and the CUDA device of the rank `local_rank` on a machine with `gpus` GPUs:
+    NCCL with each local rank on its own GPU (fastai's `setup_distrib` sets it the same way) when the data go to
+    CUDA (`cuda`: fastai's default where there is one) and there is a GPU for every local rank; else gloo, on the
+    CPU (two ranks on one GPU would make NCCL fail, and a run kept on the CPU stays on gloo)."""
+    if cuda and gpus > local_rank:
+        return "nccl", f"cuda:{local_rank}"
+    return "gloo", None

@@ -33,8 +33,8 @@ from torch.optim.swa_utils import update_bn
 from .learner import MixedPrecision, unwrap
 from .results import save_figure
 
-__all__ = ["CONFUSION_LIMIT", "RECALIBRATION_IMAGES", "device_autocast", "flip_tta", "flip_tta_accuracy",
-           "shared_predictions", "one_process", "recalibrate_bn",
+__all__ = ["CONFUSION_LIMIT", "RECALIBRATION_IMAGES", "device_autocast", "on_data_device", "flip_tta",
+           "flip_tta_accuracy", "shared_predictions", "one_process", "recalibrate_bn",
            "Interpretation", "interpret"]  # fmt: skip
 
 CONFUSION_LIMIT = 30  # classes up to which the confusion matrix is drawn cell by cell (0.6 inch a class)
@@ -49,9 +49,17 @@ def device_autocast(learn):
 
 
 @torch.no_grad()
+def on_data_device(learn) -> torch.nn.Module:
+    """The Learner's model, moved to its data's device first. fastai moves it there only in a fit's `before_fit`:
+    code that runs the model outside a fit, before any (the budget's timing, TTA or BatchNorm re-estimation called
+    directly), would feed CUDA batches to a model still on the CPU."""
+    device = getattr(learn.dls, "device", None)
+    return learn.model.to(device) if device is not None else learn.model
+
+
 def _predict(learn, dl, plain: bool = True, mirror: bool = True):
     "Over `dl`: the plain images' logits (if `plain`), their mirrors' probabilities (if `mirror`), and the targets."
-    model, flipped, logits, targs = learn.model.eval(), [], [], []
+    model, flipped, logits, targs = on_data_device(learn).eval(), [], [], []
     for xb, yb in dl:
         x = xb.as_subclass(torch.Tensor)
         with device_autocast(learn):  # per batch, as fastai's loop: autocast's weight casts are not kept across
@@ -135,7 +143,7 @@ def recalibrate_bn(learn, n: int = RECALIBRATION_IMAGES, seed: int = 0) -> int:
     sample, drawn without touching the global random state) preprocessed as validation is, at its current size, with
     torch's `update_bn`. Statistics gathered under training's augmentation and sizes then match the images scored,
     e.g. at a test size larger than the last training size. Returns the number of images used."""
-    model = unwrap(learn.model)
+    model = unwrap(on_data_device(learn))
     items = learn.dls.train_ds.items
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()) or not len(items):
         return 0

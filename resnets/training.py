@@ -38,13 +38,14 @@ from .callbacks import (
 from .checkpoint import (
     CHECKPOINT,
     check_fits,
+    check_same_settings,
     find_checkpoint,
     fingerprint,
     load_checkpoint,
     restore_model,
     set_deterministic,
 )
-from .config import DATA_SETS, DEFAULTS, Experiment
+from .config import DATA_SETS, Experiment
 from .data import BS, get_data
 from .distributed import distributed_ready, join_process_group
 from .errors import InputError, MissingFile, RunExists, RunInterrupted, one_line
@@ -280,7 +281,7 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
     results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
                       book=exp.book, learn=learn)  # fmt: skip
     if state is not None:
-        _check_same_settings(state["settings"], settings, out)
+        check_same_settings(state["settings"], settings, out, auto=exp.precision == "auto")
         total = exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
         if state["epoch"] + 1 > total:
             raise InputError(f"{find_checkpoint(out)} is not a usable checkpoint: it is at epoch {state['epoch'] + 1} "
@@ -394,25 +395,6 @@ def _data_key(exp: Experiment, dls) -> str:
     csv = Path(str(exp.data)).expanduser()
     extra = csv.read_bytes() if csv.suffix.lower() == ".csv" and csv.is_file() else b""
     return fingerprint(dls.train_ds.items, dls.valid_ds.items, dls.path, extra)
-
-
-def _check_same_settings(saved: dict, now: dict, out) -> None:
-    before, after = saved.get("world_size", 1), now.get("world_size", 1)
-    if before != after:  # each rank resumes with its own random state: there is one for each of the run's ranks
-        launch = lambda n: f"torchrun, {n} processes in all" if n > 1 else "one process"  # noqa: E731
-        raise InputError(f"cannot resume {out} with {after} process(es): it was trained by {before}, and each resumes "
-                         f"with its own random state; launch it as it was, with {launch(before)}")  # fmt: skip
-    if saved.get("data_key", now.get("data_key")) != now.get("data_key"):  # (earlier versions kept none)
-        raise InputError(f"cannot resume {out}: its images are not those it was trained on so far (an image was "
-                         "replaced, added, removed or moved to another class since its checkpoint): resume over the "
-                         "same images, or train a new run into another folder")  # fmt: skip
-    # the command line differs by --resume; a moved data folder is still the data (its images are compared above)
-    ignore = {"argv", "data", "source", "data_key", "world_size", "compile"}  # compiled or not: the same model
-    saved = {**{k: v for k, v in DEFAULTS.items() if k not in saved}, **saved}  # an older checkpoint's: defaults
-    diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
-    if diff:
-        shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))
-        raise InputError(f"cannot resume {out} with different settings ({shown}): use the run's own options")
 
 
 def lr_find(name: str | Experiment, out: str | os.PathLike | None = None, progress: bool = True, **overrides):

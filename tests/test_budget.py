@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 
 from resnets import InputError, run
 
@@ -66,3 +67,28 @@ def test_the_budget_plan_is_the_most_epochs_that_fit(monkeypatch):
     # fine-tuning first trains the head alone for freeze_epochs (a whole epoch's time each): 1.72 s + 9 epochs
     exp, plan = _plan(monkeypatch, n_batches=10, init="runs/earlier", freeze_epochs=1)
     assert exp.epochs == 9 and plan["predicted_s"] == pytest.approx(19.42, abs=0.05)
+
+
+def test_the_model_runs_on_the_datas_device_outside_a_fit(monkeypatch):
+    """The budget's timing runs the model before any fit has moved it (as TTA or BatchNorm re-estimation called
+    directly do, through the same `evaluate.on_data_device`): on a GPU its batches
+    are on CUDA and the model still on the CPU (a device-mismatch error). Here the data's device is torch's "meta"
+    device, and every forward pass checks that its input and its weights are on the same device."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from resnets import budget
+
+    meta = torch.device("meta")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))  # fmt: skip
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((args[0].device, next(m.parameters()).device)))
+    batch = (torch.zeros(2, 3, 8, 8, device=meta), torch.zeros(2, dtype=torch.long, device=meta))
+    learn = SimpleNamespace(model=model, dls=SimpleNamespace(device=meta, train=[batch] * 3, valid=[batch] * 2,
+                                                             valid_ds=[None] * 4))  # fmt: skip
+    monkeypatch.setattr(budget, "device_autocast", lambda learn: contextlib.nullcontext())
+    monkeypatch.setattr(budget, "set_image_size", lambda dls, size: None)
+    budget._time_steps(learn, 8)
+    budget._time_validation(learn, 8)
+    assert len(seen) == 3 + 2 and all(x == meta and w == meta for x, w in seen), seen

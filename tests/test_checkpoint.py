@@ -336,7 +336,7 @@ DAMAGE = {  # what the trial did to a checkpoint (safely parsed, then used unche
     "epoch past the run": (_grow, "at epoch 4 of a run of 2"),
     "model a list": (_set(["model"], [1, 2]), "'model' is a list"),
     "a weight of another shape": (lambda s: s["model"].update({"0.0.weight": torch.zeros(3, 3)}),
-                                  "0.0.weight is torch.float32 \\(3, 3\\), the network's torch.float32 \\(16, 3, 3, 3\\)"),
+                                  "0.0.weight is torch.float32 \\(3, 3\\), the network's torch.float32 \\(16, 3, 3"),
     "a weight of another dtype": (lambda s: s["model"].update({"0.0.weight": s["model"]["0.0.weight"].double()}),
                                   "float64"),
     "a weight missing": (lambda s: s["model"].pop("0.0.weight"), "missing \\['0.0.weight'\\]"),

@@ -285,3 +285,16 @@ def test_an_elastic_fine_tuning_run_killed_after_its_frozen_epoch_ends_as_an_uni
     assert "-9" in killed or "SIGKILL" in killed or "Signals.SIGKILL" in killed, "rank 1 died by SIGKILL"
     assert len(_curve(tmp_path / "whole")) == 3 and _curve(tmp_path / "killed") == _curve(tmp_path / "whole")
     assert load_results(tmp_path / "killed").finished
+
+
+@pytest.mark.parametrize("local_rank, gpus, cuda, expected", [
+    (0, 0, True, ("gloo", None)),  # a CPU machine
+    (1, 2, True, ("nccl", "cuda:1")),  # each rank on its own GPU (every rank was on cuda:0)
+    (0, 2, True, ("nccl", "cuda:0")),
+    (1, 1, True, ("gloo", None)),  # two ranks, one GPU: NCCL cannot share it; the CPU, not cuda:0 twice
+    (0, 4, False, ("gloo", None)),  # a run kept on the CPU of a GPU machine stays on gloo
+])  # fmt: skip
+def test_each_rank_gets_its_own_gpu_or_gloo_on_the_cpu(local_rank, gpus, cuda, expected):
+    from resnets.distributed import backend_for
+
+    assert backend_for(local_rank, gpus, cuda) == expected

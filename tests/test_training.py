@@ -167,13 +167,13 @@ def test_a_checkpoint_older_than_an_option_resumes_with_it_at_its_default():
     from dataclasses import fields
 
     from resnets import Experiment
-    from resnets.training import _check_same_settings
+    from resnets.checkpoint import check_same_settings
 
     now = {f.name: f.default for f in fields(Experiment) if f.metadata.get("option")}
     saved = {k: v for k, v in now.items() if k not in ("lr_mult", "ema")}
-    _check_same_settings(saved, now, "runs/old")
+    check_same_settings(saved, now, "runs/old")
     with pytest.raises(InputError, match=r"cannot resume runs/old with different settings \(ema: 0.0 then, 0.99 now\)"):
-        _check_same_settings(saved, {**now, "ema": 0.99}, "runs/old")
+        check_same_settings(saved, {**now, "ema": 0.99}, "runs/old")
 
 
 def test_a_small_folder_trains_in_smaller_batches_and_says_so(tree, tmp_path, capsys):
@@ -394,3 +394,42 @@ def test_a_record_keeps_no_path_of_the_machine_it_ran_on_where_it_need_not(monke
     assert _command_line() == ["resnets", "run", "cnn", "--epochs", "2"]
     monkeypatch.setattr("sys.argv", ["/home/someone/train.py", "--fast"])
     assert _command_line() == ["train.py", "--fast"]
+
+
+def test_a_run_trained_with_precision_auto_resumes_on_another_kind_of_machine(capsys):
+    """--precision auto is fp16 on a GPU and bf16 or fp32 on a CPU: a GPU run resumes on a CPU (it was refused, and
+    the advice, --precision fp16, cannot run there), with a line; an explicit precision is still compared."""
+    from dataclasses import fields
+
+    from resnets import Experiment
+    from resnets.checkpoint import check_same_settings
+
+    now = {f.name: f.default for f in fields(Experiment) if f.metadata.get("option")}
+    saved = {**now, "precision": "fp16"}
+    check_same_settings(saved, {**now, "precision": "bf16"}, "runs/gpu", auto=True)
+    assert "trained in fp16 so far, in bf16 here" in capsys.readouterr().out
+    with pytest.raises(InputError, match="precision: 'fp16' then, 'bf16' now"):
+        check_same_settings(saved, {**now, "precision": "bf16"}, "runs/gpu", auto=False)
+
+
+def test_a_checkpoint_of_more_gpus_resumes_on_fewer(monkeypatch):
+    "Every GPU's random state is saved; a machine with fewer GPUs restores those it has (torch's own raised)."
+    from types import SimpleNamespace
+
+    from resnets import checkpoint
+
+    def all_of_them(states):  # torch's set_rng_state_all: device i for the i-th state, an error past the last GPU
+        for i, s in enumerate(states):
+            if i >= torch.cuda.device_count():
+                raise IndexError(f"no GPU {i}")
+            torch.cuda.set_rng_state(s, i)
+
+    dls = SimpleNamespace(loaders=[])
+    state = {**checkpoint._rng_state(dls), "cuda": [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", all_of_them)
+    checkpoint._set_rng_state(state, dls)
+    assert restored == [(0, 0), (1, 1)]
