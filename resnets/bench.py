@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -68,6 +69,20 @@ def _amp_step(model, opt, x, y, dtype, scaler) -> None:
 VARIANTS = ("eager", "channels_last", "compile")
 
 
+@contextlib.contextmanager
+def measuring():
+    """The same backend settings for every section of a benchmark: cuDNN's autotuner on (training's setting), and
+    fp32 as true fp32 in convolutions and matmuls alike. cuDNN's default TF32 made the "fp32" model column TF32
+    while the matmul peak it is divided by was true fp32 (a fraction of the peak above 100 %)."""
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+
+
 def bench_models(
     names, size: int = 128, bs: int = 32, repeats: int = 5, device: str = "cpu", variants=("eager",), precision="fp32"
 ) -> list[dict]:
@@ -87,24 +102,34 @@ def bench_models(
                "params": sum(p.numel() for p in base.parameters()),
                "gflops_per_image": count_flops(base, size) / 1e9}  # fmt: skip
         for variant in variants:
-            model = create_model(name, n_out=10).to(device)
-            x = torch.randn(bs, 3, size, size, device=device)
-            y = torch.randint(0, 10, (bs,), device=device)
-            if variant in ("channels_last", "compile"):
-                model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-            fwd = torch.compile(model) if variant == "compile" else model
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-            if precision == "fp32":
-                step = partial(_train_step, fwd, opt, x, y)
-            else:
-                dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-                scaler = torch.amp.GradScaler(x.device.type, enabled=precision == "fp16")
-                step = partial(_amp_step, fwd, opt, x, y, dtype, scaler)
-            seconds = median_seconds(step, repeats=repeats, warmup=3 if variant == "compile" else 2)
-            row[f"{variant}_images_per_s"] = bs / seconds
+            try:
+                with measuring():
+                    row[f"{variant}_images_per_s"] = _variant_speed(name, variant, size, bs, repeats, device, precision)
+            except Exception as e:  # noqa: BLE001 (compile above all: one variant's failure is a cell, not the end)
+                if variant == variants[0]:
+                    raise
+                row[f"{variant}_images_per_s"], row[f"{variant}_error"] = None, f"{type(e).__name__}: {e}"[:300]
         row["train_images_per_s"] = row[f"{variants[0]}_images_per_s"]
         rows.append(row)
     return rows
+
+
+def _variant_speed(name: str, variant: str, size: int, bs: int, repeats: int, device: str, precision: str) -> float:
+    "Training-step images/s of one model in one variant and precision (bench_models)."
+    model = create_model(name, n_out=10).to(device)
+    x = torch.randn(bs, 3, size, size, device=device)
+    y = torch.randint(0, 10, (bs,), device=device)
+    if variant in ("channels_last", "compile"):
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    fwd = torch.compile(model) if variant == "compile" else model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    if precision == "fp32":
+        step = partial(_train_step, fwd, opt, x, y)
+    else:
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        scaler = torch.amp.GradScaler(x.device.type, enabled=precision == "fp16")
+        step = partial(_amp_step, fwd, opt, x, y, dtype, scaler)
+    return bs / median_seconds(step, repeats=repeats, warmup=3 if variant == "compile" else 2)
 
 
 def matmul_peak(device: str = "cpu", dtype=torch.float32, n: int = 2048, repeats: int = 10) -> float:
@@ -116,7 +141,8 @@ def matmul_peak(device: str = "cpu", dtype=torch.float32, n: int = 2048, repeats
         if a.is_cuda:
             torch.cuda.synchronize()
 
-    return 2 * n**3 / median_seconds(mm, repeats=repeats, warmup=2) / 1e9
+    with measuring():
+        return 2 * n**3 / median_seconds(mm, repeats=repeats, warmup=2) / 1e9
 
 
 def bench_data(data, presize: int = 160, resize: int = 128, bs: int = 128, batches: int = 20, repeats: int = 3,
@@ -327,7 +353,7 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
             main = precision == ("fp16" if device.type == "cuda" else "fp32")
             (row,) = bench_models([name], size=size, bs=bs, repeats=repeats, device=str(device),
                                   variants=variants if main else ("eager",), precision=precision)  # fmt: skip
-            best = max(v for k, v in row.items() if k.endswith("_images_per_s"))
+            best = max(v for k, v in row.items() if k.endswith("_images_per_s") and v is not None)
             # a training step is ~3x the forward FLOPs (forward, and backward for inputs and weights)
             row["fraction_of_matmul_peak"] = 3 * row["gflops_per_image"] * best / report["matmul_gflops"][precision]
             if precision != "fp32":  # eager against eager fp32, timed a moment ago in this call
@@ -345,6 +371,12 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
     return report
 
 
+def _cell(row: dict, variant: str) -> str:
+    "A variant's images/s in a table: '-' where it was not measured, 'failed' where it failed (its error in the row)."
+    v = row.get(f"{variant}_images_per_s")
+    return f"{v:>15.1f}" if v is not None else f"{'failed' if f'{variant}_error' in row else '-':>15}"
+
+
 def format_suite(report: dict) -> str:
     "The suite's report as text tables."
     native = f", native bf16: {report['native_bf16'] or 'none (emulated)'}" if "native_bf16" in report else ""
@@ -357,7 +389,7 @@ def format_suite(report: dict) -> str:
     lines += [head + f"{'of peak':>9}{'vs fp32':>9}"]
     for r in report.get("models", []):
         lines.append(f"{r['model']:<16}{r['size']:>5}{r['precision']:>6}{r['gflops_per_image']:>11.3f}"
-                     + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" if f"{v}_images_per_s" in r else f"{'-':>15}"
+                     + "".join(_cell(r, v)
                                for v in variants)
                      + f"{100 * r['fraction_of_matmul_peak']:>8.1f}%"
                      + (f"{r['speedup_over_fp32']:>8.2f}x" if "speedup_over_fp32" in r else f"{'':>9}"))  # fmt: skip
@@ -399,7 +431,7 @@ def _print_models(names: list[str], size: int, bs: int, repeats: int, device: st
                             precision="bf16")  # fmt: skip
         bf16 = b[f"{variants[0]}_images_per_s"]
         print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}"
-              + "".join(f"{r[f'{v}_images_per_s']:>15.1f}" for v in variants)
+              + "".join(_cell(r, v) for v in variants)
               + f"{bf16:>15.1f}{bf16 / r[f'{variants[0]}_images_per_s']:>9.2f}x")  # fmt: skip
 
 

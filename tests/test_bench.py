@@ -132,3 +132,43 @@ def test_bench_loop_puts_the_library_s_loop_beside_the_model_step_and_the_peak(t
     assert "model step alone" in capsys.readouterr().out
     saved = json.loads((tmp_path / "loop.json").read_text())
     assert saved["args"] == [["resnet50", str(tree)], {"bs": 8, "repeats": 5, "subset": None, "size": 64}]
+
+
+def test_every_section_measures_true_fp32_with_the_same_cudnn_settings(monkeypatch):
+    """cuDNN's default TF32 made the "fp32" model column TF32 while the peak it is divided by was true fp32 (over
+    100 % of the peak), and its autotuner differed between sections: each measurement now runs under the same
+    settings (autotuner on, TF32 off in convolutions and matmuls), and they are put back afterwards."""
+    from resnets import bench
+
+    seen, real = [], bench.median_seconds
+
+    def spy(fn, **kw):
+        seen.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+                     torch.get_float32_matmul_precision()))  # fmt: skip
+        return real(fn, **kw)
+
+    monkeypatch.setattr(bench, "median_seconds", spy)
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.set_float32_matmul_precision("high")  # TF32 allowed, as a training script might leave it
+    try:
+        bench.bench_models(["cnn"], size=32, bs=2, repeats=1)
+        bench.matmul_peak(n=64, repeats=1)
+        assert seen == [(True, False, "highest")] * 2
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before[2])
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32) == before[:2]
+
+
+def test_a_variant_that_fails_is_a_cell_not_the_end_of_the_suite(monkeypatch):
+    "torch.compile failing (no compiler, a graph break it cannot take) leaves its cell empty, with the error kept."
+    from resnets import bench
+
+    def no_compiler(model, *a, **k):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    (row,) = bench.bench_models(["cnn"], size=32, bs=2, repeats=1, variants=("eager", "compile"))
+    assert row["eager_images_per_s"] > 0 and row["compile_images_per_s"] is None
+    assert "no C++ compiler found" in row["compile_error"]
+    assert "failed" in bench._cell(row, "compile") and bench._cell(row, "channels_last").strip() == "-"
