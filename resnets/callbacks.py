@@ -289,7 +289,11 @@ class Checkpoint(Callback):
             ranks = [None] * dist.get_world_size()
             dist.all_gather_object(ranks, rank_state(self.learn))
         if self.folder is not None:
+            start = time.perf_counter()
             save_checkpoint(self.learn, self.results, self.folder, ranks)
+            # after the epoch's `time` (a GPU's checkpoint goes through the CPU: hundreds of MB for a ResNet-50), so
+            # kept beside it: in results.json from the next save on, and in the checkpoints after this one
+            self.results.history[-1]["checkpoint_s"] = time.perf_counter() - start
 
 
 class SkipValidation(Callback):

@@ -246,8 +246,9 @@ class Experiment:
                              "else fp32), fp16, bf16 or fp32", str,
                              choices=PRECISIONS)  # fmt: skip
     seed: int | None = _option("runtime", 42, "random seed", int, metavar="N")
-    num_workers: int | None = _option("runtime", None, "DataLoader worker processes (the chapter's pipeline)", int,
-                                      flag="--workers", metavar="N")  # fmt: skip
+    num_workers: int | None = _option("runtime", None, "DataLoader worker processes (default: fastai's; the fast "
+                                      "path: none on a CPU, up to 8 for a GPU)", int, flag="--workers",
+                                      metavar="N")  # fmt: skip
     deterministic: bool = _option("runtime", False, "deterministic GPU kernels too (slower; on CPU a seed repeats "
                                   "a run on the same machine anyway)", bool)  # fmt: skip
     compile: bool = _option("runtime", False, "torch.compile the model inside fastai's loop (inductor: BatchNorm, "

@@ -425,7 +425,8 @@ def get_data(
         print(f"resnets: {why}")
     if fast:
         dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label,
-                               augment=augment, stats=stats, resample=resample, valid_crop=valid_crop)  # fmt: skip
+                               augment=augment, stats=stats, resample=resample, valid_crop=valid_crop,
+                               num_workers=num_workers)  # fmt: skip
     else:
         held = set(valid)
         augment_tfms = aug_transforms(min_scale=0.5, size=resize, do_flip=flip, **AUGMENT_KW[augment])

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders, Datasets
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
-from fastai.torch_core import TensorImage
+from fastai.torch_core import TensorImage, default_device
 from fastai.vision.all import imagenet_stats
 from fastai.vision.augment import RandomResizedCropGPU, RandTransform
 from fastprogress.fastprogress import progress_bar
@@ -398,11 +398,15 @@ class ChapterAugment(RandTransform):
 
 def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize: int, bs: int, flip: bool = True,
                      device=None, min_scale: float = 0.5, label=class_label, augment: str = "chapter",
-                     stats=imagenet_stats, resample: str = "bilinear",
-                     valid_crop: float = 1.0) -> DataLoaders:  # fmt: skip
+                     stats=imagenet_stats, resample: str = "bilinear", valid_crop: float = 1.0,
+                     num_workers: int | None = None) -> DataLoaders:  # fmt: skip
     """fastai DataLoaders over validated training and validation files: images from the uint8 cache, labels by
     `label` (their folders' names by default), the chapter's augmentation as one fused batch transform
-    (`augment="light"`: its crop and flip only); `stats`, `resample`, `valid_crop` as `get_data`'s."""
+    (`augment="light"`: its crop and flip only); `stats`, `resample`, `valid_crop` as `get_data`'s.
+
+    `num_workers` (--workers): processes gathering batches; by default none on a CPU (a batch is a gather from
+    the memory-mapped cache, cheaper than handing it between processes on a few cores) and up to 8 for a GPU,
+    whose batches are then pinned for the copy to it (a GPU waits for its loader otherwise)."""
     files = [Path(f) for f in [*train, *valid]]
     cached = sorted(set(files))  # one cache for the same images however they are split
     try:
@@ -418,7 +422,10 @@ def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize:
     after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip, valid_crop=valid_crop,
                                                       **AUGMENT_KW[augment]),
                    Normalize.from_stats(*stats)]  # fmt: skip
-    return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=0)
+    cuda = torch.device(device if device is not None else default_device()).type == "cuda"
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if cuda else 0
+    return dsets.dataloaders(bs=bs, after_batch=after_batch, device=device, num_workers=num_workers, pin_memory=cuda)
 
 
 def set_image_size(dls: DataLoaders, size: int) -> None:

@@ -18,12 +18,14 @@ import statistics
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .bench import bench_models
 from .checkpoint import find_checkpoint
 from .errors import InputError
+from .learner import choose_precision
 from .models import count_flops, create_model
 from .recipes import STUDIES, Arm, Study, configure, get_study, list_studies
 from .results import Results, atomic_write, load_results, save_figure
@@ -115,9 +117,12 @@ def _compute(arm: Arm, overrides: dict, throughput: bool) -> dict:
     model = create_model(exp.model, n_out=10, width=exp.width, stem=exp.stem)
     row = {"model": exp.model, "size": exp.size, "params": sum(p.numel() for p in model.parameters()),
            "gflops_per_image": count_flops(model, exp.size) / 1e9}  # fmt: skip
-    if throughput:
-        bench = bench_models([exp.model], size=exp.size, bs=32, repeats=5)[0]
-        row["throughput_images_per_s"] = bench["train_images_per_s"]
+    if throughput:  # where and in the precision the arm's run trains (a GPU's fp16; this CPU's bf16 or fp32)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision, _ = choose_precision(exp.precision, device)
+        bench = bench_models([exp.model], size=exp.size, bs=32, repeats=5, device=device, precision=precision)[0]
+        row.update(throughput_images_per_s=bench["train_images_per_s"], throughput_device=device,
+                   throughput_precision=precision)  # fmt: skip
     return row
 
 

@@ -286,7 +286,11 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
         if state["epoch"] + 1 > total:
             raise InputError(f"{find_checkpoint(out)} is not a usable checkpoint: it is at epoch {state['epoch'] + 1} "
                              f"of a run of {total}; remove it to start the run again")  # fmt: skip
-        results.history = list(state["history"])
+        results.history = [dict(h) for h in state["history"]]
+        recorded = load_results(out).history if (Path(out) / "results.json").is_file() else []
+        for h, kept in zip(results.history, recorded):  # the last checkpoint's own write time is in results.json
+            if "checkpoint_s" in kept:
+                h.setdefault("checkpoint_s", kept["checkpoint_s"])
         if state["epoch"] + 1 >= exp.epochs:
             print(f"resnets: {out} finished all {exp.epochs} epochs already")
     folder = None if not save or rank > 0 else Path(out) if resume else _new_run_folder(out, exp.name)

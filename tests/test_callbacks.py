@@ -190,3 +190,18 @@ def test_valid_last_validates_only_the_last_epochs(imagenette, tmp_path, capsys,
     # the same first epoch; later ones differ in their random draws only (torch's DataLoader takes a seed from the
     # global generator for each validation pass it starts)
     assert every.history[0]["train_loss"] == h[0]["train_loss"] and every.history[1]["accuracy"] is not None
+
+
+def test_the_checkpoint_s_write_time_is_recorded_beside_the_epoch_s(tmp_path, monkeypatch):
+    "A checkpoint is written after the epoch's `time` is taken (on a GPU, hundreds of MB through the CPU): kept too."
+    import time
+
+    from conftest import make_tree
+    from resnets import callbacks, load_results, run
+
+    real = callbacks.save_checkpoint
+    monkeypatch.setattr(callbacks, "save_checkpoint", lambda *a, **k: (time.sleep(0.3), real(*a, **k)))
+    data = make_tree(tmp_path / "data", n_train=4, n_valid=2)
+    run("cnn", data=data, out=tmp_path / "r", size=32, presize=32, bs=4, epochs=2, progress=False, num_workers=0)
+    history = load_results(tmp_path / "r").history
+    assert len(history) == 2 and all(h["checkpoint_s"] >= 0.3 for h in history)

@@ -214,3 +214,27 @@ def test_every_path_trains_channels_last(imagenette):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     plain = get_learner(dls, create_model("res_cnn", n_out=2), verbose=False, channels_last=False)
     assert next(m for m in plain.model.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous()
+
+
+def test_the_fast_path_takes_its_workers_and_pins_batches_for_a_gpu(tmp_path, monkeypatch):
+    "--workers reached the chapter's pipeline only (the fast path forced 0); for a GPU its batches are pinned."
+    from fastai.data.core import Datasets
+
+    import resnets.fastdata as fastdata
+
+    root = make_tree(tmp_path / "d", n_train=4, n_valid=3)
+    kw = dict(presize=40, resize=32, bs=2, fast=True)
+    none, two = get_data(root, **kw), get_data(root, num_workers=2, **kw)
+    assert (none.train.fake_l.num_workers, two.train.fake_l.num_workers) == (0, 2)  # (fastai keeps them there)
+    assert torch.equal(torch.cat([x for x, _ in none.valid]), torch.cat([x for x, _ in two.valid]))
+    seen, real = [], Datasets.dataloaders
+
+    def spy(self, **k):
+        seen.append((k["num_workers"], k["pin_memory"]))
+        return real(self, **{**k, "pin_memory": False})  # (no GPU here to pin for)
+
+    monkeypatch.setattr(Datasets, "dataloaders", spy)
+    get_data(root, **kw)
+    monkeypatch.setattr(fastdata, "default_device", lambda: torch.device("cuda"))
+    get_data(root, **kw)
+    assert seen[0] == (0, False) and seen[1][1] is True and seen[1][0] >= 1

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from resnets import EXPERIMENTS, STUDIES, create_model, get_study, load_results, run_study
 from resnets.checkpoint import CHECKPOINT
@@ -133,3 +134,20 @@ def test_the_noisy_study_changes_only_the_training_labels(imagenette, tmp_path, 
     clean, _, noisy = (found.runs[a.label][0].learn.dls for a in arms)
     assert wrong(clean.train_ds) == 0 and wrong(noisy.train_ds) > 0, "50 % of the training labels changed"
     assert wrong(noisy.valid_ds) == 0 and wrong(clean.valid_ds) == 0, "scored on the clean validation labels"
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_a_study_s_throughput_is_timed_where_and_how_its_runs_train(monkeypatch, cuda):
+    "The bottleneck study's step throughput was always timed on the CPU in fp32, even on a GPU (fp16 there)."
+    from resnets import studies
+    from resnets.learner import choose_precision
+
+    calls = []
+    monkeypatch.setattr(studies, "bench_models", lambda names, **kw: calls.append(kw) or [{"train_images_per_s": 1.0}])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a GPU")
+    arm = get_study("bottleneck").arms[0]
+    row = studies._compute(arm, {}, throughput=True)
+    expected = ("cuda", "fp16") if cuda else ("cpu", choose_precision("auto", "cpu")[0])
+    assert (calls[0]["device"], calls[0]["precision"]) == expected
+    assert (row["throughput_device"], row["throughput_precision"]) == expected
