@@ -7,7 +7,7 @@ EXP    ?= cnn
 DATA   ?=# empty: the library's own lookup ($RESNETS_DATA, ../shared/data, fastai's folder, then a download)
 ARGS   ?=
 
-.PHONY: setup run test test-all lint docs notebooks
+.PHONY: setup run test test-all lint docs notebooks gpu-data gpu-plan
 setup: $(STAMP)
 
 # torch is pinned here, not in pyproject: 2.14.1/0.29.1 are the builds this project is tested with
@@ -41,3 +41,12 @@ notebooks: setup
 	mkdir -p results/notebooks
 	nohup $(PY) scripts/notebooks.py $(ARGS) >> results/notebooks/execute.log 2>&1 &
 	@echo "executing in the background (hours on a CPU): tail -f results/notebooks/execute.log"
+
+# the GPU run's luggage (scripts/gpu.sh): Imagenette re-encoded to ~40 MiB, and fastai's wheels (the machine has none)
+gpu-data: setup
+	$(PY) scripts/gpu_data.py --src $(or $(DATA),../shared/data/imagenette2-160) --dest .data/imagenette2-160-gpu
+	mkdir -p .whl && cp ../shared/wheels-gpu/*.whl .whl/
+
+# everything the GPU run checks but CUDA, here (after gpu-data)
+gpu-plan: setup
+	PYTHON=$(PY) bash scripts/gpu.sh --plan /tmp/resnets-gpu-plan

@@ -38,10 +38,12 @@ def test_suite_writes_every_section(imagenette, tmp_path, monkeypatch):
     report = run_suite(imagenette, tmp_path / "b.json", models={"cnn": 32}, repeats=1, subset=4, data_bs=8)
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["models"][0]["model"] == "cnn" and 0 < saved["models"][0]["fraction_of_matmul_peak"]
-    fp32, bf16 = saved["models"]  # the fp32/bf16 ratio, both timed in this call
-    assert bf16["precision"] == "bf16"
-    assert bf16["speedup_over_fp32"] == bf16["eager_images_per_s"] / fp32["eager_images_per_s"]
-    assert "vs fp32" in format_suite(report) and "native bf16" in format_suite(report)
+    rows = {r["precision"]: r for r in saved["models"]}  # each ratio to fp32 timed in this call
+    assert set(rows) == ({"fp32", "fp16", "bf16"} if torch.cuda.is_available() else {"fp32", "bf16"})
+    for low in set(rows) - {"fp32"}:
+        assert rows[low]["speedup_over_fp32"] == rows[low]["eager_images_per_s"] / rows["fp32"]["eager_images_per_s"]
+    assert "vs fp32" in format_suite(report)
+    assert ("native bf16" in format_suite(report)) is not torch.cuda.is_available()
     assert saved["data"]["stock_images_per_s"] > 0 and saved["data"]["fast_images_per_s"] > 0
     assert saved["epoch"]["settings"]["n_train"] == 40 and saved["epoch"]["speedup"] > 0
     assert saved["profile"]["fast"]["images_per_s"] > 0
@@ -57,7 +59,7 @@ def test_profile_splits_a_training_step_into_its_stages(imagenette, tmp_path, mo
     for key in ("stock", "fast"):  # fastai's own loop, split at its events
         shares = {k: p[key][f"{k}_fraction"] for k in STAGES}
         assert all(0 < f < 1 for f in shares.values()) and sum(shares.values()) == pytest.approx(1)
-        assert p[key]["images_per_s"] > 0 and p[key]["precision"] in ("fp32", "bf16")
+        assert p[key]["images_per_s"] > 0 and p[key]["precision"] in ("fp32", "bf16", "fp16")  # (fp16: a GPU)
     assert "stock" in format_profile(p) and "augmentation" in format_profile(p)
     assert profile_training("cnn", imagenette, batches=30, warmup=1, classes=2, subset=4, size=32, presize=40,
                             bs=2, num_workers=0)["batches"] == 3  # an epoch of 4 batches, one of them warm-up
@@ -65,18 +67,68 @@ def test_profile_splits_a_training_step_into_its_stages(imagenette, tmp_path, mo
         profile_training("cnn", imagenette, classes=2, subset=4, size=32, presize=40, bs=4, num_workers=0)
 
 
-@pytest.mark.slow
-def test_gpu_script_cpu_path(tmp_path):
-    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "RESNETS_CACHE": str(tmp_path / "cache"),
-           "CUDA_VISIBLE_DEVICES": "" if not torch.cuda.is_available() else os.environ.get("CUDA_VISIBLE_DEVICES", "")}
-    p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), str(tmp_path / "out"), str(tmp_path / "synthetic")],
-                       capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)  # fmt: skip
+def _gpu_luggage(tmp_path, n_train: int = 8, n_valid: int = 4):
+    "What `make gpu-data` leaves, small: generated images with their manifest.json, and a folder of wheels."
+    from conftest import make_tree
+
+    data = make_tree(tmp_path / "gpu-data", n_train=n_train, n_valid=n_valid)
+    n = sum(1 for _ in data.rglob("*.jpg"))
+    (data / "manifest.json").write_text(json.dumps({"what": "test", "source": "generated", "quality": 40,
+                                                    "images": n, "bytes": 1000}))  # fmt: skip
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    (wheels / "fastai-2.8.12-py3-none-any.whl").write_bytes(b"x" * 100)
+    return data, wheels
+
+
+def _gpu_sh(tmp_path, *args, **env):
+    env = {**os.environ, "PYTHON": sys.executable, "RESNETS_CACHE": str(tmp_path / "cache"),
+           "RUNS": str(tmp_path / "runs"), **env}  # fmt: skip
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), *args], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=tmp_path)  # fmt: skip
+
+
+def test_the_gpu_plan_checks_everything_but_cuda(tmp_path):
+    """`gpu.sh --plan` on a CPU: the data copy and its manifest, the wheels, the upload within 64 MiB, every command
+    parsing, the gpu tests collected, and a summary.json of the schema with every step planned, none run."""
+    data, wheels = _gpu_luggage(tmp_path)
+    p = _gpu_sh(tmp_path, "--plan", str(tmp_path / "out"), DATA=str(data), WHEELS=str(wheels), PLAN_ANYWHERE="1",
+                MIN_IMAGES="1")  # fmt: skip
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    out = tmp_path / "out"
-    report = json.loads((out / "bench.json").read_text())
-    assert {"matmul_gflops", "models", "data", "epoch"} <= set(report)
-    assert json.loads((out / "cnn-fast" / "results.json").read_text())["finished"]
-    assert "end-to-end epoch of cnn" in (out / "bench.txt").read_text()
+    assert "MiB of 64" in p.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_summary import check
+
+    assert check(summary) == [] and summary["mode"] == "plan" and summary["data"]["quality"] == 40
+    names = [s["name"] for s in summary["steps"]]
+    assert names[0] == "pytest -m gpu" and {"cnn", "resnet18", "speedrun", "bench all"} <= set(names)
+    assert all(s["exit_code"] is None for s in summary["steps"]) and summary["not_run"]
+    assert sum(s["timeout_s"] for s in summary["steps"]) <= 540, "the steps fit the device's 10-minute command"
+    assert check({**summary, "steps": [{"name": "x"}]}) != [], "the check can fail"
+    (data / "manifest.json").unlink()
+    p = _gpu_sh(tmp_path, "--plan", str(tmp_path / "again"), DATA=str(data), WHEELS=str(wheels), PLAN_ANYWHERE="1")
+    said = p.stdout + p.stderr  # (the script logs both to log.txt and its output)
+    assert p.returncode == 2 and "make gpu-data" in said and "synthetic images are not trained on" in said
+    p = _gpu_sh(tmp_path, "--plan", str(tmp_path / "inside"), DATA=str(_gpu_luggage(tmp_path / "b")[0]),
+                WHEELS=str(wheels), MIN_IMAGES="1")  # fmt: skip
+    assert p.returncode == 2 and "outside the repository" in p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_step_on_a_cpu_with_smoke(tmp_path):
+    "SMOKE=1 on a CPU: every step runs end to end, the summary has each run's accuracy and each step's exit code."
+    data, wheels = _gpu_luggage(tmp_path, n_train=24)  # (the profile times batches after two warm-up ones)
+    visible = "" if not torch.cuda.is_available() else os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    p = _gpu_sh(tmp_path, str(tmp_path / "out"), DATA=str(data), WHEELS=str(wheels), SMOKE="1",
+                CUDA_VISIBLE_DEVICES=visible)  # fmt: skip
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert p.returncode == summary["exit_code"] == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert set(summary["runs"]) == {"cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet18-fast", "speedrun"}
+    assert all(r["finished"] and r["accuracy"] is not None for r in summary["runs"].values())
+    assert all(s["exit_code"] == 0 for s in summary["steps"]) and (tmp_path / "out" / "bench.txt").exists()
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["bench.json", "bench.txt", "log.txt",
+                                                                     "summary.json"]  # fmt: skip
 
 
 def test_bench_conv1x1_times_both_and_checks_values():

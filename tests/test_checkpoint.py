@@ -129,26 +129,32 @@ def test_the_loss_scaler_is_saved_and_carried_on_when_resuming(imagenette, tmp_p
     assert load_checkpoint(tmp_path / "r")["scaler"]["scale"] == probe.scales[1] > saved["scale"]
 
 
+def _generated(tmp_path):
+    "Two classes of 8 generated images each in train/ and val/: what the gpu tests train on (no data travels)."
+    return make_tree(tmp_path / "data", n_train=8, n_valid=8)
+
+
 @pytest.mark.gpu
-def test_a_gpu_run_resumes_and_trains_on(imagenette, tmp_path, monkeypatch):
-    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, precision="fp32")
+def test_a_gpu_run_resumes_and_trains_on(tmp_path, monkeypatch):
+    data = _generated(tmp_path)
+    _interrupted_run(data, tmp_path / "r", monkeypatch, precision="fp32")
     probe = _Probe()
     _with(monkeypatch, probe)
-    r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
+    r = run("cnn", data=data, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
             **{**TINY, "epochs": 2})  # fmt: skip
     assert probe.model_device.type == "cuda" and {d.type for d in probe.state_devices} == {"cuda"}
     assert r.finished and len(r.history) == 2 and all(math.isfinite(h["train_loss"]) for h in r.history)
 
 
 @pytest.mark.gpu
-def test_an_fp16_gpu_run_resumes_with_its_loss_scale(imagenette, tmp_path, monkeypatch):
-    first = _Probe()
-    _interrupted_run(imagenette, tmp_path / "r", monkeypatch, _SetScale(), first, precision="fp16")
+def test_an_fp16_gpu_run_resumes_with_its_loss_scale(tmp_path, monkeypatch):
+    data, first = _generated(tmp_path), _Probe()
+    _interrupted_run(data, tmp_path / "r", monkeypatch, _SetScale(), first, precision="fp16")
     saved = load_checkpoint(tmp_path / "r")["scaler"]
     assert saved["scale"] == first.scales[0] == 3.0 * 2**10
     probe = _Probe()
     _with(monkeypatch, probe)
-    r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp16",
+    r = run("cnn", data=data, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp16",
             **{**TINY, "epochs": 2})  # fmt: skip
     assert probe.scaler_state == saved and probe.scaler_state["scale"] != 2.0**16  # not a fresh GradScaler's
     assert r.finished and len(r.history) == 2
