@@ -102,7 +102,8 @@ PY
   for cmd in "run --help" "bench --help" "bench all --help"; do
     $PY -m resnets $cmd > /dev/null || die "resnets $cmd does not parse"
   done
-  $PY -m pytest --co -q -m gpu "$ROOT/tests" -p no:cacheprovider 2>/dev/null | grep -q "::" || die "no gpu tests collected"
+  collected=$($PY -m pytest --co -q -m gpu "$ROOT/tests" -p no:cacheprovider 2>&1)  # (not piped to grep -q: its
+  grep -q "::" <<< "$collected" || die "no gpu tests collected: $(tail -3 <<< "$collected")"  # early exit is a SIGPIPE)
 fi
 
 if [ -n "${SMOKE:-}" ]; then
