@@ -338,6 +338,11 @@ class Experiment:
         "Whether the run starts from trained weights (`init` or `pretrained`) and trains with fastai's fine_tune."
         return self.init is not None or self.pretrained is not False
 
+    @property
+    def total_epochs(self) -> int:
+        "The epochs a run of it trains in all: fine-tuning's frozen epochs first, then `epochs`."
+        return self.epochs + (self.freeze_epochs if self.fine_tunes else 0)
+
     def _check_regularisation(self):
         check_regularisation(self.label_smoothing, self.mixup)
         if not _number(self.ema) or not (self.ema == 0 or 0 < self.ema < 1):

@@ -282,10 +282,9 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
                       book=exp.book, learn=learn)  # fmt: skip
     if state is not None:
         check_same_settings(state["settings"], settings, out, auto=exp.precision == "auto")
-        total = exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
-        if state["epoch"] + 1 > total:
+        if state["epoch"] + 1 > exp.total_epochs:
             raise InputError(f"{find_checkpoint(out)} is not a usable checkpoint: it is at epoch {state['epoch'] + 1} "
-                             f"of a run of {total}; remove it to start the run again")  # fmt: skip
+                             f"of a run of {exp.total_epochs}; remove it to start the run again")  # fmt: skip
         results.history = [dict(h) for h in state["history"]]
         recorded = load_results(out).history if (Path(out) / "results.json").is_file() else []
         for h, kept in zip(results.history, recorded):  # the last checkpoint's own write time is in results.json
@@ -324,7 +323,7 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
         for cb in run_cbs:
             if hasattr(cb, "finish"):  # a logger with a run of its own to end (wandb)
                 cb.finish()
-    trained_all = len(results.history) >= exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
+    trained_all = len(results.history) >= exp.total_epochs
     plain = None  # the plain images' logits and targets, which the interpretation reuses
     if world > 1 and (exp.tta or (save and trained_all)):  # every rank predicts its share; rank 0 gathers them
         shared = shared_predictions(learn, mirror=exp.tta)
@@ -359,7 +358,7 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
 
 def _interrupted(exp: Experiment, folder: Path | None) -> RunInterrupted:
     "What a Ctrl-C leaves: the epochs the checkpoint keeps (what a resume goes on from), and how to go on."
-    total = exp.epochs + (exp.freeze_epochs if exp.fine_tunes else 0)
+    total = exp.total_epochs
     if folder is None:
         return RunInterrupted(f"interrupted: {exp.name} was not saved (save=False), so there is nothing to resume")
     again = f"run({exp.name!r}, out={str(folder)!r}, resume=True, ...)"
