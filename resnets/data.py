@@ -39,8 +39,9 @@ from fastai.vision.augment import RandomResizedCropGPU
 from PIL import Image
 
 from .config import AUGMENT_KW, AUGMENTS, CHAPTER_BS, DATA_SETS, check_choice, check_fraction, check_subset
+from .decode import RESAMPLES
 from .errors import InputError, check_number
-from .fastdata import RESAMPLES, fast_dataloaders, set_image_size
+from .fastdata import fast_dataloaders, set_image_size
 from .images import PIXEL_LIMIT_ENV, RGBImage, check_image, image_files
 from .labels import IMAGENETTE_NAMES, class_label, table_label
 

@@ -29,8 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .checkpoint import CHECKPOINT, load_checkpoint
+from .decode import RESAMPLES
 from .errors import InputError, MissingFile, check_number, load_failure, refused_message
-from .fastdata import RESAMPLES, preprocess
+from .fastdata import preprocess
 from .files import atomic_write
 from .images import image_files as _find_images
 from .images import open_rgb, to_rgb

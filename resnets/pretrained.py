@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from .config import is_weights_path
+from .decode import RESAMPLES
 from .errors import InputError, MissingFile, load_failure, refused_message
-from .fastdata import RESAMPLES
 
 __all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "HUB_WEIGHTS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing",
            "timm_to_resnets", "resnets_to_timm",

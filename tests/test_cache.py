@@ -13,7 +13,7 @@ import pytest
 from conftest import make_tree
 from resnets import InputError, get_data, run
 from resnets.cache import list_caches, open_cache, prune
-from resnets.fastdata import build_cache, build_strips
+from resnets.decode import build_cache, build_strips
 from resnets.files import DiskError, atomic_write, check_writable, sweep, temporary
 
 
@@ -156,9 +156,9 @@ def test_an_unwritable_cache_folder_falls_back_to_decoding(files, cache, monkeyp
 
 
 def test_a_cache_too_big_for_the_disk_is_not_written(files, cache, monkeypatch, capsys):
-    import resnets.fastdata as fastdata
+    import resnets.decode as decode
 
-    monkeypatch.setattr(fastdata, "disk_free", lambda folder: 1000)  # fewer bytes than 10 images at 24 px
+    monkeypatch.setattr(decode, "disk_free", lambda folder: 1000)  # fewer bytes than 10 images at 24 px
     with pytest.raises(DiskError, match=r"no space left on the disk \(17.3 kB needed, 1.0 kB free\)"):
         build_cache(files, 24)  # (it said "0.0 GB needed, 0.0 GB free")
     assert not list(cache.glob("images-*"))

@@ -17,8 +17,8 @@ from PIL import Image
 
 from conftest import make_tree
 from resnets import create_model, get_data, get_learner
+from resnets.decode import build_strips, load_square
 from resnets.deploy import Predictor
-from resnets.fastdata import build_strips, load_square
 from resnets.images import image_size, open_rgb
 
 PATHS = {"chapter": False, "fast": True}
