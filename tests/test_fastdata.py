@@ -238,3 +238,38 @@ def test_the_fast_path_takes_its_workers_and_pins_batches_for_a_gpu(tmp_path, mo
     monkeypatch.setattr(fastdata, "default_device", lambda: torch.device("cuda"))
     get_data(root, **kw)
     assert seen[0] == (0, False) and seen[1][1] is True and seen[1][0] >= 1
+
+
+def test_a_batch_gathered_from_the_cache_is_the_per_item_batch(tmp_path):
+    """CachedDL reads a batch at once: the same tensors, types and random draws as fastai's per-item path, on
+    landscape, portrait and square training images (the crop position drawn per non-square image, in order), on
+    validation, and on test sets (unlabelled, or of files the cache does not hold: the per-item way)."""
+    import random
+
+    from fastai.data.core import TfmdDL
+
+    from resnets.fastdata import CachedDL
+
+    root = make_tree(tmp_path / "d", n_train=5, n_valid=3)  # 48x40 landscape images
+    for i in range(3):
+        save_image(root / "train" / "cat" / f"tall{i}.jpg", size=(36, 52), seed=200 + i)
+        save_image(root / "train" / "dog" / f"square{i}.jpg", size=(44, 44), seed=300 + i)
+    dls = get_data(root, presize=32, resize=24, bs=4, fast=True)
+    extra = [save_image(tmp_path / "new" / f"n{i}.jpg", seed=400 + i) for i in range(5)]
+    loaders = [dls.train, dls.valid, dls.test_dl(extra), dls.test_dl(sorted(root.rglob("val/*/*.jpg")))]
+    assert all(isinstance(dl, CachedDL) for dl in loaders)
+    assert [dl._cached() is not None for dl in loaders] == [True, True, False, False]
+    for dl in loaders:
+        batches, idxs = {}, list(dl.get_idxs())  # (shuffled for training)
+        for way in ("gathered", "per item"):
+            random.seed(7)
+            torch.manual_seed(7)
+            make = dl.create_batches if way == "gathered" else (lambda s, dl=dl: TfmdDL.create_batches(dl, s))
+            batches[way] = list(make(idxs))
+            batches[way + " draws"] = random.random()  # as many numbers drawn before this one
+        assert len(batches["gathered"]) == len(dl) and batches["gathered draws"] == batches["per item draws"]
+        for a, b in zip(batches["gathered"], batches["per item"]):
+            assert [type(t) for t in a] == [type(t) for t in b] and len(a) == len(b)
+            assert all(torch.equal(s, t) and s.dtype == t.dtype for s, t in zip(a, b))
+    xb, _ = next(iter(dls.train))  # and through the loader's whole pipeline: augmented floats
+    assert xb.shape == (4, 3, 24, 24) and xb.dtype == torch.float32
