@@ -33,8 +33,8 @@ import numpy as np
 from .errors import InputError
 from .files import atomic_write, disk_error, sweep, temporary
 
-__all__ = ["LIMIT_ENV", "cache_folder", "cache_limit", "locked", "write_cache", "open_cache", "read_info",
-           "list_caches", "prune", "describe", "disk_free", "shown"]  # fmt: skip
+__all__ = ["LIMIT_ENV", "cache_folder", "cache_limit", "locked", "write_cache", "fill_cache", "checksum", "open_cache",
+           "read_info", "list_caches", "prune", "describe", "disk_free", "shown"]  # fmt: skip
 
 LIMIT_ENV = "RESNETS_CACHE_LIMIT"
 DEFAULT_LIMIT_GB = 20.0
@@ -89,7 +89,8 @@ def read_info(path: Path) -> dict | None:
         return None
 
 
-def _crc(block: np.ndarray) -> int:
+def checksum(block: np.ndarray) -> int:
+    "An entry's checksum, as the cache's description records it."
     return zlib.crc32(np.ascontiguousarray(block).data)
 
 
@@ -97,16 +98,27 @@ def write_cache(path: Path, shape: tuple, entries, info: dict) -> None:
     """Write the uint8 array of `shape` at `path` from `entries` ((slot, array) pairs, a slot an index or a slice),
     with its description and the entries' checksums in `path`'s .json. Raises a DiskError (one line) when the
     folder cannot take it."""
+
+    def fill(tmp: Path) -> list[int]:
+        arr, crcs = np.load(tmp, mmap_mode="r+"), []
+        for slot, img in entries:
+            arr[slot] = img
+            crcs.append(checksum(arr[slot]))
+        arr.flush()
+        return crcs
+
+    fill_cache(path, shape, fill, info)
+
+
+def fill_cache(path: Path, shape: tuple, fill, info: dict) -> None:
+    """Create the uint8 array of `shape` (an .npy file under a temporary name), have `fill(temporary path)` write
+    its entries (in this process or others, through a memory map) and return their checksums in order, then give it
+    `path`'s name with its description. Raises a DiskError (one line) when the folder cannot take it."""
     sweep(path.parent)
     tmp = temporary(path)
     try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        crcs = []
-        for slot, img in entries:
-            arr[slot] = img
-            crcs.append(_crc(arr[slot]))
-        arr.flush()
-        del arr
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()  # the header and the size
+        crcs = fill(tmp)
         atomic_write(_info_path(path), json.dumps({**info, "crc": crcs, "created": time.time()}).encode())
         os.replace(tmp, path)
     except OSError as e:
@@ -138,7 +150,7 @@ def open_cache(path: Path, slots: list) -> np.ndarray | None:
                              "its checksums do not match its entries")  # fmt: skip
         arr = np.load(path, mmap_mode="r")  # a truncated file: "mmap length is greater than file size"
         for i, (slot, crc) in enumerate(zip(slots, info["crc"])):
-            if _crc(arr[slot]) != crc:
+            if checksum(arr[slot]) != crc:
                 raise ValueError(f"entry {i} is not what was written (the file was damaged or overwritten)")
     except (OSError, ValueError, IndexError, KeyError, TypeError) as e:
         print(f"resnets: the image cache {shown(path)} cannot be used ({e}): building it again")

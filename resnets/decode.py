@@ -22,13 +22,14 @@ from .cache import (
     LIMIT_ENV,
     cache_folder,
     cache_limit,
+    checksum,
     disk_free,
+    fill_cache,
     locked,
     open_cache,
     prune,
     read_info,
     shown,
-    write_cache,
 )
 from .files import DiskError, atomic_write, check_writable, disk_error, size_text
 from .images import image_size, open_rgb, to_rgb
@@ -89,24 +90,40 @@ def _cache_key(files: list[Path], size: int, resample: str = "bilinear") -> str:
     return h.hexdigest()[:16]
 
 
-def _decode(args) -> np.ndarray:
-    load, f, size = args
-    return load(f, size)
+CHUNK = 64  # images a worker decodes per task
+
+
+def _decode_into(args) -> list[int]:
+    "A worker's task: decode its files straight into their slots of the cache being built; their checksums."
+    tmp, load, size, jobs = args
+    arr = np.load(tmp, mmap_mode="r+")
+    crcs = []
+    for slot, f in jobs:
+        arr[slot] = load(f, size)
+        crcs.append(checksum(arr[slot]))
+    arr.flush()
+    return crcs
 
 
 def _build(path: Path, shape: tuple, load, files: list, size: int, slots: list, workers: int | None, info: dict):
     """Decode `files` with `load` in worker processes into a new cache of `shape` at `path`, each into its slot
-    (resnets.cache writes it with its checksums; a half-built file never has the final name)."""
+    (resnets.cache writes it with its checksums; a half-built file never has the final name). The workers write
+    into the file themselves: the decoded images do not travel back through this process."""
     check_writable(path.parent)  # before any decoding
     need, free = int(np.prod(shape)), disk_free(path.parent)
     if need > free:  # refused before the disk is filled (a checkpoint could not be written then)
         raise DiskError(f"cannot write {path}: no space left on the disk ({size_text(need)} needed, "
                         f"{size_text(free)} free)")  # fmt: skip
-    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        it = pool.map(_decode, [(load, f, size) for f in files], chunksize=64)
-        bar = progress_bar(it, total=len(files)) if sys.stdout.isatty() else it  # no bar in a log file
-        write_cache(path, shape, zip(slots, bar), {"source": _common_folder(files), "images": len(files),
-                                                    "size": size, **info})  # fmt: skip
+    jobs = list(zip(slots, files))
+    tasks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+
+    def fill(tmp: Path) -> list[int]:
+        with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            it = pool.map(_decode_into, [(tmp, load, size, task) for task in tasks])
+            bar = progress_bar(it, total=len(tasks)) if sys.stdout.isatty() else it  # no bar in a log file
+            return [crc for crcs in bar for crc in crcs]
+
+    fill_cache(path, shape, fill, {"source": _common_folder(files), "images": len(files), "size": size, **info})
     removed = prune(path.parent, keep={path.stem})
     if removed:
         print(f"resnets: removed {len(removed)} least recently used image cache(s) from {shown(path.parent)} (over "
