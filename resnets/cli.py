@@ -97,7 +97,7 @@ def _is_number(s: str) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="resnets", description="The ResNets chapter of the fastai book, runnable.")
-    commands = "{list,run,lr-find,compare,interpret,study,export,push,predict,bench,cache}"
+    commands = "{list,run,lr-find,compare,interpret,study,export,app,push,predict,bench,cache}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands, parser_class=_Parser)
     p = sub.add_parser("list", help="the chapter's experiments and the book's results, and the studies")
     p.add_argument("--all", action="store_true", help="also the earlier versions of the recipes (speedrun-v1, ...)")
@@ -140,6 +140,16 @@ def parser() -> argparse.ArgumentParser:
                    "`resnets predict FILE.onnx` runs it with onnxruntime)")  # fmt: skip
     p.add_argument("--check", nargs="*", default=[], metavar="IMAGE",
                    help="images on which the TorchScript / ONNX outputs are compared with the model's")  # fmt: skip
+    p.add_argument("--space", metavar="DIR", help="also a folder that is a Hugging Face Space: app.py (the `resnets "
+                   "app` page), the model, requirements.txt pinned, a README with front matter")  # fmt: skip
+    p = sub.add_parser("app", help="a web page for a trained model: drop photos, see their top-5 classes (Gradio)")
+    p.add_argument("source", metavar="RUN_DIR|MODEL_FILE", help="a `resnets run` --out folder, or a file from "
+                   "`resnets export` (.resnets or .onnx)")  # fmt: skip
+    p.add_argument("--port", type=int, default=7860, help="the port on 127.0.0.1 (default 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--onnx", action="store_true", help="serve the run's ONNX export with onnxruntime (written if "
+                   "missing); used without this flag too when the run has one")  # fmt: skip
+    p.add_argument("--threads", type=int, help="threads the network runs on (default: half the cores)")
     p = sub.add_parser("push", help="upload a run to the Hugging Face Hub for timm (export --timm, and a model card)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
     p.add_argument("repo_id", metavar="USER/NAME", help="the Hub repository (made if it does not exist)")
@@ -361,6 +371,11 @@ def _command(args, argv: list[str], kw: dict) -> int:
                 diff = export_torchscript(load(path), args.torchscript, args.check)
                 print(f"saved {args.torchscript}: largest difference from the model on {len(args.check)} image(s): "
                       f"{diff:.2e}")  # fmt: skip
+            if args.space:
+                from .space import export_space
+
+                print(f"saved {export_space(args.run_dir, args.space)}: a Hugging Face Space (python app.py in it "
+                      "serves it here)")  # fmt: skip
             if args.timm:
                 from .hub import export_timm
 
@@ -372,6 +387,12 @@ def _command(args, argv: list[str], kw: dict) -> int:
 
             push(args.run_dir, args.repo_id, private=args.private)
             print(f"uploaded {args.run_dir} to https://huggingface.co/{args.repo_id}")
+        elif args.command == "app":
+            if args.threads is not None:
+                check_number("threads", args.threads)
+            from .app import serve
+
+            serve(args.source, port=args.port, onnx=args.onnx, threads=args.threads, host=args.host)
         elif args.command == "predict":
             check_number("k", args.k)
             if not Path(args.model).expanduser().is_file():

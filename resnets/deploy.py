@@ -47,7 +47,7 @@ FORMAT = "resnets-model-v1"  # the description's version: the same in v1 files (
 ONNX_OPSET = 18  # onnxruntime 1.16 (2023) and later run it
 # what an ONNX file carries of the model file, as JSON in its metadata
 _ONNX_META = ("format", "model", "width", "stem", "n_out", "vocab", "names", "presize", "resize", "stats", "resample",
-              "crop", "experiment", "epochs_trained")
+              "crop", "experiment", "epochs_trained", "tta")
 
 
 def _stats(s: dict) -> list:
@@ -86,7 +86,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             "n_out": len(vocab), "vocab": vocab, "names": {c: IMAGENETTE_NAMES.get(c, c) for c in vocab},
             "presize": s["presize"], "resize": size, "stats": _stats(s),
             "resample": s.get("preprocessing", {}).get("interpolation", "bilinear"), "crop": _crop(s),
-            "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1,
+            "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1, "tta": bool(s.get("tta")),
             "history": state["history"]}  # fmt: skip
     # safetensors: the tensors, and the description as JSON in its header; no pickle to load (see `load`)
     tensors = {k: v.contiguous() for k, v in state["model"].items()}  # (written whole or not at all, as a new file's
@@ -132,7 +132,12 @@ def _read_image(img) -> Image.Image:
 
 
 class Predictor:
-    "A trained model with its preprocessing and class names: `predict(img)` gives the top-k classes."
+    """A trained model with its preprocessing and class names: `predict(img)` gives the top-k classes.
+
+    The network runs on batches of at least two images (a lone image beside a copy of itself): a CPU's kernels for
+    one image differ from those for several in the last bits, so this way an image's probabilities are the same
+    whether it is predicted alone (`resnets predict`) or in a batch with others (`resnets app`). Where the run was
+    scored with flip TTA, each image's and its mirror image's probabilities are averaged, as the run's score was."""
 
     def __init__(self, model: torch.nn.Module, meta: dict):
         self.model, self.meta = model.eval(), meta
@@ -149,15 +154,28 @@ class Predictor:
         "The network's outputs for a batch of preprocessed images."
         return self.model(x)
 
+    def batch_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        "Class probabilities for a batch of preprocessed images (n, classes), as described above."
+        n = len(x)
+        if n == 1:
+            x = torch.cat([x, x])
+        probs = self.logits(x).softmax(1)
+        if self.meta.get("tta"):
+            probs = (probs + self.logits(x.flip(-1)).softmax(1)) / 2
+        return probs[:n]
+
     def probabilities(self, img) -> torch.Tensor:
-        return self.logits(self.preprocess(img)).softmax(1)[0]
+        return self.batch_probabilities(self.preprocess(img))[0]
+
+    def top(self, probs: torch.Tensor, k: int = 5) -> list[tuple[str, str, float]]:
+        "One image's probabilities -> its k most probable classes: (class, readable name, probability), best first."
+        top = probs.topk(min(k, len(probs)))
+        return [(self.vocab[i], self.names[self.vocab[i]], float(p)) for p, i in zip(top.values, top.indices)]
 
     def predict(self, img, k: int = 5) -> list[tuple[str, str, float]]:
         "The k most probable classes: (class folder name, human-readable name, probability), best first."
         check_number("k", k)
-        probs = self.probabilities(img)
-        top = probs.topk(min(k, len(probs)))
-        return [(self.vocab[i], self.names[self.vocab[i]], float(p)) for p, i in zip(top.values, top.indices)]
+        return self.top(self.probabilities(img), k)
 
 
 class OnnxPredictor(Predictor):
