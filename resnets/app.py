@@ -28,10 +28,12 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .config import check_run_folder
 from .deploy import Predictor, export, export_onnx, is_onnx, load
 from .errors import InputError, MissingFile, one_line
+from .images import PIXEL_LIMIT_ENV, ImageTooLarge, pixel_limit
 
 __all__ = ["MAX_FILES", "Batcher", "classify", "render", "resolve_model", "build_app", "serve"]
 
@@ -98,6 +100,20 @@ def _why(path: Path, e: Exception) -> str:
     return f"{path.name} could not be read as an image ({type(e).__name__}: {one_line(e)})"
 
 
+def _check_size(path: Path) -> None:
+    """Refuse an image over PIL's decompression-bomb limit before decoding it. PIL itself decodes up to twice the
+    limit with a warning: for a page anyone can send photos to, one such upload per request would cost ~0.5 GB."""
+    limit = pixel_limit()
+    try:
+        with Image.open(path) as im:  # the header only
+            w, h = im.size
+    except Exception:  # noqa: BLE001 (not an image: reading it says so, in the library's words)
+        return
+    if limit and w * h > limit:
+        raise ImageTooLarge(f"{path.name} is {w} x {h} pixels, over the {limit:,} this page decodes (PIL's "
+                            f"decompression-bomb limit; ${PIXEL_LIMIT_ENV} on the server sets another)")  # fmt: skip
+
+
 def classify(files, predictor: Predictor, batcher=None, k: int = 5) -> list[dict]:
     """Each file's top-k classes, or why it has none: dicts of file, top ([class, name, probability], best first),
     ms (this request's preprocessing and network time per image), error. At most MAX_FILES are predicted."""
@@ -110,6 +126,7 @@ def classify(files, predictor: Predictor, batcher=None, k: int = 5) -> list[dict
         try:
             if path.is_file() and path.stat().st_size == 0:
                 raise InputError(f"{path.name} is empty (0 bytes)")
+            _check_size(path)
             xs.append(predictor.preprocess(path))
             rows.append({"file": path.name, "index": len(xs) - 1})
         except Exception as e:  # noqa: BLE001 (one bad file is a line in the page, not the end of the request)

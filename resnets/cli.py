@@ -161,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5, at least 1)")
     p.add_argument("--csv", metavar="FILE", help="also write one row per image: its path, then the top k classes' "
                    "names and probabilities")  # fmt: skip
+    p.add_argument("--threads", type=int, help="threads the network runs on (default: torch's, every core); "
+                   "`resnets app` answers to the last bit as this does with its own --threads")  # fmt: skip
     p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, loop, conv1x1")
     p.add_argument("what", choices=["all", "models", "data", "epoch", "profile", "loop", "conv1x1"],
                    help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON; loop: an "
@@ -397,8 +399,14 @@ def _command(args, argv: list[str], kw: dict) -> int:
             check_number("k", args.k)
             if not Path(args.model).expanduser().is_file():
                 raise MissingFile(f"no model file at {args.model}: create one with `resnets export RUN_DIR`")
+            if args.threads is not None:
+                check_number("threads", args.threads)
             from .deploy import image_files, load, write_predictions
 
+            if args.threads is not None:
+                import torch
+
+                torch.set_num_threads(args.threads)
             predictor = load(args.model)
             rows = []
             for img in image_files(args.images):

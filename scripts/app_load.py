@@ -2,13 +2,13 @@
 
     python scripts/app_load.py OUT.json --model RUN_DIR|MODEL_FILE --images DIR [--clients 8] [--seconds 60]
 
-The server is `resnets app MODEL --port P` in its own process (its memory sampled from /proc). Each client (a thread
-with its own gradio_client) sends one photo a request through the page's API, in turn from DIR's images, and every
-fifth request a hostile file instead (text named .jpg, an empty file, a truncated JPEG, a decompression bomb that
-declares 13,000 x 13,000 pixels). A good answer must be `resnets predict`'s top-5 exactly (the Predictor, computed
-in this process once per image); a hostile one must be an error line. Reported: answers, wrong or failed ones,
-latency p50/p95, answers per second, the server's memory (resident at the start, peak), the batches it ran, and
-`resnets predict`'s own time per image (one image at a time, in this process) beside it.
+The server is `resnets app MODEL --port P --threads N` in its own process (its memory sampled from /proc). Each
+client (a thread with its own gradio_client) sends one photo a request through the page's API, in turn from DIR's
+images, and every fifth request a hostile file instead (text named .jpg, an empty file, a truncated JPEG, a
+decompression bomb that declares 13,000 x 13,000 pixels). A good answer must be `resnets predict --threads N`'s
+top-5 exactly (the Predictor, computed in this process once per image on the server's N threads); a hostile one
+must be an error line. Reported: answers, wrong or failed ones, latency p50/p95, answers per second, the server's
+memory (resident at the start, peak), and `resnets predict`'s own time per image (one at a time, here) beside it.
 """
 
 from __future__ import annotations
@@ -53,13 +53,17 @@ def main(argv=None) -> None:
     p.add_argument("--images", required=True, type=Path)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="the server's (and "
+                   "the reference predictions')")  # fmt: skip
     a = p.parse_args(argv)
+    import torch
     from gradio_client import Client, handle_file
 
     from resnets.app import resolve_model
     from resnets.deploy import image_files, load
     from resnets.results import describe_device, versions
 
+    torch.set_num_threads(a.threads)  # as the server's network runs: the same bits
     images = image_files([str(a.images)])[:40]
     model_file, _ = resolve_model(a.model)
     predictor = load(model_file)
@@ -74,7 +78,8 @@ def main(argv=None) -> None:
         port = s.getsockname()[1]
     tmp = Path(tempfile.mkdtemp())
     bad = hostile_files(tmp, images[0])
-    server = subprocess.Popen([sys.executable, "-m", "resnets", "app", str(a.model), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "resnets", "app", str(a.model), "--port", str(port),
+                               "--threads", str(a.threads)],
                               stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
     try:
         for _ in range(240):
@@ -122,8 +127,9 @@ def main(argv=None) -> None:
         server.wait()
     good = [r["s"] for r in results if not r["hostile"]]
     q = statistics.quantiles(good, n=20)
-    report = {"machine": describe_device(__import__("torch").device("cpu")), "versions": versions(),
-              "model": str(model_file), "clients": a.clients, "seconds": round(wall, 1), "answers": len(results),
+    report = {"machine": describe_device(torch.device("cpu")), "versions": versions(),
+              "model": str(model_file), "clients": a.clients, "threads": a.threads, "seconds": round(wall, 1),
+              "answers": len(results),
               "hostile": sum(r["hostile"] for r in results), "wrong_or_failed": sum(not r["ok"] for r in results),
               "failures": [r["why"] for r in results if not r["ok"]][:5],
               "latency_p50_ms": 1000 * statistics.median(good), "latency_p95_ms": 1000 * q[18],

@@ -97,14 +97,15 @@ def test_bad_uploads_get_a_line_and_the_server_goes_on(model_file, photos, tmp_p
     deep = tmp_path / "deep.png"  # 16-bit greyscale: scaled to 8 bits and predicted
     Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)).save(deep)
     huge = save_image(tmp_path / "huge.jpg", size=(3000, 2000), seed=3)  # a phone photo's size: predicted
-    bomb = save_image(tmp_path / "bomb.png", size=(120, 100), seed=4)
+    bomb = save_image(tmp_path / "bomb.png", size=(110, 100), seed=4)
     rows = classify([text, empty, deep, huge, photos[0]], predictor, batcher)
     assert "notes.jpg is not an image" in rows[0]["error"] and "empty.png is empty (0 bytes)" in rows[1]["error"]
     assert str(tmp_path) not in rows[0]["error"], "the server's paths are not shown"
     assert [r.get("top") is not None for r in rows] == [False, False, True, True, True]
-    monkeypatch.setenv("RESNETS_MAX_IMAGE_PIXELS", "1000")  # PIL refuses twice the limit: a decompression bomb
+    monkeypatch.setenv("RESNETS_MAX_IMAGE_PIXELS", "10000")  # 11,000 pixels: PIL would decode it with a warning
     (row,) = classify([bomb], predictor, batcher)
-    assert "bomb.png" in row["error"] and "RESNETS_MAX_IMAGE_PIXELS" in row["error"]
+    assert "bomb.png is 110 x 100 pixels, over the 10,000" in row["error"]
+    assert "RESNETS_MAX_IMAGE_PIXELS" in row["error"]
     monkeypatch.delenv("RESNETS_MAX_IMAGE_PIXELS")
     many = classify([photos[i % len(photos)] for i in range(50)], predictor, batcher)
     assert sum("top" in r for r in many) == MAX_FILES and len(many) == 50
