@@ -203,3 +203,18 @@ def test_a_browser_uploads_a_photo_and_reads_the_top_class(model_file, photos, t
         demo.close()
     assert top1 == load(model_file).predict(photos[0])[0][1]
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_a_run_with_an_onnx_export_is_served_by_onnxruntime(generated_run, photos, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the ONNX path needs onnxruntime: pip install 'resnets[onnx]'")
+    from resnets.app import resolve_model
+    from resnets.deploy import OnnxPredictor
+
+    run = shutil.copytree(generated_run.folder, tmp_path / "run")
+    assert resolve_model(run) == (run / "model.resnets", run), "a run folder: exported, served by torch"
+    assert resolve_model(run, onnx=True) == (run / "model.onnx", run), "--onnx writes the ONNX export"
+    assert resolve_model(run)[0] == run / "model.onnx", "an ONNX export beside it: served by onnxruntime"
+    predictor = load(run / "model.onnx")
+    assert isinstance(predictor, OnnxPredictor)
+    rows = classify(photos[:3], predictor, Batcher(predictor))
+    assert [[tuple(t) for t in r["top"]] for r in rows] == [predictor.predict(p) for p in photos[:3]]
