@@ -32,7 +32,7 @@ from PIL import Image
 
 from .config import check_run_folder
 from .deploy import Predictor, export, export_onnx, is_onnx, load
-from .errors import InputError, MissingFile, one_line
+from .errors import InputError, MissingFile, check_number, one_line
 from .images import PIXEL_LIMIT_ENV, ImageTooLarge, pixel_limit
 
 __all__ = ["MAX_FILES", "Batcher", "classify", "render", "resolve_model", "build_app", "serve"]
@@ -244,6 +244,8 @@ def build_app(source: str | os.PathLike, onnx: bool = False, threads: int | None
 def serve(source: str | os.PathLike, port: int = 7860, onnx: bool = False, threads: int | None = None,
           block: bool = True, host: str = "127.0.0.1"):  # fmt: skip
     "Start the page on http://HOST:PORT; `block=False` returns the running app (for tests and notebooks)."
+    if threads is not None:
+        check_number("threads", threads)
     if not Path(source).expanduser().exists():
         raise MissingFile(f"no run folder or model file at {source}: pass a `resnets run` --out folder or a file "
                           "from `resnets export`")  # fmt: skip

@@ -24,7 +24,7 @@ from .config import (
     csv_columns,
     is_weights_path,
 )
-from .errors import InputError, MissingFile, RunExists, check_number, one_line
+from .errors import InputError, MissingFile, RunExists, check_number, one_line, printable
 from .recipes import ALIASES, EXPERIMENTS, STUDIES, configure, get_study
 
 __all__ = ["main", "parser", "add_options", "COMMAND_OPTIONS"]
@@ -302,13 +302,6 @@ def _cache(args) -> None:
     print(describe(folder))
 
 
-def _printable(text: str) -> str:
-    """A file or class name as it can be shown on one terminal line: bytes that are not UTF-8 and control characters
-    (a newline, a terminal escape) escaped, as Python writes them in a string literal."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(_values_kept(argv))
@@ -390,8 +383,6 @@ def _command(args, argv: list[str], kw: dict) -> int:
             push(args.run_dir, args.repo_id, private=args.private)
             print(f"uploaded {args.run_dir} to https://huggingface.co/{args.repo_id}")
         elif args.command == "app":
-            if args.threads is not None:
-                check_number("threads", args.threads)
             from .app import serve
 
             serve(args.source, port=args.port, onnx=args.onnx, threads=args.threads, host=args.host)
@@ -399,26 +390,9 @@ def _command(args, argv: list[str], kw: dict) -> int:
             check_number("k", args.k)
             if not Path(args.model).expanduser().is_file():
                 raise MissingFile(f"no model file at {args.model}: create one with `resnets export RUN_DIR`")
-            if args.threads is not None:
-                check_number("threads", args.threads)
-            from .deploy import image_files, load, write_predictions
+            from .deploy import predict_files
 
-            if args.threads is not None:
-                import torch
-
-                torch.set_num_threads(args.threads)
-            predictor = load(args.model)
-            rows = []
-            for img in image_files(args.images):
-                top = predictor.predict(img, k=args.k)
-                rows.append([str(img), *(v for _, name, prob in top for v in (name, f"{prob:.6f}"))])
-                if args.csv is None or len(rows) <= 20:  # a folder into a CSV: the first few on screen
-                    print(_printable(str(img)))
-                    for c, name, prob in top:
-                        name, c = _printable(name), _printable(c)
-                        print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
-            if args.csv is not None:
-                write_predictions(args.csv, rows, args.k)
+            predict_files(args.model, args.images, k=args.k, csv=args.csv, threads=args.threads)
         elif args.command == "compare":
             from .results import compare
 
@@ -430,7 +404,7 @@ def _command(args, argv: list[str], kw: dict) -> int:
             from .training import interpret_run
 
             per_class = interpret_run(args.run_dir, k=args.k, data=args.data)
-            worst = sorted(((_printable(c), acc) for c, acc in per_class.items()), key=lambda ca: ca[1])
+            worst = sorted(((printable(c), acc) for c, acc in per_class.items()), key=lambda ca: ca[1])
             if len(worst) > CONFUSION_LIMIT:  # many classes: the worst, and where the rest are
                 print(f"the {CONFUSION_LIMIT} worst of {len(worst)} classes (every class: results.json's "
                       f"per_class_accuracy)")  # fmt: skip

@@ -30,7 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .decode import RESAMPLES
-from .errors import InputError, MissingFile, check_number, load_failure, refused_message
+from .errors import InputError, MissingFile, check_number, load_failure, printable, refused_message
 from .fastdata import preprocess
 from .files import atomic_write
 from .images import image_files as _find_images
@@ -40,7 +40,7 @@ from .models import MODELS, create_model, weights_mismatch
 from .pretrained import valid_crop
 
 __all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "check_description", "Predictor", "export_torchscript",
-           "export_onnx", "image_files",
+           "export_onnx", "image_files", "predict_files",
            "write_predictions"]
 
 FORMAT = "resnets-model-v1"  # the description's version: the same in v1 files (torch's format) and safetensors ones
@@ -356,6 +356,25 @@ def image_files(paths: list[str]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def predict_files(model, paths: list[str], k: int = 5, csv: str | None = None, threads: int | None = None) -> None:
+    """`resnets predict`: each image's top-k classes printed (the first 20 when they also go to `csv`), on `threads`
+    threads (the same number as `resnets app --threads` gives its answers to the last bit)."""
+    if threads is not None:
+        check_number("threads", threads)
+        torch.set_num_threads(threads)
+    predictor, rows = load(model), []
+    for img in image_files(paths):
+        top = predictor.predict(img, k=k)
+        rows.append([str(img), *(v for _, name, prob in top for v in (name, f"{prob:.6f}"))])
+        if csv is None or len(rows) <= 20:  # a folder into a CSV: the first few on screen
+            print(printable(str(img)))
+            for c, name, prob in top:
+                name, c = printable(name), printable(c)
+                print(f"  {prob:7.2%}  {name} ({c})" if name != c else f"  {prob:7.2%}  {c}")
+    if csv is not None:
+        write_predictions(csv, rows, k)
 
 
 def write_predictions(path: str, rows: list[list[str]], k: int) -> None:

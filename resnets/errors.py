@@ -8,7 +8,7 @@ catches ValueError keeps working.
 import re
 
 __all__ = ["InputError", "RunExists", "MissingFile", "RunInterrupted", "check_number", "one_line", "load_failure",
-           "refused_message"]
+           "refused_message", "printable"]
 
 
 class InputError(ValueError):
@@ -66,3 +66,10 @@ def refused_message(path, code: str, why: str, fix: str) -> str:
     "The one line for a file torch refused to unpickle because it asks to call `code`: it holds code, nothing ran."
     return (f"{path} holds code and was refused ({why}; a file of tensors needs no function called): nothing in it was "
             f"run. {fix}")
+
+
+def printable(text: str) -> str:
+    """A file or class name as it can be shown on one terminal line: bytes that are not UTF-8 and control characters
+    (a newline, a terminal escape) escaped, as Python writes them in a string literal."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

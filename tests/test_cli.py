@@ -295,7 +295,7 @@ def test_a_missing_run_folder_or_model_file_is_named_before_torch_loads(args):
 
 def test_names_are_printed_on_one_line_with_escapes_shown():
     "Found in a trial: class names with a newline or a terminal escape were printed raw."
-    from resnets.cli import _printable
+    from resnets.errors import printable as _printable
 
     assert _printable("cat\nrm -rf") == "cat\\nrm -rf" and _printable("red\x1b[31m") == "red\\x1b[31m"
     assert _printable("caf\udce9.jpg") == "caf\\udce9.jpg" and _printable("猫 chat") == "猫 chat"

@@ -12,8 +12,9 @@ from resnets.models import MODELS
 def test_registry_is_the_chapters_five_experiments_then_the_exercises():
     assert list(CHAPTER) == list(BOOK_FINAL) == list_experiments()[:5]
     assert list_experiments()[5:] == ["resnet34", "mnist_pool", "mnist_flat", "plain20", "plain56", "res20", "res56",
-                                      "speedrun-v1", "speedrun-v2", "speedrun-v3", "speedrun10-v1", "speedrun10-v2", "speedrun10-v3",
-                                      "speedrun10-v4", "speedrun10-v5", "speedrun", "speedrun10"]  # fmt: skip
+                                      "speedrun-v1", "speedrun-v2", "speedrun-v3", "speedrun10-v1", "speedrun10-v2",
+                                      "speedrun10-v3", "speedrun10-v4", "speedrun10-v5", "speedrun",
+                                      "speedrun10"]  # fmt: skip
     assert all(not EXPERIMENTS[n].book_accuracy for n in list_experiments()[5:])
     for name, acc in BOOK_FINAL.items():
         e = get_experiment(name)
