@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from .data import get_data
 from .errors import InputError
 from .layers import conv1x1_einsum
-from .learner import cpu_bf16
 from .models import count_flops, create_model
+from .precision import autocast_dtype, cpu_bf16
 from .profiling import STAGES, format_profile, profile_training
 from .recipes import configure
 from .results import atomic_write, describe_device, versions
@@ -89,7 +89,7 @@ def bench_models(
 
     `variants`: any of eager, channels_last (NHWC memory layout) and compile (`torch.compile`, which
     compiles on first use: its warm-up is not timed). `precision`: fp32, fp16/bf16 autocast on CUDA, bf16 autocast on
-    a CPU (fast where it has native bfloat16: `learner.cpu_bf16`; emulated elsewhere, and timed all the same)."""
+    a CPU (fast where it has native bfloat16: `precision.cpu_bf16`; emulated elsewhere, and timed all the same)."""
     if unknown := set(variants) - set(VARIANTS):
         raise InputError(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
     if precision == "fp16" and torch.device(device).type != "cuda":
@@ -125,7 +125,7 @@ def _variant_speed(name: str, variant: str, size: int, bs: int, repeats: int, de
     if precision == "fp32":
         step = partial(_train_step, fwd, opt, x, y)
     else:
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        dtype = autocast_dtype(precision)
         scaler = torch.amp.GradScaler(x.device.type, enabled=precision == "fp16")
         step = partial(_amp_step, fwd, opt, x, y, dtype, scaler)
     return bs / median_seconds(step, repeats=repeats, warmup=3 if variant == "compile" else 2)
@@ -246,9 +246,7 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(Path(out), json.dumps(report, indent=2).encode())
 
-    report["matmul_gflops"] = {p: matmul_peak(str(device), getattr(torch, {"fp32": "float32", "fp16": "float16",
-                                                                           "bf16": "bfloat16"}[p]))
-                               for p in precisions}  # fmt: skip
+    report["matmul_gflops"] = {p: matmul_peak(str(device), autocast_dtype(p) or torch.float32) for p in precisions}
     save()
     report["models"] = []
     for name, size in (models or CHAPTER_MODELS).items():

@@ -13,7 +13,8 @@ import torch
 from .config import Experiment
 from .data import set_image_size
 from .errors import InputError
-from .evaluate import RECALIBRATION_IMAGES, device_autocast, on_data_device
+from .evaluate import RECALIBRATION_IMAGES, on_data_device
+from .precision import device_autocast
 from .timing import step_stages
 
 __all__ = ["plan_budget"]

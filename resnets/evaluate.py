@@ -30,22 +30,16 @@ from fastai.interpret import ClassificationInterpretation
 from fastcore.foundation import L
 from torch.optim.swa_utils import update_bn
 
-from .learner import MixedPrecision, unwrap
+from .learner import unwrap
+from .precision import MixedPrecision, device_autocast
 from .results import save_figure
 
-__all__ = ["CONFUSION_LIMIT", "RECALIBRATION_IMAGES", "device_autocast", "on_data_device", "flip_tta",
+__all__ = ["CONFUSION_LIMIT", "RECALIBRATION_IMAGES", "on_data_device", "flip_tta",
            "flip_tta_accuracy", "shared_predictions", "one_process", "recalibrate_bn",
            "Interpretation", "interpret"]  # fmt: skip
 
 CONFUSION_LIMIT = 30  # classes up to which the confusion matrix is drawn cell by cell (0.6 inch a class)
 RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates BatchNorm on (and plan_budget counts)
-
-
-def device_autocast(learn):
-    "The autocast the learner trains under (fp16/bf16 on CUDA, bf16 on a CPU), for evaluation outside fastai's loop."
-    if learn.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(learn.dls.device.type, dtype=torch.float16 if learn.precision == "fp16" else torch.bfloat16)
 
 
 @torch.no_grad()

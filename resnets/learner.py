@@ -18,86 +18,24 @@ only from gathered predictions and targets, not from per-batch means: so the met
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import torch
-from fastai.callback import fp16
 from fastai.callback.mixup import MixUp
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.data.core import DataLoaders
 from fastai.learner import AvgLoss, Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import AccumMetric, accuracy
-from fastai.optimizer import (
-    Optimizer,
-    adam_step,
-    average_grad,
-    average_sqr_grad,
-    debias,
-    l2_reg,
-    ranger,
-    step_stat,
-    weight_decay,
-)
 from fastai.torch_core import find_bs, num_distrib
 from fastcore.foundation import L
 from torch import nn
 
-from .config import OPTIMIZERS, PRECISIONS, check_choice, check_regularisation
+from .config import check_regularisation
 from .errors import InputError
+from .precision import MixedPrecision, choose_precision
 
-__all__ = ["ForeachAdam", "OPT_FUNCS", "PRECISIONS", "check_regularisation", "cpu_bf16", "choose_precision",
-           "MixedPrecision", "top_k_accuracy", "top_5_accuracy", "accuracy_metric", "top_5_metric", "ValidLoss",
-           "unwrap", "get_learner", "fit_flat_cos"]  # fmt: skip
-
-
-class ForeachAdam(Optimizer):
-    """fastai's `Adam` (AdamW: decoupled weight decay; fastai's defaults, hypers, state and `do_wd`), each step done
-    by torch's `_foreach_` ops over all the tensors of a parameter group at once instead of fastai's five Python
-    callbacks per tensor: the same operations in the same order, so the same numbers to the last bit (tested).
-    L2 regularisation (`decouple_wd=False`) steps as fastai's does."""
-
-    def __init__(self, params, lr, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5, wd: float = 0.01,
-                 decouple_wd: bool = True):  # fmt: skip
-        cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
-               step_stat, adam_step]  # fastai's Adam's, which describe the step (and give the hypers' defaults)
-        super().__init__(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
-        self.decouple_wd = decouple_wd
-
-    def step(self, closure=None):
-        if closure is not None:
-            raise NotImplementedError("fastai optimizers do not take a closure")
-        if not self.decouple_wd:
-            return super().step()
-        groups = {}  # tensors that share hypers, step count and weight decay take each stage together
-        for p, _, state, hyper in self.all_params(with_grad=True):
-            groups.setdefault((id(hyper), state.get("step", 0), state.get("do_wd", True)), (hyper, []))[1].append(p)
-        for (_, step, do_wd), (h, ps) in groups.items():
-            grads, data, states = [p.grad.data for p in ps], [p.data for p in ps], [self.state[p] for p in ps]
-            for st, g in zip(states, grads):
-                for k in ("grad_avg", "sqr_avg"):
-                    if st.get(k) is None:
-                        st[k] = torch.zeros_like(g)
-            avg, sqr = [st["grad_avg"] for st in states], [st["sqr_avg"] for st in states]
-            if do_wd and h["wd"] != 0:
-                torch._foreach_mul_(data, 1 - h["lr"] * h["wd"])
-            torch._foreach_mul_(avg, h["mom"])
-            torch._foreach_add_(avg, grads, alpha=1 - h["mom"])
-            torch._foreach_mul_(sqr, h["sqr_mom"])
-            torch._foreach_addcmul_(sqr, grads, grads, value=1 - h["sqr_mom"])
-            step += 1
-            debias1, debias2 = debias(h["mom"], 1 - h["mom"], step), debias(h["sqr_mom"], 1 - h["sqr_mom"], step)
-            denom = torch._foreach_div(sqr, debias2)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, h["eps"])
-            torch._foreach_addcdiv_(data, avg, denom, value=-h["lr"] / debias1)
-            for st in states:
-                st["step"] = step
-
-
-OPT_FUNCS = {"adam": ForeachAdam, "ranger": ranger}  # the `opt` setting's optimisers: fastai's, with fastai's defaults
-assert tuple(OPT_FUNCS) == OPTIMIZERS, "config.OPTIMIZERS names these"
+__all__ = ["top_k_accuracy", "top_5_accuracy", "accuracy_metric", "top_5_metric", "ValidLoss", "unwrap", "get_learner",
+           "fit_flat_cos"]  # fmt: skip
 
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -144,71 +82,6 @@ class ValidLoss(AvgLoss):
 def unwrap(model: nn.Module) -> nn.Module:
     "The model inside a DistributedDataParallel wrapper (the model itself outside a distributed run)."
     return getattr(model, "module", model)
-
-
-def cpu_bf16() -> str | None:
-    """What this processor runs bfloat16 with natively, as torch reports it ('AMX', 'AVX512-BF16'), or None.
-
-    oneDNN then runs bf16 convolutions in hardware (measured on an AMD EPYC with AVX512-BF16: a ResNet-18 training
-    step at 128 px 1.95x faster than fp32); without it bf16 is emulated and many times slower than fp32."""
-    cpu = torch.cpu  # torch's own checks (2.1+), not /proc/cpuinfo's strings; a torch without them: None
-    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
-        return "AMX"
-    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
-        return "AVX512-BF16"
-    return None
-
-
-def choose_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
-    "The precision to train in on `device`, and one line saying why (a warning where the choice will be slow)."
-    check_choice("precision", precision, PRECISIONS)  # the record's check: this is also called without one
-    device = torch.device(device)
-    if device.type != "cuda":
-        native = cpu_bf16() if device.type == "cpu" else None
-        if precision == "auto":
-            if native:
-                return "bf16", f"training in bf16 mixed precision on cpu ({native}: native bfloat16; --precision " \
-                               "fp32 for full precision)"  # fmt: skip
-            return "fp32", f"training in fp32 on {device.type} (no native bfloat16 here, and fp16 needs a CUDA GPU)"
-        if precision == "bf16" and device.type == "cpu":
-            if native:
-                return "bf16", f"training in bf16 mixed precision on cpu ({native}: native bfloat16)"
-            return "bf16", "warning: training in bf16 on cpu as asked, but this processor has no native bfloat16 " \
-                           f"(torch reports {torch.backends.cpu.get_cpu_capability()}): emulated, it is typically " \
-                           "several times slower than --precision fp32"  # fmt: skip
-        if precision == "fp32":
-            return "fp32", f"training in fp32 on {device.type}"
-        # fastai's fp16 AMP is CUDA's; torch's CPU fp16 autocast has no fast kernels on these processors
-        return "fp32", f"training in fp32 on {device.type}: {precision} mixed precision needs a CUDA GPU" + \
-            (" (this CPU has native bfloat16: --precision bf16)" if native else "")  # fmt: skip
-    if precision == "auto":
-        return "fp16", f"training in fp16 mixed precision on {torch.cuda.get_device_name(device)}"
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "fp16", "this GPU has no bfloat16 support: training in fp16 mixed precision instead"
-    return precision, f"training in {precision}{' mixed precision' if precision != 'fp32' else ''} on cuda"
-
-
-class MixedPrecision(fp16.MixedPrecision):
-    """fastai's mixed precision (autocast from each batch to its loss, a loss scaler for fp16), with autocast on the
-    data's device: fastai 2.8.12's always asks for CUDA's, which on a CPU runs everything in fp32. On a CPU,
-    bf16 only (it needs no loss scaling: bf16 has fp32's range); BatchNorm runs on bf16 activations with fp32
-    statistics and parameters, the loss in fp32 (torch's CPU autocast lists), the optimiser updates fp32 weights."""
-
-    def before_fit(self):
-        kind = self.dls.device.type
-        if kind == "cuda":
-            return super().before_fit()
-        if self.amp_mode != fp16.AMPMode.BF16:
-            raise ValueError(f"{self.amp_mode.value} autocast needs a CUDA GPU: on {kind} use bf16")
-        self.autocast = torch.autocast(kind, dtype=torch.bfloat16)
-        self.learn.scaler, self.scales = torch.amp.GradScaler(kind, enabled=False), L()
-
-    def before_batch(self):
-        if getattr(self, "autocast", None) is None:  # an inner validation (get_preds(inner=True)) after a fit, which
-            # calls no before_fit: predict under the autocast trained in (fastai's would fail here)
-            dtype = torch.bfloat16 if self.amp_mode == fp16.AMPMode.BF16 else torch.float16
-            self.autocast = torch.autocast(self.dls.device.type, dtype=dtype)
-        super().before_batch()
 
 
 def get_learner(

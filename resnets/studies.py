@@ -25,8 +25,8 @@ from matplotlib.ticker import MaxNLocator
 from .bench import bench_models
 from .checkpoint import find_checkpoint
 from .errors import InputError
-from .learner import choose_precision
 from .models import count_flops, create_model
+from .precision import choose_precision
 from .recipes import STUDIES, Arm, Study, configure, get_study, list_studies
 from .results import Results, atomic_write, load_results, save_figure
 from .training import run

@@ -52,8 +52,9 @@ from .errors import InputError, MissingFile, RunExists, RunInterrupted, one_line
 from .evaluate import flip_tta, interpret, one_process, shared_predictions
 from .files import check_writable, owned
 from .finetune import body_head_splitter, load_body
-from .learner import OPT_FUNCS, accuracy_metric, fit_flat_cos, get_learner, top_5_metric
+from .learner import accuracy_metric, fit_flat_cos, get_learner, top_5_metric
 from .models import create_model
+from .optim import OPT_FUNCS
 from .pretrained import CHAPTER_PREPROCESSING, Preprocessing, load_pretrained_body, read_pretrained
 from .recipes import configure
 from .results import Results, describe_device, load_results, save_figure, versions

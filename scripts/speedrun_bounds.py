@@ -47,7 +47,8 @@ def model_rates(exp, bs: int, sizes: list[int], valid_size: int, steps: int = 6)
     import torch
     import torch.nn.functional as F
 
-    from resnets.learner import OPT_FUNCS, choose_precision
+    from resnets.optim import OPT_FUNCS
+    from resnets.precision import choose_precision
     from resnets.models import create_model
     from resnets.timing import median_seconds
 

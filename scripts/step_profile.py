@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from fastai.optimizer import Adam
 
-from resnets import learner
+from resnets import optim
 from resnets.bench import format_profile, profile_training
+from resnets.precision import cpu_bf16
 from resnets.results import describe_device, versions
 
 
@@ -28,20 +29,20 @@ def main(argv=None) -> None:
     p.add_argument("--data")
     p.add_argument("--batches", type=int, default=30)
     a = p.parse_args(argv)
-    precisions = ["fp32", "bf16"] if learner.cpu_bf16() else ["fp32"]
+    precisions = ["fp32", "bf16"] if cpu_bf16() else ["fp32"]
     report = {"experiment": a.experiment, "device": describe_device(torch.device("cpu")), "versions": versions(),
-              "native_bf16": learner.cpu_bf16(), "threads": torch.get_num_threads(), "rows": []}  # fmt: skip
-    foreach = learner.OPT_FUNCS["adam"]
+              "native_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "rows": []}  # fmt: skip
+    foreach = optim.OPT_FUNCS["adam"]
     try:
         for precision in precisions:
             for name, opt in (("fastai Adam", Adam), ("ForeachAdam", foreach)):
-                learner.OPT_FUNCS["adam"] = opt
+                optim.OPT_FUNCS["adam"] = opt
                 prof = profile_training(a.experiment, a.data, batches=a.batches, precision=precision)
                 report["rows"].append({"precision": precision, "optimiser": name, **prof})
                 print(f"\n{precision}, {name}:\n{format_profile(prof)}", flush=True)
                 Path(a.out).write_text(json.dumps(report, indent=2))
     finally:
-        learner.OPT_FUNCS["adam"] = foreach
+        optim.OPT_FUNCS["adam"] = foreach
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from conftest import BOOK_FINAL
 from resnets import InputError, load_results
 from resnets.checkpoint import CHECKPOINT
 from resnets.cli import main
-from resnets.learner import choose_precision
+from resnets.precision import choose_precision
 
 TINY_CLI = ["--classes", "2", "--subset", "16", "--size", "32", "--presize", "40", "--bs", "8", "--workers", "0",
             "--seed", "1"]  # fmt: skip

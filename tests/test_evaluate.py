@@ -11,7 +11,8 @@ from fastai.interpret import ClassificationInterpretation
 from conftest import TINY
 from resnets import build, run
 from resnets.cli import main
-from resnets.evaluate import Interpretation, device_autocast, flip_tta, flip_tta_accuracy
+from resnets.evaluate import Interpretation, flip_tta, flip_tta_accuracy
+from resnets.precision import device_autocast
 
 
 def test_every_run_draws_its_mistakes_and_records_per_class_accuracy(tiny_resnet):

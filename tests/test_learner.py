@@ -29,6 +29,7 @@ from resnets import (
     get_data,
     get_learner,
     learner,
+    precision,
     run,
     top_5_accuracy,
     top_k_accuracy,
@@ -214,7 +215,7 @@ def test_run_hands_back_its_trained_learner(imagenette, tmp_path):
 @pytest.mark.parametrize("native", [None, "AVX512-BF16"], ids=["emulated-bf16", "native-bf16"])
 @pytest.mark.parametrize("asked", ["auto", "fp32", "fp16", "bf16"])
 def test_the_cpu_precision_follows_the_processor_and_says_so(asked, native, monkeypatch):
-    monkeypatch.setattr(learner, "cpu_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: native)
     chosen, why = choose_precision(asked, "cpu")
     assert chosen == {"auto": "bf16" if native else "fp32", "fp32": "fp32", "fp16": "fp32", "bf16": "bf16"}[asked]
     assert chosen in why and "cpu" in why
@@ -224,7 +225,7 @@ def test_the_cpu_precision_follows_the_processor_and_says_so(asked, native, monk
 
 
 def test_native_bf16_is_what_torch_finds_and_what_the_processor_lists():
-    found = learner.cpu_bf16()
+    found = precision.cpu_bf16()
     assert found in (None, "AMX", "AVX512-BF16")
     assert (found is not None) == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     try:
@@ -273,7 +274,7 @@ def test_unknown_precision():
 
 
 def test_learner_on_cpu_one_line_no_fastai_warnings(tree, capsys, monkeypatch):
-    monkeypatch.setattr(learner, "cpu_bf16", lambda: None)  # the line for a processor without native bf16
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: None)  # the line for a processor without native bf16
     dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -372,7 +373,7 @@ def test_foreach_adam_trains_as_fastai_s_adam_to_the_last_bit(tree, decouple_wd)
     from fastai.torch_core import set_seed
 
     from resnets.finetune import body_head_splitter
-    from resnets.learner import ForeachAdam
+    from resnets.optim import ForeachAdam
 
     models, states = [], []
     for opt_func in (Adam, ForeachAdam):
@@ -395,7 +396,7 @@ def test_foreach_adam_keeps_each_tensor_s_own_step_count():
     "A tensor without a gradient at a step is left alone, and later debiased by its own count, as in fastai."
     from fastai.optimizer import Adam
 
-    from resnets.learner import ForeachAdam
+    from resnets.optim import ForeachAdam
 
     torch.manual_seed(0)
     ws = [[torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)] for _ in range(2)]

@@ -140,7 +140,7 @@ def test_the_noisy_study_changes_only_the_training_labels(imagenette, tmp_path, 
 def test_a_study_s_throughput_is_timed_where_and_how_its_runs_train(monkeypatch, cuda):
     "The bottleneck study's step throughput was always timed on the CPU in fp32, even on a GPU (fp16 there)."
     from resnets import studies
-    from resnets.learner import choose_precision
+    from resnets.precision import choose_precision
 
     calls = []
     monkeypatch.setattr(studies, "bench_models", lambda names, **kw: calls.append(kw) or [{"train_images_per_s": 1.0}])
