@@ -13,11 +13,18 @@ fastai calls a Learner's callbacks at each event in ascending `order`. Its own, 
     10   BatchNormRecalibration    after WeightAverage (5): it re-estimates the statistics of the weights scored
     50   Recorder                  (fastai) the epoch's losses and metrics
     51   RunHistory                after the Recorder: copies its epoch into results.json
+    51   TensorBoardCallback /     (fastai's, --log tensorboard / wandb; made by `loggers`) after the Recorder: log
+         WandbCallback             its epoch
     60   ProgressCallback          (fastai) the progress bars and the table writer (learn.logger)
     61   EpochLog                  after ProgressCallback has put its table writer in place: replaces it in logs
     62   Checkpoint                after RunHistory (51): the checkpoint holds the epoch just recorded
     63   CSVLogger (--log csv)     (fastai's) after EpochLog (61): writes the epoch's row, then hands it to EpochLog
     65   SkipValidation            after the Recorder and the progress bar have begun the phase, then cancels it
+
+Two of fastai's extension points the library uses live elsewhere, with what they belong to: `learner.ValidLoss`
+is a metric (fastai's AvgLoss, which the Recorder holds, not a callback of the Learner), beside the other metrics
+that are exact in distributed runs; the profiler's `profiling._Edge` is not a callback of any run, only of
+`resnets bench profile`'s instrumented fit, which it stamps first and last (orders -10**6 and 10**6).
 
 Checkpoint's `before_fit` also depends on this order: it runs after TrainEvalCallback (-10) has moved the model
 (so the optimiser state goes where the parameters are), after MixedPrecision (10) has made its loss scaler and
@@ -26,12 +33,13 @@ after the Recorder (50) has reset its smoothed loss, so that it can put back the
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback, CancelValidException
-from fastai.callback.progress import ProgressCallback
+from fastai.callback.progress import CSVLogger, ProgressCallback
 from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.learner import Recorder
 from fastai.torch_core import rank_distrib
@@ -53,7 +61,7 @@ from .learner import unwrap
 from .results import Results
 
 __all__ = ["ORDERS", "in_last_epochs", "ImageSizes", "StopOnNaN", "LastValidPreds", "WeightAverage",
-           "BatchNormRecalibration", "RunHistory", "EpochLog", "Checkpoint", "SkipValidation"]  # fmt: skip
+           "BatchNormRecalibration", "RunHistory", "EpochLog", "Checkpoint", "SkipValidation", "loggers"]  # fmt: skip
 
 ORDERS = {"ImageSizes": -20, "StopOnNaN": -9, "LastValidPreds": 0, "WeightAverage": 5, "BatchNormRecalibration": 10,
           "RunHistory": Recorder.order + 1, "EpochLog": ProgressCallback.order + 1, "Checkpoint": Recorder.order + 2,
@@ -313,3 +321,48 @@ class SkipValidation(Callback):
     def before_validate(self):
         if self.fitting and not in_last_epochs(self.learn, self.n):
             raise CancelValidException()
+
+
+def loggers(kind: str | None, folder: Path | None, settings: dict, append: bool, rank: int) -> list:
+    """fastai's logger callback for `--log`: csv, tensorboard or wandb (rank 0 only; removed after the fit with the
+    run's other callbacks, so that the Learner exports afterwards: fastai's CSVLogger keeps a closed file handle).
+    wandb's is made here, not at module level, because wandb is an optional install."""
+    if kind is None or rank > 0:
+        return []
+    if folder is None:
+        raise InputError(f"--log {kind} writes into the run folder: leave save on (it is off here)")
+    if kind == "csv":
+        # absolute: fastai reads a relative name from the Learner's path, the data's folder
+        logger = CSVLogger(fname=str(Path(folder).absolute() / "history.csv"), append=append)
+        logger.order = ORDERS["CSVLogger"]  # wraps EpochLog's table writer, or it would never be called
+        return [logger]
+    if kind == "tensorboard":
+        try:
+            from fastai.callback.tensorboard import TensorBoardCallback
+        except ImportError as e:
+            raise InputError("--log tensorboard needs tensorboard: pip install tensorboard") from e
+        return [TensorBoardCallback(log_dir=str(folder / "tensorboard"), trace_model=False)]
+    try:
+        import wandb
+        from fastai.callback.wandb import WandbCallback
+    except ImportError as e:
+        raise InputError("--log wandb needs wandb: pip install wandb") from e
+
+    class RunSettingsWandb(WandbCallback):
+        """fastai's WandbCallback, logging the run's settings (given to wandb.init) in place of fastai's gathered
+        init arguments, which fail on the data's file paths (fastai 2.8.12, Python 3.11: a Path has no __dict__);
+        `finish` ends the wandb run once the run's fits are over (fine-tuning has two)."""
+
+        def before_fit(self):
+            self.learn.gather_args = dict  # an instance attribute over fastai's method: nothing gathered
+            try:
+                super().before_fit()
+            finally:
+                del self.learn.gather_args
+
+        def finish(self):
+            wandb.finish()
+
+    os.environ.setdefault("WANDB_MODE", "offline")  # nothing leaves the machine unless asked (wandb sync later)
+    wandb.init(project="resnets", name=folder.name, dir=str(folder), config=settings, resume="allow")
+    return [RunSettingsWandb(log_preds=False, log_model=False)]

@@ -18,13 +18,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from fastai.callback.progress import CSVLogger
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastcore.foundation import L
 
 from .budget import plan_budget
 from .callbacks import (
-    ORDERS,
     BatchNormRecalibration,
     Checkpoint,
     EpochLog,
@@ -34,6 +32,7 @@ from .callbacks import (
     SkipValidation,
     StopOnNaN,
     WeightAverage,
+    loggers,
 )
 from .checkpoint import (
     CHECKPOINT,
@@ -134,50 +133,6 @@ def _fine_tune(learn, exp: Experiment, start: int, counters) -> None:
     base = exp.lr / 2  # as fastai's fine_tune halves it
     learn.fit_one_cycle(exp.epochs, slice(base / exp.lr_mult, base), pct_start=0.3, div=5.0,
                         start_epoch=max(0, start - frozen))  # fmt: skip
-
-
-def _loggers(kind: str | None, folder: Path | None, settings: dict, append: bool, rank: int) -> list:
-    """fastai's logger callback for `--log` (rank 0 only; removed after the fit with the run's other callbacks, so
-    that the Learner exports afterwards: fastai's CSVLogger keeps a closed file handle)."""
-    if kind is None or rank > 0:
-        return []
-    if folder is None:
-        raise InputError(f"--log {kind} writes into the run folder: leave save on (it is off here)")
-    if kind == "csv":
-        # absolute: fastai reads a relative name from the Learner's path, the data's folder
-        logger = CSVLogger(fname=str(Path(folder).absolute() / "history.csv"), append=append)
-        logger.order = ORDERS["CSVLogger"]  # wraps EpochLog's table writer, or it would never be called
-        return [logger]
-    if kind == "tensorboard":
-        try:
-            from fastai.callback.tensorboard import TensorBoardCallback
-        except ImportError as e:
-            raise InputError("--log tensorboard needs tensorboard: pip install tensorboard") from e
-        return [TensorBoardCallback(log_dir=str(folder / "tensorboard"), trace_model=False)]
-    try:
-        import wandb
-        from fastai.callback.wandb import WandbCallback
-    except ImportError as e:
-        raise InputError("--log wandb needs wandb: pip install wandb") from e
-
-    class RunSettingsWandb(WandbCallback):
-        """fastai's WandbCallback, logging the run's settings (given to wandb.init) in place of fastai's gathered
-        init arguments, which fail on the data's file paths (fastai 2.8.12, Python 3.11: a Path has no __dict__);
-        `finish` ends the wandb run once the run's fits are over (fine-tuning has two)."""
-
-        def before_fit(self):
-            self.learn.gather_args = dict  # an instance attribute over fastai's method: nothing gathered
-            try:
-                super().before_fit()
-            finally:
-                del self.learn.gather_args
-
-        def finish(self):
-            wandb.finish()
-
-    os.environ.setdefault("WANDB_MODE", "offline")  # nothing leaves the machine unless asked (wandb sync later)
-    wandb.init(project="resnets", name=folder.name, dir=str(folder), config=settings, resume="allow")
-    return [RunSettingsWandb(log_preds=False, log_model=False)]
 
 
 def _data(exp: Experiment, prep: Preprocessing):
@@ -304,7 +259,7 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
     keep = LastValidPreds()
     history, log = RunHistory(results, folder, checkpoint.start_epoch, start), EpochLog(checkpoint.start_epoch)
     run_cbs = [history, checkpoint, StopOnNaN(folder), log, *([keep] if exp.tta else []),
-               *_loggers(exp.log, folder, settings, append=state is not None, rank=rank)]  # fmt: skip
+               *loggers(exp.log, folder, settings, append=state is not None, rank=rank)]  # fmt: skip
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
