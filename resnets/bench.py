@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from .data import get_data
 from .errors import InputError
+from .files import atomic_write
 from .layers import conv1x1_einsum
 from .models import count_flops, create_model
 from .precision import autocast_dtype, cpu_bf16
 from .profiling import STAGES, format_profile, profile_training
 from .recipes import configure
-from .results import atomic_write, describe_device, versions
+from .results import describe_device, versions
 from .timing import median_seconds
 from .training import run
 

@@ -28,10 +28,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .config import CHECKPOINT_FILES, DEFAULTS
-from .errors import InputError, load_failure, refused_message
+from .errors import InputError, load_weights_only
+from .files import atomic_write
 from .learner import unwrap
 from .models import weights_mismatch
-from .results import atomic_write
 
 __all__ = ["fingerprint", "CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
            "check_state", "check_fits", "check_same_settings", "save_checkpoint", "rank_state", "restore_model",
@@ -188,14 +188,9 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
                 raise
             raise InputError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                              "): remove it to start the run again") from e  # fmt: skip
-    try:  # an earlier version's: tensors and plain values only, so that loading a crafted file does not run its code
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        code, why = load_failure(e)
-        if code is not None:  # (resnets before weights-only checkpoints saved NumPy arrays and fastcore lists)
-            raise InputError(refused_message(path, code, why, "Another program, or a resnets older than 0.2, wrote "
-                                             "it: remove it to start the run again")) from e  # fmt: skip
-        raise InputError(f"{path} cannot be read ({why}): remove it to start the run again") from e
+    # an earlier version's (resnets before weights-only checkpoints saved NumPy arrays and fastcore lists: refused)
+    state = load_weights_only(path, "Another program, or a resnets older than 0.2, wrote it: remove it to start the "
+                              "run again", "{path} cannot be read ({why}): remove it to start the run again")
     return check_state(state, path)
 
 

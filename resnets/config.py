@@ -17,14 +17,15 @@ from pathlib import Path
 from .errors import InputError, MissingFile, check_number
 
 __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS", "SCHEDULES", "MODEL_NAMES",
-           "DATA_SETS", "CHAPTER_BS", "GROUPS", "LOGGERS", "PRETRAINED_MODELS", "check_choice",
+           "DATA_SETS", "CHAPTER_BS", "GROUPS", "LOGGERS", "RESNETS", "check_choice",
            "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
            "check_source", "CHECKPOINT_FILES", "check_run_folder", "csv_columns", "is_weights_path",
            "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 LOGGERS = ("csv", "tensorboard", "wandb")  # fastai's CSVLogger, TensorBoardCallback, WandbCallback
-PRETRAINED_MODELS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # resnets.pretrained
+# The ResNets: what `width` and `stem` scale, and what ImageNet weights exist for (resnets.pretrained)
+RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Batch augmentation: fastai's aug_transforms(min_scale=0.5) as the chapter has it, or its random crop and flip
 # only. The keywords are aug_transforms' and ChapterAugment's (the fast path's) alike.
 AUGMENT_KW: dict[str, dict] = {"chapter": {},
@@ -34,8 +35,8 @@ AUGMENTS = tuple(AUGMENT_KW)
 OPTIMIZERS = ("adam", "ranger")
 SCHEDULES = ("one_cycle", "flat_cos")
 # The networks of resnets.models.MODELS (which checks that it builds exactly these), for checks without torch.
-MODEL_NAMES = ("cnn", "res_cnn", "double_res_cnn", "resnet10", "resnet18", "resnet34", "resnet50", "resnet101",
-               "resnet152", "mnist_pool", "mnist_flat", "plain20", "plain56", "res20", "res56")  # fmt: skip
+MODEL_NAMES = ("cnn", "res_cnn", "double_res_cnn", *RESNETS, "mnist_pool", "mnist_flat", "plain20", "plain56", "res20",
+               "res56")  # fmt: skip
 # The data sets known by name, and the folder each extracts to (resnets.data.SOURCES has fastai's URLs).
 DATA_SETS = {"imagenette-160": "imagenette2-160", "imagenette-320": "imagenette2-320", "imagenette": "imagenette2",
              "imagewoof-160": "imagewoof2-160", "imagewoof-320": "imagewoof2-320", "imagewoof": "imagewoof2",
@@ -290,8 +291,8 @@ class Experiment:
         if self.pretrained is not False:
             if self.init is not None:
                 raise InputError("init and pretrained both choose the starting weights: give one of them")
-            if self.model not in PRETRAINED_MODELS:
-                raise InputError(f"ImageNet weights (pretrained) exist for {', '.join(PRETRAINED_MODELS)}, not "
+            if self.model not in RESNETS:
+                raise InputError(f"ImageNet weights (pretrained) exist for {', '.join(RESNETS)}, not "
                                  f"{self.model!r}: pass --model resnet18 (or another of them)")  # fmt: skip
             if self.width != 1:
                 raise InputError(f"ImageNet weights are for the full width: leave --width out (got {self.width})")

@@ -30,17 +30,16 @@ from safetensors.torch import save as safetensors_bytes
 
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .decode import RESAMPLES
-from .errors import InputError, MissingFile, check_number, load_failure, printable, refused_message
+from .errors import InputError, MissingFile, check_number, load_weights_only, printable
 from .fastdata import preprocess
 from .files import atomic_write
-from .images import image_files as _find_images
-from .images import open_rgb, to_rgb
+from .images import collect_images, open_rgb, to_rgb
 from .labels import IMAGENETTE_NAMES
 from .models import MODELS, create_model, weights_mismatch
 from .pretrained import valid_crop
 
 __all__ = ["FORMAT", "ONNX_OPSET", "export", "load", "check_description", "Predictor", "export_torchscript",
-           "export_onnx", "image_files", "predict_files",
+           "export_onnx", "predict_files",
            "write_predictions"]
 
 FORMAT = "resnets-model-v1"  # the description's version: the same in v1 files (torch's format) and safetensors ones
@@ -107,14 +106,8 @@ def _read_model_file(path: Path) -> dict:
         except Exception as e:
             raise InputError(f"{path} is not a readable resnets model file ({type(e).__name__}: {e}): write one "
                              "with `resnets export RUN_DIR`") from e  # fmt: skip
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        code, why = load_failure(e)
-        if code is not None:
-            raise InputError(refused_message(path, code, why, "Load only model files written by `resnets export`"
-                                             )) from e  # fmt: skip
-        raise InputError(f"{path} is not a readable resnets model file ({why})") from e
+    return load_weights_only(path, "Load only model files written by `resnets export`",
+                             "{path} is not a readable resnets model file ({why})")
 
 
 def _read_image(img) -> Image.Image:
@@ -342,22 +335,6 @@ def export_torchscript(predictor: Predictor, out: str | os.PathLike, images=()) 
     return max(diffs)
 
 
-def image_files(paths: list[str]) -> list[Path]:
-    "The images to predict: files as given, folders searched for image files (fastai's extensions), sorted."
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = _find_images(p)
-            if not found:
-                raise MissingFile(f"no image files in {p}: pass images, or a folder that holds some")
-            out += found
-        elif not p.exists():
-            raise MissingFile(f"no image at {p}")
-        else:
-            out.append(p)
-    return out
-
-
 def predict_files(model, paths: list[str], k: int = 5, csv: str | None = None, threads: int | None = None) -> None:
     """`resnets predict`: each image's top-k classes printed (the first 20 when they also go to `csv`), on `threads`
     threads (the same number as `resnets app --threads` gives its answers to the last bit)."""
@@ -365,7 +342,7 @@ def predict_files(model, paths: list[str], k: int = 5, csv: str | None = None, t
         check_number("threads", threads)
         torch.set_num_threads(threads)
     predictor, rows = load(model), []
-    for img in image_files(paths):
+    for img in collect_images(paths):
         top = predictor.predict(img, k=k)
         rows.append([str(img), *(v for _, name, prob in top for v in (name, f"{prob:.6f}"))])
         if csv is None or len(rows) <= 20:  # a folder into a CSV: the first few on screen

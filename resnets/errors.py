@@ -8,7 +8,7 @@ catches ValueError keeps working.
 import re
 
 __all__ = ["InputError", "RunExists", "MissingFile", "RunInterrupted", "check_number", "one_line", "load_failure",
-           "refused_message", "printable"]
+           "refused_message", "load_weights_only", "printable"]
 
 
 class InputError(ValueError):
@@ -66,6 +66,22 @@ def refused_message(path, code: str, why: str, fix: str) -> str:
     "The one line for a file torch refused to unpickle because it asks to call `code`: it holds code, nothing ran."
     return (f"{path} holds code and was refused ({why}; a file of tensors needs no function called): nothing in it was "
             f"run. {fix}")
+
+
+def load_weights_only(path, refused_fix: str, unreadable: str):
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain values, so that a crafted file runs no code.
+    A file asking to call a function is refused in one line ending with `refused_fix`; any other failure is
+    `unreadable` (formatted with `path` and `why`). The checkpoints, model files and weights files of earlier
+    versions and other programs are all read here."""
+    import torch  # here, not above: the record and the command line import this module, and not torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        code, why = load_failure(e)
+        if code is not None:
+            raise InputError(refused_message(path, code, why, refused_fix)) from e
+        raise InputError(unreadable.format(path=path, why=why)) from e
 
 
 def printable(text: str) -> str:

@@ -17,13 +17,14 @@ from torch import nn
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .deploy import is_onnx, load
 from .errors import InputError, MissingFile
+from .learner import unwrap
 
 __all__ = ["body_head_splitter", "read_weights", "load_body"]
 
 
 def body_head_splitter(model: nn.Module) -> list:
     "Two parameter groups: everything before the last linear layer (the body), and that layer (the head)."
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     if not isinstance(model, nn.Sequential):  # a model of another shape: one group (fastai's default splitter)
         return [params(model)]
     return [params(model[:-1]), params(model[-1])]

@@ -1,15 +1,16 @@
 """Image files as every pipeline of the library reads them: found, opened and made 8-bit RGB in one place.
 
-  image_files(folder)  the image files under a folder (fastai's extensions, hidden entries skipped), following
-                       directory links but never into a folder already walked, so a link loop ends the walk
-  open_rgb(file)       an image as 8-bit RGB, upright as its EXIF orientation says (a phone's portrait photo is
-                       stored sideways with Orientation 6 or 8): 16-bit greyscale (PNG's `I;16`) scaled to 8 bits
-                       (PIL's own convert clips it, so most of it turns white); an image over PIL's
-                       decompression-bomb limit refused with a line that says how to allow it
-                       ($RESNETS_MAX_IMAGE_PIXELS)
-  check_image(file)    why a file cannot be trained on (None if it can), as the data checks report it
-  RGBImage             fastai's PILImage, opened by `open_rgb`: the chapter's pipeline's ImageBlock
-  image_size(file)     an image's (width, height) upright, from its header (EXIF orientation applied)
+  image_files(folder)    the image files under a folder (fastai's extensions, hidden entries skipped), following
+                         directory links but never into a folder already walked, so a link loop ends the walk
+  collect_images(paths)  files as given and the image files of folders, for a list of paths (`resnets predict`)
+  open_rgb(file)         an image as 8-bit RGB, upright as its EXIF orientation says (a phone's portrait photo is
+                         stored sideways with Orientation 6 or 8): 16-bit greyscale (PNG's `I;16`) scaled to 8 bits
+                         (PIL's own convert clips it, so most of it turns white); an image over PIL's
+                         decompression-bomb limit refused with a line that says how to allow it
+                         ($RESNETS_MAX_IMAGE_PIXELS)
+  check_image(file)      why a file cannot be trained on (None if it can), as the data checks report it
+  RGBImage               fastai's PILImage, opened by `open_rgb`: the chapter's pipeline's ImageBlock
+  image_size(file)       an image's (width, height) upright, from its header (EXIF orientation applied)
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from numpy import ndarray
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, MissingFile
 
-__all__ = ["PIXEL_LIMIT_ENV", "ImageTooLarge", "image_files", "open_rgb", "to_rgb", "check_image", "pixel_limit",
-           "RGBImage", "upright", "image_size"]  # fmt: skip
+__all__ = ["PIXEL_LIMIT_ENV", "ImageTooLarge", "image_files", "collect_images", "open_rgb", "to_rgb", "check_image",
+           "pixel_limit", "RGBImage", "upright", "image_size"]  # fmt: skip
 
 PIXEL_LIMIT_ENV = "RESNETS_MAX_IMAGE_PIXELS"  # PIL's MAX_IMAGE_PIXELS for the library's reads; 0: no limit
 
@@ -168,6 +169,23 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
         print(f"resnets: not following {len(skipped)} folder link(s) under {folder} into folders already searched "
               f"(a link loop, or two links to one folder): {shown}")  # fmt: skip
     return sorted(found)
+
+
+def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """The images a list of paths names (what `resnets predict` is given): files as given, folders searched with
+    `image_files`; a folder without images or a path that does not exist is a MissingFile."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = image_files(p)
+            if not found:
+                raise MissingFile(f"no image files in {p}: pass images, or a folder that holds some")
+            out += found
+        elif not p.exists():
+            raise MissingFile(f"no image at {p}")
+        else:
+            out.append(p)
+    return out
 
 
 class RGBImage(PILImage):

@@ -21,7 +21,7 @@ from fastai.layers import ConvLayer, Flatten
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import MODEL_NAMES
+from .config import MODEL_NAMES, RESNETS
 from .errors import InputError, check_number
 from .layers import ResBlock, stem
 
@@ -237,9 +237,6 @@ assert tuple(MODELS) == MODEL_NAMES, "config.MODEL_NAMES names these, for checks
 def list_models() -> list[str]:
     "Names accepted by `create_model`."
     return list(MODELS)
-
-
-RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # the ones `width` scales
 
 
 def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, stem: tuple[int, ...] = (),

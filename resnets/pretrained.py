@@ -27,12 +27,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .config import is_weights_path
 from .decode import RESAMPLES
-from .errors import InputError, MissingFile, load_failure, refused_message
+from .errors import InputError, MissingFile, load_weights_only
 
 __all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "HUB_WEIGHTS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing",
            "timm_to_resnets", "resnets_to_timm",
@@ -178,14 +177,8 @@ def _read_file(path: Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        code, why = load_failure(e)
-        if code is not None:
-            raise InputError(refused_message(path, code, why, "Pass a .safetensors file or a timm tag")) from e
-        raise InputError(f"{path} is not a readable weights file ({why}): pass a .safetensors file or "
-                         "a timm tag") from e  # fmt: skip
+    state = load_weights_only(path, "Pass a .safetensors file or a timm tag",
+                              "{path} is not a readable weights file ({why}): pass a .safetensors file or a timm tag")
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

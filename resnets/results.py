@@ -25,7 +25,7 @@ from .errors import InputError, MissingFile
 from .files import atomic_write
 from .recipes import EXPERIMENTS
 
-__all__ = ["BOOK_NEUTRAL", "Results", "atomic_write", "save_figure", "versions", "describe_device", "load_results",
+__all__ = ["BOOK_NEUTRAL", "Results", "save_figure", "versions", "describe_device", "load_results",
            "compare"]
 
 

@@ -25,10 +25,11 @@ from matplotlib.ticker import MaxNLocator
 from .bench import bench_models
 from .checkpoint import find_checkpoint
 from .errors import InputError
+from .files import atomic_write
 from .models import count_flops, create_model
 from .precision import choose_precision
 from .recipes import STUDIES, Arm, Study, configure, get_study, list_studies
-from .results import Results, atomic_write, load_results, save_figure
+from .results import Results, load_results, save_figure
 from .training import run
 
 __all__ = ["Arm", "Study", "STUDIES", "get_study", "list_studies", "run_study", "StudyResults"]

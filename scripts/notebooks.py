@@ -109,7 +109,7 @@ def _commit() -> str | None:
 
 
 def _save_state(state: dict) -> None:
-    from resnets.results import atomic_write
+    from resnets.files import atomic_write
 
     atomic_write(STATE, (json.dumps(dict(sorted(state.items())), indent=1) + "\n").encode())
 
