@@ -117,7 +117,10 @@ def get_experiment(name: str | Experiment) -> Experiment:
 
 def configure(name: str | Experiment, verbose: bool = True, **overrides) -> Experiment:
     """The experiment `name` with `overrides` (any of `OPTIONS`; None keeps the experiment's value), checked
-    (`resnets.config.with_overrides` says which settings follow from others)."""
+    (`resnets.config.with_overrides` says which settings follow from others). An Experiment with no overrides is
+    already configured and passes through: the command line configures a run once, and `run` and `build` take it."""
+    if isinstance(name, Experiment) and not overrides:
+        return name
     return with_overrides(get_experiment(name), verbose=verbose, **overrides)
 
 

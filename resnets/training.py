@@ -12,12 +12,13 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastcore.foundation import L
 
@@ -114,12 +115,12 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _fine_tune(learn, exp: Experiment, start: int, counters) -> None:
+def _fine_tune(learn, exp: Experiment, checkpoint: Checkpoint, counters) -> None:
     """fastai's `Learner.fine_tune` (the head alone for `freeze_epochs` with `slice(lr)`, then every layer at half
-    the rate, the body `lr_mult` times slower), written out so that a resumed run goes on from epoch `start` of the
-    two fits together: the fits already done are skipped, the one it stopped in goes on from its next epoch.
-    `counters`: the callbacks that count epochs within a fit (RunHistory, Checkpoint, EpochLog)."""
-    frozen = exp.freeze_epochs
+    the rate, the body `lr_mult` times slower), written out so that a resumed run goes on from the checkpoint's
+    `start_epoch` of the two fits together: the fits already done are skipped, the one it stopped in goes on from
+    its next epoch. `counters`: the other callbacks that count epochs within a fit (RunHistory, EpochLog)."""
+    frozen, start, counters = exp.freeze_epochs, checkpoint.start_epoch, (*counters, checkpoint)
     if start < frozen:
         learn.freeze()
         for cb in counters:
@@ -127,7 +128,7 @@ def _fine_tune(learn, exp: Experiment, start: int, counters) -> None:
         learn.fit_one_cycle(frozen, slice(exp.lr), pct_start=0.99, start_epoch=start)
     learn.unfreeze()  # fastai's freeze_to clears the optimiser's state: the unfrozen fit starts afresh
     if start == frozen:  # resumed just as that fit begins: nothing of the frozen fit's training state carries on
-        counters[1].state = None  # (the optimiser's state, cleared; the smoothed loss and the loss scaler, new)
+        checkpoint.state = None  # (the optimiser's state, cleared; the smoothed loss and the loss scaler, new)
     for cb in counters:
         cb.start_epoch = max(0, start - frozen)
     base = exp.lr / 2  # as fastai's fine_tune halves it
@@ -200,7 +201,31 @@ def run(
         return _run(name, out, progress, save, resume, cbs, **overrides)
 
 
+@dataclass
+class _Job:
+    "A run once prepared: its experiment, Learner and record, the checkpoint it goes on from, where it writes."
+
+    exp: Experiment
+    learn: Learner
+    results: Results
+    settings: dict
+    state: dict | None  # the checkpoint resumed from
+    folder: Path | None  # None: nothing saved (save=False, or a rank other than 0)
+    checkpoint: Checkpoint
+    world: int
+    rank: int
+    start: float  # perf_counter at the call's start: the run's wall time counts from there
+
+
 def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) -> Results:
+    job = _prepare(name, out, save, resume, cbs, **overrides)
+    kept = _fit(job, progress)
+    return _finish(job, kept, save)
+
+
+def _prepare(name, out, save: bool, resume: bool, cbs, **overrides) -> _Job:
+    """Everything before the first batch: the settings checked, the folder and the checkpoint found, the process group
+    joined, the Learner built, the budget planned, the record begun, a resumed run's weights put back."""
     start = time.perf_counter()
     exp = configure(name, verbose=rank_distrib() == 0, **overrides)
     if resume and (out is None or not save):
@@ -237,17 +262,7 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
     results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
                       book=exp.book, learn=learn)  # fmt: skip
     if state is not None:
-        check_same_settings(state["settings"], settings, out, auto=exp.precision == "auto")
-        if state["epoch"] + 1 > exp.total_epochs:
-            raise InputError(f"{find_checkpoint(out)} is not a usable checkpoint: it is at epoch {state['epoch'] + 1} "
-                             f"of a run of {exp.total_epochs}; remove it to start the run again")  # fmt: skip
-        results.history = [dict(h) for h in state["history"]]
-        recorded = load_results(out).history if (Path(out) / "results.json").is_file() else []
-        for h, kept in zip(results.history, recorded):  # the last checkpoint's own write time is in results.json
-            if "checkpoint_s" in kept:
-                h.setdefault("checkpoint_s", kept["checkpoint_s"])
-        if state["epoch"] + 1 >= exp.epochs:
-            print(f"resnets: {out} finished all {exp.epochs} epochs already")
+        _continue_record(results, state, settings, exp, out)
     folder = None if not save or rank > 0 else Path(out) if resume else _new_run_folder(out, exp.name)
     if resume and folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -256,15 +271,38 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
         restore_model(learn, state, rank, find_checkpoint(out))
         if rank == 0:
             print(f"resnets: resuming {out} after epoch {state['epoch'] + 1} of {exp.epochs}")
+    return _Job(exp, learn, results, settings, state, folder, checkpoint, world, rank, start)
+
+
+def _continue_record(results: Results, state: dict, settings: dict, exp: Experiment, out) -> None:
+    "A resumed run's record: its settings checked against the checkpoint's, its history taken from it."
+    check_same_settings(state["settings"], settings, out, auto=exp.precision == "auto")
+    if state["epoch"] + 1 > exp.total_epochs:
+        raise InputError(f"{find_checkpoint(out)} is not a usable checkpoint: it is at epoch {state['epoch'] + 1} "
+                         f"of a run of {exp.total_epochs}; remove it to start the run again")  # fmt: skip
+    results.history = [dict(h) for h in state["history"]]
+    recorded = load_results(out).history if (Path(out) / "results.json").is_file() else []
+    for h, kept in zip(results.history, recorded):  # the last checkpoint's own write time is in results.json
+        if "checkpoint_s" in kept:
+            h.setdefault("checkpoint_s", kept["checkpoint_s"])
+    if state["epoch"] + 1 >= exp.epochs:
+        print(f"resnets: {out} finished all {exp.epochs} epochs already")
+
+
+def _fit(job: _Job, progress: bool) -> LastValidPreds:
+    """The training: fastai's fit (or fine-tune) with the run's callbacks, which are removed afterwards. Returns the
+    callback that kept the last validation's predictions (for flip TTA)."""
+    exp, learn, folder, checkpoint = job.exp, job.learn, job.folder, job.checkpoint
     keep = LastValidPreds()
-    history, log = RunHistory(results, folder, checkpoint.start_epoch, start), EpochLog(checkpoint.start_epoch)
+    history = RunHistory(job.results, folder, checkpoint.start_epoch, job.start)
+    log = EpochLog(checkpoint.start_epoch)
     run_cbs = [history, checkpoint, StopOnNaN(folder), log, *([keep] if exp.tta else []),
-               *loggers(exp.log, folder, settings, append=state is not None, rank=rank)]  # fmt: skip
+               *loggers(exp.log, folder, job.settings, append=job.state is not None, rank=job.rank)]  # fmt: skip
     learn.add_cbs(run_cbs)
     try:
-        with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, world):
+        with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, job.world):
             if exp.fine_tunes:  # fastai's schedule: the new head alone, then every layer (the body slower)
-                _fine_tune(learn, exp, checkpoint.start_epoch, (history, checkpoint, log))
+                _fine_tune(learn, exp, checkpoint, (history, log))
             else:
                 fit = partial(fit_flat_cos, learn) if exp.schedule == "flat_cos" else learn.fit_one_cycle
                 fit(exp.epochs, exp.lr, start_epoch=checkpoint.start_epoch)
@@ -279,6 +317,13 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
         for cb in run_cbs:
             if hasattr(cb, "finish"):  # a logger with a run of its own to end (wandb)
                 cb.finish()
+    return keep
+
+
+def _finish(job: _Job, keep: LastValidPreds, save: bool) -> Results:
+    """After training: flip TTA, the record saved, and (a complete run) the interpretation drawn; the other ranks of a
+    distributed run predict their share and return."""
+    exp, learn, results, folder, world, rank = job.exp, job.learn, job.results, job.folder, job.world, job.rank
     trained_all = len(results.history) >= exp.total_epochs
     plain = None  # the plain images' logits and targets, which the interpretation reuses
     if world > 1 and (exp.tta or (save and trained_all)):  # every rank predicts its share; rank 0 gathers them
@@ -288,12 +333,11 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
             results.tta_accuracy = tta if exp.tta else None
     elif exp.tta:  # the last validation's predictions, and the mirrored images
         results.tta_accuracy, *plain = flip_tta(learn, keep.kept)
+    results.finished = True
+    results.wall_time = time.perf_counter() - job.start  # of this call (a resumed run's earlier calls not included)
     if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained; rank 0 goes on alone
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
-        results.finished, results.wall_time = True, time.perf_counter() - start
         return results
-    results.finished = True
-    results.wall_time = time.perf_counter() - start  # of this call (a resumed run's earlier calls not included)
     if folder is None:
         return results
     results.folder = str(folder)
@@ -307,7 +351,7 @@ def _run(name, out, progress: bool, save: bool, resume: bool, cbs, **overrides) 
                   f"({type(e).__name__}: {one_line(e)}); draw them again with: resnets interpret {folder}",
                   file=sys.stderr)  # fmt: skip
         else:
-            results.wall_time = time.perf_counter() - start
+            results.wall_time = time.perf_counter() - job.start
             results.save(folder, plot=False)
     return results
 
