@@ -154,7 +154,7 @@ def bench_data(data, presize: int = 160, resize: int = 128, bs: int = 128, batch
     for fast in (False, True):
         key = "fast" if fast else "stock"
         start = time.perf_counter()
-        dls = get_data(data, presize, resize, bs, fast=fast, device=device, **kw)
+        dls = get_data(data, presize, resize, bs, fast_data=fast, device=device, **kw)
         out[f"{key}_setup_s"] = time.perf_counter() - start
         dl, rates = dls.train, []
         out["bs"] = dl.bs  # get_data halves a batch size larger than the training set (it says so)

@@ -62,13 +62,27 @@ def add_options(p: argparse.ArgumentParser, only=None, skip=()) -> None:
             continue
         if md["group"] not in groups:
             groups[md["group"]] = p.add_argument_group(f"{md['group']} settings")
-        flag = md["flag"] or "--" + f.name.replace("_", "-")
+        flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=argparse.SUPPRESS, **md["cli"])
         if md["type"] is bool:
             kw.update(action=argparse.BooleanOptionalAction)
         else:
             kw.update(type=md["type"])
-        groups[md["group"]].add_argument(flag, help=md["help"], **kw)
+        if md["renamed_from"]:
+            kw.update(action=type("Renamed", (_Renamed,), {"old": md["renamed_from"]}))
+        groups[md["group"]].add_argument(flag, *md["renamed_from"], help=md["help"], **kw)
+
+
+class _Renamed(argparse._StoreAction):
+    "An option's value stored; given by an earlier flag (`old`), a line says its new name (the old one still works)."
+
+    old: tuple[str, ...] = ()
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.old:
+            print(f"resnets: {option_string} is now {self.option_strings[0]} ({option_string} still works, for "
+                  "now)", file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
 
 
 def _values_kept(argv: list[str]) -> list[str]:

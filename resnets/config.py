@@ -144,11 +144,12 @@ def is_weights_path(spec: str) -> bool:
     return "/" in spec or os.sep in spec or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin")
 
 
-def _option(group: str, default, help: str, type=None, flag: str | None = None, **cli):
-    "A setting of an experiment: its group, its default, and how the command line and the docs describe it."
+def _option(group: str, default, help: str, type=None, renamed_from: tuple[str, ...] = (), **cli):
+    """A setting of an experiment: its group, its default, and how the command line and the docs describe it. Its
+    flag is its name (`--num-workers`); `renamed_from`: earlier flags, still taken with a line giving the new one."""
     assert group in GROUPS, group
-    return field(default=default, metadata={"option": True, "group": group, "help": help, "type": type, "flag": flag,
-                                            "cli": cli})  # fmt: skip
+    return field(default=default, metadata={"option": True, "group": group, "help": help, "type": type,
+                                            "renamed_from": renamed_from, "cli": cli})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ class Experiment:
                              choices=PRECISIONS)  # fmt: skip
     seed: int | None = _option("runtime", 42, "random seed", int, metavar="N")
     num_workers: int | None = _option("runtime", None, "DataLoader worker processes (default: fastai's; the fast "
-                                      "path: none on a CPU, up to 8 for a GPU)", int, flag="--workers",
+                                      "path: none on a CPU, up to 8 for a GPU)", int, renamed_from=("--workers",),
                                       metavar="N")  # fmt: skip
     deterministic: bool = _option("runtime", False, "deterministic GPU kernels too (slower; on CPU a seed repeats "
                                   "a run on the same machine anyway)", bool)  # fmt: skip

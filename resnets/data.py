@@ -14,11 +14,13 @@ URLs go through fastai's `untar_data`, so an already-extracted copy in fastai's 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
 import random
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -367,6 +369,27 @@ def choose_bs(n_train: int, bs: int | None = None) -> tuple[int, str | None]:
     return chosen, f"{n_train} training images, {why} {asked or BS}: batches of {chosen} ({n_train // chosen} an epoch)"
 
 
+def _renamed(**new_names):
+    "Keywords renamed (old=new): an old one still works, with a FutureWarning that gives its new name."
+
+    def wrap(f):
+        @functools.wraps(f)
+        def call(*args, **kw):
+            for old, new in new_names.items():
+                if old in kw:
+                    if new in kw:
+                        raise TypeError(f"{f.__name__}() got {old}= and {new}=, the same setting: pass {new}= only")
+                    warnings.warn(f"{f.__name__}(): {old}= is now {new}= ({old}= still works, for now)",
+                                  FutureWarning, stacklevel=2)  # fmt: skip
+                    kw[new] = kw.pop(old)
+            return f(*args, **kw)
+
+        return call
+
+    return wrap
+
+
+@_renamed(fast="fast_data")
 def get_data(
     source: str | os.PathLike = "imagenette-160",
     presize: int = 160,
@@ -380,7 +403,7 @@ def get_data(
     check_images: bool = True,
     bad_images: str = "skip",
     flip: bool = True,
-    fast: bool = False,
+    fast_data: bool = False,
     holdout: float = 0.0,
     valid_pct: float = 0.2,
     label_col: str | None = None,
@@ -397,8 +420,8 @@ def get_data(
     `source`: a folder with train/ and val/ (or valid/), a folder of class folders (a seeded `valid_pct` split),
     a CSV of image paths and labels in fastai's from_csv form (`label_col`; `is_valid` if it has one, else the
     split), a data set's name or a URL. Images of any size and shape are resized and cropped as fastai's Resize.
-    `fast=True`: the same images decoded once into a uint8 cache and augmented in batches on the training
-    device (resnets.fastdata); several times faster where decoding and augmentation bound the training.
+    `fast_data=True` (earlier `fast`): the same images decoded once into a uint8 cache and augmented in batches on
+    the training device (resnets.fastdata); several times faster where decoding and augmentation bound the training.
     `holdout`: validate on this fraction of the training images (a fixed sample per class), not on val/.
     `augment="light"`: the random square crop and the flip only (no rotation, zoom, warp or lighting).
     `stats`, `resample`, `valid_crop`: what pretrained weights were trained with (resnets.pretrained): the mean and
@@ -424,7 +447,7 @@ def get_data(
     bs, why = choose_bs(len(train), bs)
     if why:
         print(f"resnets: {why}")
-    if fast:
+    if fast_data:
         dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label,
                                augment=augment, stats=stats, resample=resample, valid_crop=valid_crop,
                                num_workers=num_workers)  # fmt: skip

@@ -284,7 +284,7 @@ def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize:
     `label` (their folders' names by default), the chapter's augmentation as one fused batch transform
     (`augment="light"`: its crop and flip only); `stats`, `resample`, `valid_crop` as `get_data`'s.
 
-    `num_workers` (--workers): processes gathering batches; by default none on a CPU (a batch is a gather from
+    `num_workers` (--num-workers): processes gathering batches; by default none on a CPU (a batch is a gather from
     the memory-mapped cache, cheaper than handing it between processes on a few cores) and up to 8 for a GPU,
     whose batches are then pinned for the copy to it (a GPU waits for its loader otherwise)."""
     files = [Path(f) for f in [*train, *valid]]

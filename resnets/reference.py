@@ -13,7 +13,8 @@ __all__ = ["reference"]
 
 
 def _flag_text(a: argparse.Action) -> str:
-    flags = ", ".join(f"`{o}`" for o in a.option_strings) or f"`{a.metavar or a.dest}`"
+    shown = [o for o in a.option_strings if o not in getattr(a, "old", ())]  # not a renamed option's earlier flags
+    flags = ", ".join(f"`{o}`" for o in shown) or f"`{a.metavar or a.dest}`"
     if a.choices and not a.option_strings:
         return flags
     if a.choices:

@@ -139,7 +139,7 @@ def _fine_tune(learn, exp: Experiment, checkpoint: Checkpoint, counters) -> None
 def _data(exp: Experiment, prep: Preprocessing):
     "The experiment's DataLoaders, its images prepared as `prep` says (the chapter's, or pretrained weights')."
     return get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
-                    num_workers=exp.num_workers, flip=exp.flip, fast=exp.fast_data, holdout=exp.holdout,
+                    num_workers=exp.num_workers, flip=exp.flip, fast_data=exp.fast_data, holdout=exp.holdout,
                     valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed,
                     augment=exp.augment, **prep.data_kw(exp.test_size or exp.size))  # fmt: skip
 

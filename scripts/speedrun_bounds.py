@@ -84,7 +84,7 @@ def data_seconds(exp, data) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["RESNETS_CACHE"] = f"{tmp}/a"
         start = time.perf_counter()
-        dls = get_data(data or exp.data, presize=exp.presize, resize=exp.size, bs=exp.bs, fast=True)
+        dls = get_data(data or exp.data, presize=exp.presize, resize=exp.size, bs=exp.bs, fast_data=True)
         total = time.perf_counter() - start
         files = sorted({*dls.train.dataset.items, *dls.valid.dataset.items})
         start = time.perf_counter()

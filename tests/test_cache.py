@@ -267,9 +267,9 @@ def test_a_full_disk_during_training_is_one_line_from_the_command_line(tmp_path,
 
 def test_get_data_fast_still_reads_after_a_rebuild(tmp_path, cache):
     root = make_tree(tmp_path / "d", n_train=2, n_valid=1)
-    a = get_data(root, 32, 32, 2, fast=True, num_workers=0, device="cpu").valid.one_batch()[0]
+    a = get_data(root, 32, 32, 2, fast_data=True, num_workers=0, device="cpu").valid.one_batch()[0]
     for p in cache.glob("images-*.npy"):
         os.truncate(p, 100)
-    b = get_data(root, 32, 32, 2, fast=True, num_workers=0, device="cpu").valid.one_batch()[0]
+    b = get_data(root, 32, 32, 2, fast_data=True, num_workers=0, device="cpu").valid.one_batch()[0]
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert open_cache(next(cache.glob("images-*.npy")), list(range(6))) is not None

@@ -95,7 +95,7 @@ class _SetScale(Callback):
 
 
 SETTINGS = ["--classes", "2", "--subset", "32", "--size", "32", "--presize", "40", "--bs", "8", "--epochs", "4",
-            "--workers", "0", "--seed", "1", "--no-progress"]  # fmt: skip
+            "--num-workers", "0", "--seed", "1", "--no-progress"]  # fmt: skip
 
 
 def _run_cli(data, out, *extra, **kw):

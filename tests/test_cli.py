@@ -17,7 +17,7 @@ from resnets.checkpoint import CHECKPOINT
 from resnets.cli import main
 from resnets.precision import choose_precision
 
-TINY_CLI = ["--classes", "2", "--subset", "16", "--size", "32", "--presize", "40", "--bs", "8", "--workers", "0",
+TINY_CLI = ["--classes", "2", "--subset", "16", "--size", "32", "--presize", "40", "--bs", "8", "--num-workers", "0",
             "--seed", "1"]  # fmt: skip
 
 
@@ -126,7 +126,7 @@ def test_cli_options_are_made_from_the_record(capsys):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for name in OPTIONS:
-        flag = "--workers" if name == "num_workers" else "--" + name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         assert flag in text and " ".join(helps[name].split())[:30] in text, name
     args = parser().parse_args(["run", "cnn", "--epochs", "3", "--no-zero-gamma"])
     assert {k for k in vars(args) if k in OPTIONS} == {"epochs", "zero_gamma"}, "only what the user gave"
@@ -145,7 +145,7 @@ def test_cli_list():
 @pytest.mark.parametrize("name", list(BOOK_FINAL))
 def test_each_experiment_runs_from_the_cli(name, imagenette, tmp_path):
     p = resnets_cli("run", name, "--data", imagenette, "--classes", 2, "--subset", 8, "--size", 32, "--presize", 40,
-                    "--bs", 8, "--epochs", 1, "--workers", 0, "--out", tmp_path / "run")  # fmt: skip
+                    "--bs", 8, "--epochs", 1, "--num-workers", 0, "--out", tmp_path / "run")  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert f"resnets: {choose_precision('auto', 'cpu')[1]}" in p.stdout  # fp32, or bf16 where the CPU has it
     assert f"{name}: accuracy" in p.stdout and "not compared with the book (settings differ" in p.stdout
@@ -159,7 +159,7 @@ def test_each_experiment_runs_from_the_cli(name, imagenette, tmp_path):
 
 def test_cli_lr_find(imagenette, tmp_path):
     p = resnets_cli("lr-find", "cnn", "--data", imagenette, "--classes", 2, "--subset", 16, "--size", 32,
-                    "--presize", 40, "--bs", 8, "--workers", 0, "--out", tmp_path)  # fmt: skip
+                    "--presize", 40, "--bs", 8, "--num-workers", 0, "--out", tmp_path)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "suggested learning rate" in p.stdout
     assert (tmp_path / "lr_find.png").stat().st_size > 5000
@@ -190,7 +190,7 @@ def test_cli_training_options_reach_the_run(imagenette, tmp_path, capsys):
     from resnets.cli import main
 
     rc = main(["run", "res_cnn", "--data", str(imagenette), "--classes", "2", "--subset", "8", "--size", "32",
-               "--presize", "40", "--bs", "8", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "r"),
+               "--presize", "40", "--bs", "8", "--epochs", "1", "--num-workers", "0", "--out", str(tmp_path / "r"),
                "--label-smoothing", "0.1", "--mixup", "0.4", "--no-zero-gamma", "--no-progress"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     s = load_results(tmp_path / "r").settings
@@ -299,3 +299,15 @@ def test_names_are_printed_on_one_line_with_escapes_shown():
 
     assert _printable("cat\nrm -rf") == "cat\\nrm -rf" and _printable("red\x1b[31m") == "red\\x1b[31m"
     assert _printable("caf\udce9.jpg") == "caf\\udce9.jpg" and _printable("猫 chat") == "猫 chat"
+
+
+def test_a_renamed_flag_still_works_and_gives_its_new_name(capsys):
+    "--workers (before --num-workers) sets the same setting, with a line naming the new flag; the docs show the new."
+    from resnets.cli import parser
+    from resnets.reference import reference
+
+    assert parser().parse_args(["run", "cnn", "--workers", "3"]).num_workers == 3
+    assert "--workers is now --num-workers" in capsys.readouterr().err
+    assert parser().parse_args(["run", "cnn", "--num-workers", "2"]).num_workers == 2
+    assert capsys.readouterr().err == ""
+    assert "`--num-workers` N" in reference() and "`--workers`" not in reference()

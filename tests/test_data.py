@@ -245,12 +245,12 @@ def test_real_imagenette(imagenette):
 def test_a_folder_of_class_folders_gets_a_seeded_split(tmp_path, fast, monkeypatch):
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     root = _class_folders(tmp_path / "photos")
-    dls = get_data(root, valid_pct=0.4, fast=fast, **KW)
+    dls = get_data(root, valid_pct=0.4, fast_data=fast, **KW)
     assert list(dls.vocab) == ["cat", "dog", "owl"] and dls.c == 3
     assert (len(dls.train_ds), len(dls.valid_ds)) == (9, 6), "2 of each class's 5 to validation"
-    again = get_data(root, valid_pct=0.4, fast=fast, **KW)
+    again = get_data(root, valid_pct=0.4, fast_data=fast, **KW)
     assert dls.valid_ds.items == again.valid_ds.items, "the same images in validation with the same seed"
-    other = get_data(root, valid_pct=0.4, fast=fast, seed=7, **KW)
+    other = get_data(root, valid_pct=0.4, fast_data=fast, seed=7, **KW)
     assert sorted(other.valid_ds.items) != sorted(dls.valid_ds.items)
     x, y = dls.train.one_batch()
     assert x.shape == (4, 3, 24, 24)
@@ -259,7 +259,7 @@ def test_a_folder_of_class_folders_gets_a_seeded_split(tmp_path, fast, monkeypat
 def test_photos_of_any_shape_validate_as_fastais_resize_does(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     root = _class_folders(tmp_path / "photos")
-    stock, fast = (get_data(root, valid_pct=0.4, fast=f, **KW) for f in (False, True))
+    stock, fast = (get_data(root, valid_pct=0.4, fast_data=f, **KW) for f in (False, True))
     (xs, ys), (xf, yf) = stock.valid.one_batch(), fast.valid.one_batch()
     assert torch.equal(ys, yf) and xs.shape == xf.shape == (4, 3, 24, 24)
     assert (xs - xf).abs().max() < 1e-4, "centre crop and resize as fastai's Resize, on non-square images too"
@@ -302,7 +302,7 @@ def test_training_crops_move_every_epoch_as_fastais_do(tmp_path, monkeypatch):
     "Drawn per image and epoch with fastai's distribution: the crop positions of both paths agree (KS test)."
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     root = _ramps(tmp_path / "photos", sizes=((96, 32),) * 3)  # landscape: the red ramp says where the crop is
-    stock, fast = (get_data(root, valid_pct=1 / 3, fast=f, presize=32, resize=24, bs=4) for f in (False, True))
+    stock, fast = (get_data(root, valid_pct=1 / 3, fast_data=f, presize=32, resize=24, bs=4) for f in (False, True))
     stock_pos, fast_pos = [], []
     for _ in range(150):
         stock_pos.append(stock.train.after_item(stock.train_ds[0])[0][0].float().mean().item())  # Resize: an item tfm
@@ -320,7 +320,7 @@ def test_the_noisy_imagenette_csv_with_a_chosen_label_column(imagenette, tmp_pat
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     csv = imagenette / "noisy_imagenette.csv"
     df = pd.read_csv(csv)
-    dls = get_data(csv, label_col="noisy_labels_5", classes=2, subset=(12, 6), fast=fast, **KW)
+    dls = get_data(csv, label_col="noisy_labels_5", classes=2, subset=(12, 6), fast_data=fast, **KW)
     table = dict(zip(df.path, df.noisy_labels_5))
     assert all(f.parent.parent.name == "val" for f in dls.valid_ds.items), "is_valid says which"
     assert all(f.parent.parent.name == "train" for f in dls.train_ds.items)
@@ -363,5 +363,16 @@ def test_holdout_scores_on_training_images_only(imagenette):
     train, valid = dls.train_ds.items, dls.valid_ds.items
     assert all(f.parent.parent.name == "train" for f in train + valid), "val/ untouched"
     assert len(valid) == 20 and len(train) == 60 and not set(train) & set(valid)
-    again = get_data(imagenette, presize=40, resize=32, bs=8, classes=2, subset=(40, 8), holdout=0.25, fast=True)
+    again = get_data(imagenette, presize=40, resize=32, bs=8, classes=2, subset=(40, 8), holdout=0.25, fast_data=True)
     assert sorted(again.valid_ds.items) == sorted(valid), "the same images held out every time, on both paths"
+
+
+def test_a_renamed_keyword_still_works_with_a_warning(tree):
+    "get_data(fast=...) (before fast_data=) gives the same loaders, with a FutureWarning naming the new keyword."
+    with pytest.warns(FutureWarning, match="fast= is now fast_data="):
+        old = get_data(tree, fast=True, num_workers=0, **KW)
+    new, stock = get_data(tree, fast_data=True, num_workers=0, **KW), get_data(tree, num_workers=0, **KW)
+    assert type(old.train) is type(new.train) and type(new.train) is not type(stock.train)
+    assert list(old.valid_ds.items) == list(new.valid_ds.items)
+    with pytest.raises(TypeError, match="pass fast_data= only"):
+        get_data(tree, fast=True, fast_data=True, **KW)

@@ -27,7 +27,7 @@ def _torchrun_cmd(port: int, nproc: int = 2) -> list[str]:
 def _torchrun(data, out: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     opts = [a for k, v in SETTINGS.items() for a in (f"--{k}", str(v))]
     cmd = [*_torchrun_cmd(29517, nproc), "-m", "resnets", "run", "cnn",
-           "--data", str(data), *opts, "--workers", "0", "--no-progress", "--out", str(out)]  # fmt: skip
+           "--data", str(data), *opts, "--num-workers", "0", "--no-progress", "--out", str(out)]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

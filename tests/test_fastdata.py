@@ -151,7 +151,7 @@ def test_fast_validation_tensors_are_the_chapters_on_generated_images(tmp_path):
         save_image(root / "val" / "cat" / f"tall{i}.jpg", size=(36, 52), seed=100 + i)
     for presize, size in ((24, 16), (32, 32), (48, 40)):  # smaller, and larger, than the images' shorter sides
         kw = dict(presize=presize, resize=size, bs=2)
-        stock, fast = get_data(root, **kw), get_data(root, fast=True, **kw)
+        stock, fast = get_data(root, **kw), get_data(root, fast_data=True, **kw)
         (xs, ys), (xf, yf) = ([torch.cat(t) for t in zip(*dls.valid)] for dls in (stock, fast))
         assert xs.shape == xf.shape == (9, 3, size, size) and torch.equal(ys, yf)
         assert (xs - xf).abs().max() < 1e-4
@@ -161,7 +161,7 @@ def test_fast_validation_tensors_are_the_chapters(imagenette):
     "The same validation images through fastai's pipeline and the fast path: equal to 1e-4 (normalised units)."
     for presize, size in ((40, 32), (160, 128)):
         kw = dict(presize=presize, resize=size, bs=16, classes=2, subset=8)
-        stock, fast = get_data(imagenette, **kw), get_data(imagenette, fast=True, **kw)
+        stock, fast = get_data(imagenette, **kw), get_data(imagenette, fast_data=True, **kw)
         (xs, ys), (xf, yf) = stock.valid.one_batch(), fast.valid.one_batch()
         assert xs.shape == xf.shape == (16, 3, size, size) and torch.equal(ys, yf)
         assert (xs - xf).abs().max() < 1e-4
@@ -171,7 +171,7 @@ def test_fast_loaders_match_the_chapters(imagenette):
     from fastai.data.core import TfmdDL
 
     kw = dict(presize=40, resize=32, bs=8, classes=2, subset=8)
-    stock, fast = get_data(imagenette, **kw), get_data(imagenette, fast=True, **kw)
+    stock, fast = get_data(imagenette, **kw), get_data(imagenette, fast_data=True, **kw)
     assert isinstance(fast.train, TfmdDL) and isinstance(fast.valid, TfmdDL), "fastai's own DataLoaders"
     assert list(fast.vocab) == list(stock.vocab) and fast.c == stock.c == 2
     assert (len(fast.train_ds), len(fast.valid_ds), len(fast.train), len(fast.valid)) == (16, 16, 2, 2)
@@ -187,7 +187,7 @@ def test_an_image_one_folder_deeper_is_skipped_as_the_chapter_does(tmp_path):
     root = make_tree(tmp_path / "d", n_train=4, n_valid=2)
     save_image(root / "train" / "cat" / "extra" / "x.jpg")
     kw = dict(presize=24, resize=16, bs=4)
-    stock, fast = get_data(root, **kw), get_data(root, fast=True, **kw)
+    stock, fast = get_data(root, **kw), get_data(root, fast_data=True, **kw)
     assert (len(fast.train_ds), len(fast.valid_ds)) == (len(stock.train_ds), len(stock.valid_ds)) == (8, 4)
     assert list(fast.vocab) == list(stock.vocab) == ["cat", "dog"]
     fast.train.one_batch()
@@ -223,7 +223,7 @@ def test_the_fast_path_takes_its_workers_and_pins_batches_for_a_gpu(tmp_path, mo
     import resnets.fastdata as fastdata
 
     root = make_tree(tmp_path / "d", n_train=4, n_valid=3)
-    kw = dict(presize=40, resize=32, bs=2, fast=True)
+    kw = dict(presize=40, resize=32, bs=2, fast_data=True)
     none, two = get_data(root, **kw), get_data(root, num_workers=2, **kw)
     assert (none.train.fake_l.num_workers, two.train.fake_l.num_workers) == (0, 2)  # (fastai keeps them there)
     assert torch.equal(torch.cat([x for x, _ in none.valid]), torch.cat([x for x, _ in two.valid]))
@@ -254,7 +254,7 @@ def test_a_batch_gathered_from_the_cache_is_the_per_item_batch(tmp_path):
     for i in range(3):
         save_image(root / "train" / "cat" / f"tall{i}.jpg", size=(36, 52), seed=200 + i)
         save_image(root / "train" / "dog" / f"square{i}.jpg", size=(44, 44), seed=300 + i)
-    dls = get_data(root, presize=32, resize=24, bs=4, fast=True)
+    dls = get_data(root, presize=32, resize=24, bs=4, fast_data=True)
     extra = [save_image(tmp_path / "new" / f"n{i}.jpg", seed=400 + i) for i in range(5)]
     loaders = [dls.train, dls.valid, dls.test_dl(extra), dls.test_dl(sorted(root.rglob("val/*/*.jpg")))]
     assert all(isinstance(dl, CachedDL) for dl in loaders)

@@ -43,7 +43,7 @@ def test_both_pipelines_and_predict_see_a_16_bit_png_as_grey(tmp_path):
         _grey16(root / split / "cat" / "grey.png", 16384)  # a quarter of the range: 64 in 8 bits
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in imagenet_stats)
     for fast in (False, True):
-        dls = get_data(root, presize=32, resize=32, bs=2, fast=fast, num_workers=0, device="cpu")
+        dls = get_data(root, presize=32, resize=32, bs=2, fast_data=fast, num_workers=0, device="cpu")
         i = next(i for i, f in enumerate(dls.valid_ds.items) if f.name == "grey.png")
         x = dls.valid.after_batch(dls.valid.do_batch([dls.valid.do_item(i)]))[0].as_subclass(torch.Tensor)
         pixels = (x * std + mean) * 255
@@ -114,7 +114,7 @@ def test_a_pipe_named_like_an_image_is_skipped_not_opened(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "not regular files" in out and "x.jpg" in out
     for fast in (False, True):
-        dls = get_data(root, presize=32, resize=32, bs=2, fast=fast, num_workers=0)
+        dls = get_data(root, presize=32, resize=32, bs=2, fast_data=fast, num_workers=0)
         assert len(dls.train_ds) == 4
 
 

@@ -32,7 +32,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def _learner(root, fast: bool):
-    dls = get_data(root, presize=40, resize=32, bs=4, fast=fast, num_workers=0, device="cpu")
+    dls = get_data(root, presize=40, resize=32, bs=4, fast_data=fast, num_workers=0, device="cpu")
     return get_learner(dls, create_model("cnn", n_out=dls.c), precision="fp32", verbose=False)
 
 

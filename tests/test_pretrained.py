@@ -199,8 +199,8 @@ def test_validation_sees_what_timm_s_eval_transform_gives(imagenette, fast, size
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     cfg = pre._timm_cfg("resnet18d.ra2_in1k")
     prep = pre._preprocessing_of(cfg, "resnet18d.ra2_in1k")
-    dls = get_data(imagenette, presize=prep.resize_for(size), resize=size, bs=8, classes=2, subset=(4, 8), fast=fast,
-                   num_workers=0, **prep.data_kw(size))  # fmt: skip
+    dls = get_data(imagenette, presize=prep.resize_for(size), resize=size, bs=8, classes=2, subset=(4, 8),
+                   fast_data=fast, num_workers=0, **prep.data_kw(size))  # fmt: skip
     xb, _ = dls.valid.one_batch()
     timm_eval = create_transform(**resolve_data_config(pretrained_cfg=cfg, args={"input_size": (3, size, size)}))
     ref = torch.stack([timm_eval(Image.open(f).convert("RGB")) for f in dls.valid_ds.items[: len(xb)]])
@@ -225,7 +225,7 @@ def test_validation_sees_what_timm_s_eval_transform_gives_on_generated_images(fa
     cfg = pre._timm_cfg("resnet18d.ra2_in1k")
     prep = pre._preprocessing_of(cfg, "resnet18d.ra2_in1k")
     for size in (32, 48):  # resized to 36 and 54 px, their centres cropped
-        dls = get_data(root, presize=prep.resize_for(size), resize=size, bs=2, fast=fast, num_workers=0,
+        dls = get_data(root, presize=prep.resize_for(size), resize=size, bs=2, fast_data=fast, num_workers=0,
                        **prep.data_kw(size))  # fmt: skip
         xb = torch.cat([x.as_subclass(torch.Tensor) for x, _ in dls.valid])
         timm_eval = create_transform(**resolve_data_config(pretrained_cfg=cfg, args={"input_size": (3, size, size)}))

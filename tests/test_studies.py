@@ -84,8 +84,8 @@ def test_bad_study_inputs_fail_before_anything_trains(tmp_path):
 
 
 def test_a_study_from_the_cli(imagenette, tmp_path):
-    args = ["--data", str(imagenette), "--classes", "2", "--subset", "8", "--size", "32", "--presize", "40",
-            "--bs", "8", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "b"), "--seeds", "3"]  # fmt: skip
+    args = ["--data", str(imagenette), "--classes", "2", "--subset", "8", "--size", "32", "--presize", "40", "--bs",
+            "8", "--epochs", "1", "--num-workers", "0", "--out", str(tmp_path / "b"), "--seeds", "3"]  # fmt: skip
     p = subprocess.run([sys.executable, "-m", "resnets", "study", "bottleneck", *args],
                        capture_output=True, text=True, timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stderr

@@ -359,7 +359,7 @@ def test_a_run_s_images_are_get_data_s_defaults(tree, fast, tmp_path, monkeypatc
 
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     learn, _ = build("cnn", data=tree, size=32, presize=40, bs=4, fast_data=fast, num_workers=0, verbose=False)
-    dls = get_data(tree, presize=40, resize=32, bs=4, fast=fast, num_workers=0)
+    dls = get_data(tree, presize=40, resize=32, bs=4, fast_data=fast, num_workers=0)
     ours, theirs = learn.dls.valid.one_batch()[0], dls.valid.one_batch()[0]
     assert torch.equal(ours.as_subclass(torch.Tensor), theirs.as_subclass(torch.Tensor))
 
