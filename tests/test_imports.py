@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "resnets"
-# Only these modules import other modules of the package inside functions: the command line and the package's
-# lazy names (PEP 562), so that `resnets --help` and a mistyped option do not wait for torch and fastai.
-LAZY = {"cli", "__init__", "__main__"}
+# Only these modules import other modules of the package inside functions: the command line and its commands, and the
+# package's lazy names (PEP 562), so that `resnets --help` and a mistyped option do not wait for torch and fastai.
+LAZY = {"cli", "commands", "__init__", "__main__"}
 LOCAL_OK: dict = {}  # (resnets.deploy was resnets.export, a module the function `resnets.export` shadowed)
 
 
@@ -83,7 +83,7 @@ def test_timing_is_a_leaf_that_imports_only_torch():
 
 @pytest.mark.slow
 def test_the_record_and_the_recipes_import_no_torch():
-    code = ("import sys, resnets.config, resnets.recipes, resnets.cli; "
+    code = ("import sys, resnets.config, resnets.recipes, resnets.cli, resnets.commands; "
             "print('torch' in sys.modules, 'fastai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
