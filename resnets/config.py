@@ -37,7 +37,7 @@ SCHEDULES = ("one_cycle", "flat_cos")
 # The networks of resnets.models.MODELS (which checks that it builds exactly these), for checks without torch.
 MODEL_NAMES = ("cnn", "res_cnn", "double_res_cnn", *RESNETS, "mnist_pool", "mnist_flat", "plain20", "plain56", "res20",
                "res56")  # fmt: skip
-# The data sets known by name, and the folder each extracts to (resnets.data.SOURCES has fastai's URLs).
+# The data sets known by name, and the folder each extracts to (resnets.sources.SOURCES has fastai's URLs).
 DATA_SETS = {"imagenette-160": "imagenette2-160", "imagenette-320": "imagenette2-320", "imagenette": "imagenette2",
              "imagewoof-160": "imagewoof2-160", "imagewoof-320": "imagewoof2-320", "imagewoof": "imagewoof2",
              "mnist-tiny": "mnist_tiny"}  # fmt: skip

@@ -211,7 +211,7 @@ def test_failed_download_says_how_to_use_a_local_copy(fastai_home, tmp_path):
 
 
 def test_one_lookup_finds_a_local_copy_before_downloading(tmp_path, monkeypatch, imagenette):
-    from resnets.data import data_folders
+    from resnets.sources import data_folders
 
     (tmp_path / "sets").mkdir()
     (tmp_path / "sets" / "imagenette2-160").symlink_to(imagenette)
@@ -224,7 +224,7 @@ def test_one_lookup_finds_a_local_copy_before_downloading(tmp_path, monkeypatch,
 
 
 def test_names_and_urls_use_fastais_data_folder_without_network(fastai_home, imagenette, monkeypatch):
-    monkeypatch.setattr("resnets.data.data_folders", lambda: [])  # no local copy: fastai's own folder
+    monkeypatch.setattr("resnets.sources.data_folders", lambda: [])  # no local copy: fastai's own folder
     expect = fastai_home / "data" / "imagenette2-160"
     expect.parent.mkdir(parents=True)
     expect.symlink_to(imagenette)

@@ -12,8 +12,9 @@ from PIL import Image
 
 from conftest import make_tree
 from resnets import InputError, get_data
-from resnets.data import DataError, find_items
+from resnets.data import find_items
 from resnets.images import PIXEL_LIMIT_ENV, ImageTooLarge, check_image, image_files, open_rgb
+from resnets.sources import DataError
 
 
 @pytest.fixture(autouse=True)

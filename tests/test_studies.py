@@ -116,7 +116,7 @@ def test_every_setting_given_to_a_study_reaches_every_arm(tmp_path, monkeypatch)
 
 
 def test_the_noisy_study_changes_only_the_training_labels(imagenette, tmp_path, monkeypatch):
-    from resnets.data import resolve_source
+    from resnets.sources import resolve_source
 
     arms = get_study("noisy").arms
     assert [a.options["label_col"] for a in arms] == ["noisy_labels_0", "noisy_labels_5", "noisy_labels_50"]
