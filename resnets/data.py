@@ -101,25 +101,17 @@ def find_items(
         if not files:
             raise DataError(f"no image files under {path / name}: expected {name}/<class>/<image>.jpg (or .png, ...)")
         split[name] = files
-    train_classes = {parent_label(f) for f in split["train"]}
-    unseen = sorted({parent_label(f) for f in split[valid_name]} - train_classes)
+    unseen = _unseen(split["train"], split[valid_name], parent_label)
     if unseen:
         raise DataError(
             f"classes in {valid_name}/ with no training images: {', '.join(unseen[:5])}"
             f"{' ...' if len(unseen) > 5 else ''}. Add images under train/<class>/ or remove them from {valid_name}/."
         )
-    if classes is not None:
-        if isinstance(classes, int) and not 1 <= classes <= len(train_classes):
-            raise DataError(f"classes must be between 1 and {len(train_classes)} (classes in {path}), got {classes}")
-        keep = sorted(train_classes)[:classes] if isinstance(classes, int) else list(classes)
-        missing = sorted(set(keep) - train_classes)
-        if missing:
-            raise DataError(f"unknown classes {missing}: {path} has {', '.join(sorted(train_classes))}")
-        split = {k: [f for f in v if parent_label(f) in keep] for k, v in split.items()}
-    if subset is not None:
-        n_train, n_valid = check_subset(subset)
-        split = {"train": _per_class(split["train"], n_train), valid_name: _per_class(split[valid_name], n_valid)}
-    items = split["train"] + split[valid_name]
+    # one class list for both sides (no unseen class: the validation side's classes are among the training side's)
+    kept = set(_keep_classes(split["train"] + split[valid_name], parent_label, classes, path))
+    train, valid = ([f for f in split[k] if f in kept] for k in ("train", valid_name))
+    train, valid = _subset(train, valid, subset, parent_label)
+    items = train + valid
     return (_readable(items, bad_images) if check_images else items), valid_name
 
 
@@ -236,32 +228,55 @@ def find_split(
         table, is_valid = {f: parent_label(f) for f in files}, None
     if check_images:
         files = _readable(files, bad_images)
-    if classes is not None:
-        names = sorted(set(table.values()))
-        keep = names[:classes] if isinstance(classes, int) else list(classes)
-        unknown = sorted(set(keep) - set(names))
-        if unknown:
-            raise DataError(f"unknown classes {unknown}: {path} has {', '.join(names)}")
-        files = [f for f in files if table[f] in keep]
+    files = _keep_classes(files, table.__getitem__, classes, path)
     if is_valid is None:
         train, valid = _random_split(files, table, valid_pct, seed)
     else:
         train, valid = [f for f in files if not is_valid[f]], [f for f in files if is_valid[f]]
-        unseen = sorted({table[f] for f in valid} - {table[f] for f in train})
+        unseen = _unseen(train, valid, table.__getitem__)
         if unseen:
             raise DataError(f"classes with validation images but none to train on: {', '.join(unseen[:5])}: "
                             "every class needs training images (is_valid False)")  # fmt: skip
-    if subset is not None:
-        n_train, n_valid = check_subset(subset)
-        train, valid = _per_class(train, n_train, table), _per_class(valid, n_valid, table)
+    train, valid = _subset(train, valid, subset, table.__getitem__)
     return train, valid, table
 
 
-def _per_class(files: list[Path], n: int, table: dict | None = None) -> list[Path]:
+# The steps every layout's files go through, each file's class given by `label` (its folder's name, or a table's).
+
+
+def _unseen(train: list[Path], valid: list[Path], label) -> list[str]:
+    "The classes of validation images that no training image has (sorted): an error, worded per layout."
+    return sorted({label(f) for f in valid} - {label(f) for f in train})
+
+
+def _keep_classes(files: list[Path], label, classes: list[str] | int | None, path) -> list[Path]:
+    """The files of the classes asked for: the first `classes` in sorted order (an int), or those named; a number out
+    of range or an unknown name is an error that lists what `path` has."""
+    if classes is None:
+        return files
+    names = sorted({label(f) for f in files})
+    if isinstance(classes, int) and not 1 <= classes <= len(names):
+        raise DataError(f"classes must be between 1 and {len(names)} (classes in {path}), got {classes}")
+    keep = names[:classes] if isinstance(classes, int) else list(classes)
+    unknown = sorted(set(keep) - set(names))
+    if unknown:
+        raise DataError(f"unknown classes {unknown}: {path} has {', '.join(names)}")
+    return [f for f in files if label(f) in keep]
+
+
+def _subset(train: list[Path], valid: list[Path], subset, label) -> tuple[list[Path], list[Path]]:
+    "At most `subset` (n, or (n_train, n_valid)) images of each class on each side: `_per_class`."
+    if subset is None:
+        return train, valid
+    n_train, n_valid = check_subset(subset)
+    return _per_class(train, n_train, label), _per_class(valid, n_valid, label)
+
+
+def _per_class(files: list[Path], n: int, label=parent_label) -> list[Path]:
     "At most `n` files of each class, the same ones every time (a fixed-seed sample of the sorted list)."
     by_class: dict[str, list[Path]] = {}
     for f in files:
-        by_class.setdefault(table[f] if table is not None else parent_label(f), []).append(f)
+        by_class.setdefault(label(f), []).append(f)
     rng = random.Random(0)
     return sorted(f for fs in by_class.values() for f in (fs if len(fs) <= n else rng.sample(fs, n)))
 

@@ -21,6 +21,7 @@ from resnets import (
     get_data,
     resolve_source,
 )
+from resnets.data import find_split
 
 
 def tiny(path, **kw):
@@ -376,3 +377,13 @@ def test_a_renamed_keyword_still_works_with_a_warning(tree):
     assert list(old.valid_ds.items) == list(new.valid_ds.items)
     with pytest.raises(TypeError, match="pass fast_data= only"):
         get_data(tree, fast=True, fast_data=True, **KW)
+
+
+def test_every_layout_filters_classes_the_same_way(tmp_path):
+    "One class filter for every layout: a folder of class folders takes classes=2 and refuses 0 or 4 as train/val does."
+    root = _class_folders(tmp_path / "flat")
+    train, valid, table = find_split(root, classes=2, valid_pct=0.4)
+    assert {table[f] for f in train + valid} == {"cat", "dog"}
+    for n in (0, 4):
+        with pytest.raises(DataError, match=r"classes must be between 1 and 3"):
+            find_split(root, classes=n)
