@@ -1,4 +1,4 @@
-# python scripts/trials/fixres.py  (needs /tmp/trials2/P1-...: run trials2.py P1-half-width-64-80-96-12ep first)
+# python legacy/trials/fixres.py  (needs /tmp/trials2/P1-...: run trials2.py P1-half-width-64-80-96-12ep first)
 """Held-out probe (P1's checkpoint, trained on 90 % of train; scored on the held-out tenth): test size, with and
 without re-estimating BatchNorm statistics at that size on 1,024 training images (validation preprocessing)."""
 import json

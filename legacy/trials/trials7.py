@@ -1,7 +1,7 @@
 """Speedrun trials, round 7 (issue 38: `speedrun10` towards 88 % in 10 minutes): every setting chosen on the
 held-out tenth of the training images.
 
-    python scripts/trials/trials7.py [TRIAL ...]
+    python legacy/trials/trials7.py [TRIAL ...]
 
 Each trial is `speedrun10-v5` (the recipe as the round began: 20 epochs, 85.6 % on val/ in 6.5 minutes) with the
 settings named, one `resnets.run` on the held-out tenth, seed 42. These trials ran beside experiment 5 (their wall

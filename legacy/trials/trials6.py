@@ -1,7 +1,7 @@
 """Speedrun trials, round 6 (issue 38: `speedrun` in 60 s): every setting chosen on the held-out tenth of the
 training images.
 
-    python scripts/trials/trials6.py [TRIAL ...]
+    python legacy/trials/trials6.py [TRIAL ...]
 
 Each trial is `speedrun-v2` (the recipe as the round began) with the settings named, run as one `resnets.run` from
 the call's start, experiment 5 paused (SIGSTOP) so the machine is otherwise idle. Rows go to trials6.jsonl."""

@@ -1,6 +1,6 @@
 """Speedrun trials, round 5 (`speedrun`): every setting chosen on the held-out tenth of the training images.
 
-    python scripts/trials/trials5.py [TRIAL ...]
+    python legacy/trials/trials5.py [TRIAL ...]
 
 Each trial is `speedrun-v1` (trial S8) with the settings named, run as one `resnets.run` from the
 call's start: wall time includes loading the cache, training, scoring the held-out images and flip TTA. Rows are

@@ -1,6 +1,6 @@
 """Speedrun trials, round 4 (`speedrun10`): every setting chosen on the held-out tenth of the training images.
 
-    python scripts/trials/trials4.py [TRIAL ...]
+    python legacy/trials/trials4.py [TRIAL ...]
 
 Each trial is `speedrun10-v3` (the recipe when this round began) with the settings named, run as one `resnets.run` from the call's start: wall time includes loading the
 cache, training, scoring the held-out images, BatchNorm re-estimation and flip TTA. Rows are appended to

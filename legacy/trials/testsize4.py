@@ -1,4 +1,4 @@
-# python scripts/trials/testsize4.py [RUN_NAME ...]  (needs trials4.py's runs under $RESNETS_SCRATCH/trials4/, default runs/trials)
+# python legacy/trials/testsize4.py [RUN_NAME ...]  (needs trials4.py's runs under $RESNETS_SCRATCH/trials4/, default runs/trials)
 """Held-out probe of round 4's checkpoints (trained on 90 % of train; scored on the held-out tenth): the test size,
 each after re-estimating BatchNorm's statistics at that size on 1,024 training images (`recalibrate_bn`, as
 `--recalibrate-bn` does). Checkpoints of runs with `--recalibrate-bn` hold the statistics re-estimated at 112 px,
