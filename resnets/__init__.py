@@ -32,7 +32,7 @@ _MODULES = {
     "deploy": ["Predictor", "export", "export_torchscript", "load"],
     "studies": ["StudyResults", "run_study"],
     "finetune": ["body_head_splitter", "load_body"],
-}  # fmt: skip
+}
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = ["__version__", *_WHERE]
 

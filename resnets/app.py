@@ -111,7 +111,7 @@ def _check_size(path: Path) -> None:
         return
     if limit and w * h > limit:
         raise ImageTooLarge(f"{path.name} is {w} x {h} pixels, over the {limit:,} this page decodes (PIL's "
-                            f"decompression-bomb limit; ${PIXEL_LIMIT_ENV} on the server sets another)")  # fmt: skip
+                            f"decompression-bomb limit; ${PIXEL_LIMIT_ENV} on the server sets another)")
 
 
 def classify(files, predictor: Predictor, batcher=None, k: int = 5) -> list[dict]:
@@ -150,13 +150,13 @@ def render(rows: list[dict]) -> str:
         name = html.escape(r["file"])
         if "error" in r:
             out.append(f'<div class="resnets-result"><div class="resnets-file">{name}</div>'
-                       f'<div class="resnets-error">{html.escape(r["error"])}</div></div>')  # fmt: skip
+                       f'<div class="resnets-error">{html.escape(r["error"])}</div></div>')
             continue
         bars = "".join(f'<div class="resnets-row"><span class="resnets-label">{html.escape(label)}</span>'
                        f'<div class="resnets-bar" style="width: {100 * p:.1f}%"></div>'
-                       f'<span class="resnets-prob">{p:.1%}</span></div>' for _, label, p in r["top"])  # fmt: skip
+                       f'<span class="resnets-prob">{p:.1%}</span></div>' for _, label, p in r["top"])
         out.append(f'<div class="resnets-result" data-top1="{html.escape(r["top"][0][0])}"><div class="resnets-file">'
-                   f'{name} <small>({r["ms"]:.0f} ms an image)</small></div>{bars}</div>')  # fmt: skip
+                   f'{name} <small>({r["ms"]:.0f} ms an image)</small></div>{bars}</div>')
     return "\n".join(out)
 
 
@@ -197,13 +197,13 @@ def card(predictor: Predictor, model_file: Path, run_dir: Path) -> str:
              + (f"; validation accuracy {hist[-1]['accuracy']:.2%}" if hist else "")
              + ("; predictions average each photo and its mirror image (flip TTA)" if m.get("tta") else ""),
              f"- served from `{model_file.name}` by {'onnxruntime' if is_onnx(model_file) else 'torch'} "
-             f"on {torch.get_num_threads()} thread(s)"]  # fmt: skip
+             f"on {torch.get_num_threads()} thread(s)"]
     if (run_dir / "results.json").is_file():
         r = json.loads((run_dir / "results.json").read_text())
         s = r.get("settings", {})
         lines.append(f"- data: {s.get('source') or s.get('data')} ({s.get('n_train', '?')} training and "
                      f"{s.get('n_valid', '?')} validation images); trained on {r.get('device', '?')}"
-                     + (f"; with flip TTA {r['tta_accuracy']:.2%}" if r.get("tta_accuracy") else ""))  # fmt: skip
+                     + (f"; with flip TTA {r['tta_accuracy']:.2%}" if r.get("tta_accuracy") else ""))
     return "\n".join(lines)
 
 
@@ -242,15 +242,15 @@ def build_app(source: str | os.PathLike, onnx: bool = False, threads: int | None
 
 
 def serve(source: str | os.PathLike, port: int = 7860, onnx: bool = False, threads: int | None = None,
-          block: bool = True, host: str = "127.0.0.1"):  # fmt: skip
+          block: bool = True, host: str = "127.0.0.1"):
     "Start the page on http://HOST:PORT; `block=False` returns the running app (for tests and notebooks)."
     if threads is not None:
         check_number("threads", threads)
     if not Path(source).expanduser().exists():
         raise MissingFile(f"no run folder or model file at {source}: pass a `resnets run` --out folder or a file "
-                          "from `resnets export`")  # fmt: skip
+                          "from `resnets export`")
     demo = build_app(source, onnx=onnx, threads=threads)
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, max_file_size="50mb", css=CSS,
-                quiet=not block, show_error=True)  # fmt: skip
+                quiet=not block, show_error=True)
     return demo

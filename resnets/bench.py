@@ -43,7 +43,7 @@ def bench_conv1x1(shapes=CONV1X1_SHAPES, repeats: int = 20, device: str = "cpu")
         diff = (conv1x1_einsum(x, w) - F.conv2d(x, w)).abs().max().item()
         rows.append({"shape": f"{bs}x{ni}x{grid}x{grid} -> {nf}", "conv2d_ms": 1e3 * t_conv,
                      "einsum_ms": 1e3 * t_einsum, "einsum_over_conv2d": t_einsum / t_conv,
-                     "max_abs_diff": diff})  # fmt: skip
+                     "max_abs_diff": diff})
     return rows
 
 
@@ -100,7 +100,7 @@ def bench_models(
         base = create_model(name, n_out=10)
         row = {"model": name, "size": size, "bs": bs, "precision": precision,
                "params": sum(p.numel() for p in base.parameters()),
-               "gflops_per_image": count_flops(base, size) / 1e9}  # fmt: skip
+               "gflops_per_image": count_flops(base, size) / 1e9}
         for variant in variants:
             try:
                 with measuring():
@@ -146,7 +146,7 @@ def matmul_peak(device: str = "cpu", dtype=torch.float32, n: int = 2048, repeats
 
 
 def bench_data(data, presize: int = 160, resize: int = 128, bs: int = 128, batches: int = 20, repeats: int = 3,
-               device=None, **kw) -> dict:  # fmt: skip
+               device=None, **kw) -> dict:
     """Training images/s delivered (decoded, augmented, on `device`) by the chapter's pipeline and the fast path.
 
     The fast path's one-off cache build is timed separately (it is reused by every later run)."""
@@ -187,7 +187,7 @@ def bench_epoch(experiment: str, data, epochs: int = 1, **kw) -> dict:
 
 
 def bench_loop(experiment: str, data, bs: int = 32, batches: int = 10, warmup: int = 2, repeats: int = 3,
-               **kw) -> dict:  # fmt: skip
+               **kw) -> dict:
     """How near the processor's limit an experiment trains: in one call, the matmul peak (fp32 and bf16), the model's
     training step alone (synthetic images, channels-last, the precision the run picks) and the library's own fastai
     loop on real images (`profile_training`, both pipelines), each as images/s and as a fraction of the peak in
@@ -200,12 +200,12 @@ def bench_loop(experiment: str, data, bs: int = 32, batches: int = 10, warmup: i
     peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
     kind = "bf16" if precision == "bf16" else "fp32"
     (step,) = bench_models([exp.model], size=exp.size, bs=bs, repeats=repeats, device=device,
-                           variants=("channels_last",), precision=kind)  # fmt: skip
+                           variants=("channels_last",), precision=kind)
     gflops, peak = step["gflops_per_image"], peaks[kind]
     frac = lambda ips: 3 * gflops * ips / peak  # noqa: E731
     rows = {"model step alone": step["channels_last_images_per_s"],
             **{f"library loop, {'fast path' if k == 'fast' else 'chapter pipeline'}": profile[k]["images_per_s"]
-               for k in ("stock", "fast")}}  # fmt: skip
+               for k in ("stock", "fast")}}
     return {"experiment": experiment, "model": exp.model, "size": exp.size, "bs": bs, "precision": precision,
             "compile": bool(kw.get("compile")),
             "device": describe_device(torch.device(device)), "threads": torch.get_num_threads(), "versions": versions(),
@@ -221,7 +221,7 @@ def format_loop(r: dict) -> str:
              f"{r['threads']} threads, native bf16: {r['native_bf16'] or 'none'}",
              f"matmul peak: fp32 {r['matmul_gflops']['fp32']:,.0f} GFLOP/s, bf16 {r['matmul_gflops']['bf16']:,.0f} "
              f"GFLOP/s; a training image {3 * r['gflops_per_image']:.1f} GFLOP", "",
-             f"{'':<34}{'images/s':>10}{'of peak':>9}"]  # fmt: skip
+             f"{'':<34}{'images/s':>10}{'of peak':>9}"]
     for k, v in r["images_per_s"].items():
         lines.append(f"{k:<34}{v:>10.2f}{100 * r['fraction_of_peak'][k]:>8.1f}%")
     return "\n".join(lines + ["", format_profile(r["profile"])])
@@ -232,7 +232,7 @@ CHAPTER_MODELS = {"cnn": 128, "res_cnn": 128, "double_res_cnn": 128, "resnet18":
 
 def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None, bs: int = 32, repeats: int = 5,
               variants=("eager", "channels_last"), epochs: int = 1, subset=None, models=None,
-              data_bs: int | None = None) -> dict:  # fmt: skip
+              data_bs: int | None = None) -> dict:
     """The benchmark suite: matmul peak, model steps (per variant and precision), data and epoch throughput.
 
     Every figure is a median over repeats; each speed-up is measured against a baseline timed in the same
@@ -240,7 +240,7 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16")  # CPU bf16: said if emulated
     report = {"device": describe_device(device), "versions": versions(), "threads": torch.get_num_threads(),
-              "native_bf16": cpu_bf16() if device.type == "cpu" else None}  # fmt: skip
+              "native_bf16": cpu_bf16() if device.type == "cpu" else None}
 
     def save():
         if out is not None:
@@ -255,7 +255,7 @@ def run_suite(data, out=None, experiment: str = "cnn", device: str | None = None
             # the precision training uses (fp16 on CUDA, fp32 on CPU) gets every variant; the others eager only
             main = precision == ("fp16" if device.type == "cuda" else "fp32")
             (row,) = bench_models([name], size=size, bs=bs, repeats=repeats, device=str(device),
-                                  variants=variants if main else ("eager",), precision=precision)  # fmt: skip
+                                  variants=variants if main else ("eager",), precision=precision)
             best = max(v for k, v in row.items() if k.endswith("_images_per_s") and v is not None)
             # a training step is ~3x the forward FLOPs (forward, and backward for inputs and weights)
             row["fraction_of_matmul_peak"] = 3 * row["gflops_per_image"] * best / report["matmul_gflops"][precision]
@@ -285,9 +285,9 @@ def format_suite(report: dict) -> str:
     native = f", native bf16: {report['native_bf16'] or 'none (emulated)'}" if "native_bf16" in report else ""
     lines = [f"device: {report['device']}, torch {report['versions']['torch']}, {report['threads']} threads{native}",
              "matmul peak: " + ", ".join(f"{p} {g:,.0f} GFLOP/s" for p, g in report["matmul_gflops"].items()), "",
-             "model training step (forward + backward + SGD) on synthetic images, images/s:"]  # fmt: skip
+             "model training step (forward + backward + SGD) on synthetic images, images/s:"]
     variants = [k[: -len("_images_per_s")] for k in report["models"][0] if k.endswith("_images_per_s")
-                and k != "train_images_per_s"] if report.get("models") else []  # fmt: skip
+                and k != "train_images_per_s"] if report.get("models") else []
     head = f"{'model':<16}{'size':>5}{'prec':>6}{'GFLOPs/img':>11}" + "".join(f"{v:>15}" for v in variants)
     lines += [head + f"{'of peak':>9}{'vs fp32':>9}"]
     for r in report.get("models", []):
@@ -295,18 +295,18 @@ def format_suite(report: dict) -> str:
                      + "".join(_cell(r, v)
                                for v in variants)
                      + f"{100 * r['fraction_of_matmul_peak']:>8.1f}%"
-                     + (f"{r['speedup_over_fp32']:>8.2f}x" if "speedup_over_fp32" in r else f"{'':>9}"))  # fmt: skip
+                     + (f"{r['speedup_over_fp32']:>8.2f}x" if "speedup_over_fp32" in r else f"{'':>9}"))
     if "data" in report:
         d = report["data"]
         lines += ["", f"data, training images/s delivered at {d['resize']} px (bs {d['bs']}, augmentation included):",
                   f"  chapter pipeline {d['stock_images_per_s']:.0f}, fast path {d['fast_images_per_s']:.0f}: "
                   f"{d['speedup']:.2f}x (fast path set-up, cache build or reuse: "
-                  f"{d['fast_setup_s']:.1f} s)"]  # fmt: skip
+                  f"{d['fast_setup_s']:.1f} s)"]
     if "epoch" in report:
         e = report["epoch"]
         lines += ["", f"end-to-end epoch of {e['experiment']} (train {e['settings']['n_train']} + valid "
                   f"{e['settings']['n_valid']} images), seconds: chapter pipeline {e['stock_epoch_s']:.1f}, "
-                  f"fast path {e['fast_epoch_s']:.1f}: {e['speedup']:.2f}x"]  # fmt: skip
+                  f"fast path {e['fast_epoch_s']:.1f}: {e['speedup']:.2f}x"]
     if "profile" in report:
         lines += ["", format_profile(report["profile"])]
     return "\n".join(lines)
@@ -317,25 +317,25 @@ def _print_conv1x1(repeats: int) -> None:
     print(f"{'input -> nf':<26}{'conv2d ms':>10}{'einsum ms':>10}{'ratio':>7}{'max diff':>10}")
     for r in bench_conv1x1(repeats=repeats):
         print(f"{r['shape']:<26}{r['conv2d_ms']:>10.2f}{r['einsum_ms']:>10.2f}{r['einsum_over_conv2d']:>7.2f}"
-              f"{r['max_abs_diff']:>10.1e}")  # fmt: skip
+              f"{r['max_abs_diff']:>10.1e}")
 
 
 def _print_models(names: list[str], size: int, bs: int, repeats: int, device: str, variants: tuple[str, ...]) -> None:
     for n in names:
         create_model(n)  # unknown names fail here, listing the valid ones, before any timing
     print(f"training step (forward + backward + SGD) on synthetic {size} px images, bs {bs}, on {device}, median of "
-          f"{repeats}, images/s")  # fmt: skip
+          f"{repeats}, images/s")
     first = f"bf16 {variants[0]}"  # the same step under bf16 autocast, timed beside fp32's in this call
     print(f"{'model':<16}{'params':>12}{'GFLOPs/img':>12}" + "".join(f"{v:>15}" for v in (*variants, first))
-          + f"{'bf16/fp32':>10}")  # fmt: skip
+          + f"{'bf16/fp32':>10}")
     for n in names:
         (r,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants)
         (b,) = bench_models([n], size=size, bs=bs, repeats=repeats, device=device, variants=variants[:1],
-                            precision="bf16")  # fmt: skip
+                            precision="bf16")
         bf16 = b[f"{variants[0]}_images_per_s"]
         print(f"{r['model']:<16}{r['params']:>12,}{r['gflops_per_image']:>12.3f}"
               + "".join(_cell(r, v) for v in variants)
-              + f"{bf16:>15.1f}{bf16 / r[f'{variants[0]}_images_per_s']:>9.2f}x")  # fmt: skip
+              + f"{bf16:>15.1f}{bf16 / r[f'{variants[0]}_images_per_s']:>9.2f}x")
 
 
 def command(args) -> None:
@@ -347,7 +347,7 @@ def command(args) -> None:
     if args.what == "models":
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         return _print_models((args.models or "resnet18,resnet34,resnet50").split(","), args.size or 128, args.bs,
-                             args.repeats, device, variants)  # fmt: skip
+                             args.repeats, device, variants)
     if args.what in ("data", "epoch", "profile", "loop") and not args.data:
         raise InputError(f"`resnets bench {args.what}` needs real images: pass --data PATH")
     table = None  # the report's own table, where it has one (else JSON)

@@ -29,7 +29,7 @@ def _time_steps(learn, size: int, steps: int = 3) -> float:
     warmup = 1 if len(learn.dls.train) > 1 else 0
     steps = max(1, min(steps, len(learn.dls.train) - warmup))
     stages, _ = step_stages(model, opt, torch.nn.functional.cross_entropy, learn.dls.train, steps, warmup,
-                            cast=lambda: device_autocast(learn))  # fmt: skip
+                            cast=lambda: device_autocast(learn))
     return sum(stages.values()) / steps
 
 
@@ -81,7 +81,7 @@ def plan_budget(learn, exp: Experiment, spent: float) -> tuple[Experiment, dict]
     if epochs == 0:
         raise InputError(f"a budget of {exp.budget:.0f} s is too small for one epoch of {exp.name} here: set-up took "
                          f"{spent:.0f} s and one epoch takes about {predicted(1):.0f} s, so at least "
-                         f"--budget {math.ceil(least)}")  # fmt: skip
+                         f"--budget {math.ceil(least)}")
     plan = {"budget": exp.budget, "epochs": epochs, "predicted_s": spent + (time.perf_counter() - start) +
-            predicted(epochs), "step_s": {str(k): v for k, v in step.items()}, "valid_s": valid}  # fmt: skip
+            predicted(epochs), "step_s": {str(k): v for k, v in step.items()}, "valid_s": valid}
     return replace(exp, epochs=epochs), plan

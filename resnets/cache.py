@@ -34,7 +34,7 @@ from .errors import InputError
 from .files import atomic_write, disk_error, sweep, temporary
 
 __all__ = ["LIMIT_ENV", "cache_folder", "cache_limit", "locked", "write_cache", "fill_cache", "checksum", "open_cache",
-           "read_info", "list_caches", "prune", "describe", "disk_free", "shown"]  # fmt: skip
+           "read_info", "list_caches", "prune", "describe", "disk_free", "shown"]
 
 LIMIT_ENV = "RESNETS_CACHE_LIMIT"
 DEFAULT_LIMIT_GB = 20.0
@@ -147,7 +147,7 @@ def open_cache(path: Path, slots: list) -> np.ndarray | None:
     try:
         if info is None or len(info.get("crc", ())) != len(slots):
             raise ValueError("it has no checksums: an earlier version of resnets wrote it" if info is None else
-                             "its checksums do not match its entries")  # fmt: skip
+                             "its checksums do not match its entries")
         arr = np.load(path, mmap_mode="r")  # a truncated file: "mmap length is greater than file size"
         for i, (slot, crc) in enumerate(zip(slots, info["crc"])):
             if checksum(arr[slot]) != crc:
@@ -181,7 +181,7 @@ def list_caches(folder: Path | None = None) -> list[dict]:
         used = (info if info.exists() else max(files, key=lambda f: f.stat().st_mtime)).stat().st_mtime
         out.append({"name": stem, "files": sorted(files), "bytes": sum(f.stat().st_size for f in files),
                     "used": used, "source": desc.get("source"), "images": desc.get("images"),
-                    "size": desc.get("size"), "current": bool(desc)})  # fmt: skip
+                    "size": desc.get("size"), "current": bool(desc)})
     return sorted(out, key=lambda c: c["used"])
 
 

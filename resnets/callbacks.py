@@ -61,11 +61,11 @@ from .learner import unwrap
 from .results import Results
 
 __all__ = ["ORDERS", "in_last_epochs", "ImageSizes", "StopOnNaN", "LastValidPreds", "WeightAverage",
-           "BatchNormRecalibration", "RunHistory", "EpochLog", "Checkpoint", "SkipValidation", "loggers"]  # fmt: skip
+           "BatchNormRecalibration", "RunHistory", "EpochLog", "Checkpoint", "SkipValidation", "loggers"]
 
 ORDERS = {"ImageSizes": -20, "StopOnNaN": -9, "LastValidPreds": 0, "WeightAverage": 5, "BatchNormRecalibration": 10,
           "RunHistory": Recorder.order + 1, "EpochLog": ProgressCallback.order + 1, "Checkpoint": Recorder.order + 2,
-          "CSVLogger": ProgressCallback.order + 3, "SkipValidation": 65}  # fmt: skip
+          "CSVLogger": ProgressCallback.order + 3, "SkipValidation": 65}
 
 
 def in_last_epochs(learn, n: int = 1) -> bool:
@@ -166,7 +166,7 @@ class WeightAverage(Callback):
 
     def before_fit(self):
         self.average = AveragedModel(unwrap(self.learn.model), multi_avg_fn=get_ema_multi_avg_fn(self.decay),
-                                     use_buffers=True)  # fmt: skip
+                                     use_buffers=True)
         self.trained = None
 
     def after_step(self):
@@ -227,7 +227,7 @@ class RunHistory(Callback):
         values = list(self.learn.final_record)  # fastai leaves a skipped validation's values out (SkipValidation):
         values += [None] * (len(names) - len(values))  # they come after the training loss; None in the history
         row = {"epoch": len(self.results.history),
-               **{n: None if v is None else float(v) for n, v in zip(names, values)}}  # fmt: skip
+               **{n: None if v is None else float(v) for n, v in zip(names, values)}}
         row["time"] = time.perf_counter() - self.start
         row["elapsed"] = time.perf_counter() - self.started  # since the command started (this call's, on resume)
         self.results.history.append(row)

@@ -35,7 +35,7 @@ from .models import weights_mismatch
 
 __all__ = ["fingerprint", "CHECKPOINT", "LEGACY_CHECKPOINT", "TrainingDiverged", "find_checkpoint", "load_checkpoint",
            "check_state", "check_fits", "check_same_settings", "save_checkpoint", "rank_state", "restore_model",
-           "restore_training_state", "set_deterministic"]  # fmt: skip
+           "restore_training_state", "set_deterministic"]
 
 CHECKPOINT, LEGACY_CHECKPOINT = CHECKPOINT_FILES  # the legacy one: resnets 0.2 and earlier (torch's, weights-only)
 FORMAT = "resnets-checkpoint-v1"  # the header key holding the JSON tree
@@ -73,7 +73,7 @@ def _rng_state(dls) -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()  # its keys, an array, as ints: weights_only loads them
     state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
              "random": random.getstate(),
-             "loaders": [dl.rng.getstate() if hasattr(dl, "rng") else None for dl in _loaders(dls)]}  # fmt: skip
+             "loaders": [dl.rng.getstate() if hasattr(dl, "rng") else None for dl in _loaders(dls)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -187,7 +187,7 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
             if isinstance(e, InputError):
                 raise
             raise InputError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                             "): remove it to start the run again") from e  # fmt: skip
+                             "): remove it to start the run again") from e
     # an earlier version's (resnets before weights-only checkpoints saved NumPy arrays and fastcore lists: refused)
     state = load_weights_only(path, "Another program, or a resnets older than 0.2, wrote it: remove it to start the "
                               "run again", "{path} cannot be read ({why}): remove it to start the run again")
@@ -196,7 +196,7 @@ def load_checkpoint(folder: str | os.PathLike) -> dict | None:
 
 def _refused(path, what: str) -> InputError:
     return InputError(f"{path} is not a usable checkpoint: {what}; remove it to start the run again (or put back a "
-                      "copy of an earlier one)")  # fmt: skip
+                      "copy of an earlier one)")
 
 
 def check_state(state, path) -> dict:
@@ -210,7 +210,7 @@ def check_state(state, path) -> dict:
         value = state.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise _refused(path, f"its {key!r} is {'missing' if value is None else 'a ' + type(value).__name__}, "
-                                 f"not a {kind.__name__}")  # fmt: skip
+                                 f"not a {kind.__name__}")
     epoch, history = state["epoch"], state["history"]
     if not all(isinstance(h, dict) for h in history) or epoch < 0 or epoch != len(history) - 1:
         raise _refused(path, f"its epoch ({epoch}) is not the last of the {len(history)} epochs its history records")
@@ -219,7 +219,7 @@ def check_state(state, path) -> dict:
             raise _refused(path, f"its model holds {type(w).__name__} {name!r}, not a named tensor")
         if w.is_floating_point() and not torch.isfinite(w).all():
             raise _refused(path, f"its model's {name} holds NaN or infinite values (weights of a run that diverged, "
-                                 "or damage): training on from it, or predicting with it, gives nothing")  # fmt: skip
+                                 "or damage): training on from it, or predicting with it, gives nothing")
     return state
 
 
@@ -236,12 +236,12 @@ def check_fits(learn, state: dict, path=None) -> None:
         return
     if not isinstance(opt, list) or len(opt) != len(params) or not all(isinstance(st, dict) for st in opt):
         raise _refused(path, f"its optimiser state is not one record for each of the network's {len(params)} "
-                             "parameters")  # fmt: skip
+                             "parameters")
     for i, (p, st) in enumerate(zip(params, opt)):
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and v.numel() != 1 and v.shape != p.shape:
                 raise _refused(path, f"its optimiser's {k!r} for parameter {i} is {tuple(v.shape)}, the "
-                                     f"parameter {tuple(p.shape)}")  # fmt: skip
+                                     f"parameter {tuple(p.shape)}")
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
                 raise _refused(path, f"its optimiser's {k!r} for parameter {i} holds NaN or infinite values")
 
@@ -257,7 +257,7 @@ def save_checkpoint(learn, results, folder: Path, ranks: list | None = None) -> 
                   "history": _plain(results.history), "settings": _plain(results.settings),
                   "vocab": [str(c) for c in getattr(learn.dls, "vocab", [])],
                   **({"ranks": [_plain(r) for r in ranks]} if ranks else {})},
-                 Path(folder) / CHECKPOINT)  # fmt: skip
+                 Path(folder) / CHECKPOINT)
 
 
 def _own(state: dict, rank: int) -> dict:
@@ -277,7 +277,7 @@ def restore_model(learn, state: dict, rank: int = 0, path=None) -> None:
         _set_rng_state(_own(state, rank)["rng"], learn.dls)
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
         raise _refused(path or "the checkpoint", f"its random state cannot be restored ({type(e).__name__}: "
-                                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None  # fmt: skip
+                                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def restore_training_state(learn, state: dict, rank: int = 0) -> None:
@@ -320,18 +320,18 @@ def check_same_settings(saved: dict, now: dict, out, auto: bool = False) -> None
     if before != after:  # each rank resumes with its own random state: there is one for each of the run's ranks
         launch = lambda n: f"torchrun, {n} processes in all" if n > 1 else "one process"  # noqa: E731
         raise InputError(f"cannot resume {out} with {after} process(es): it was trained by {before}, and each resumes "
-                         f"with its own random state; launch it as it was, with {launch(before)}")  # fmt: skip
+                         f"with its own random state; launch it as it was, with {launch(before)}")
     if saved.get("data_key", now.get("data_key")) != now.get("data_key"):  # (earlier versions kept none)
         raise InputError(f"cannot resume {out}: its images are not those it was trained on so far (an image was "
                          "replaced, added, removed or moved to another class since its checkpoint): resume over the "
-                         "same images, or train a new run into another folder")  # fmt: skip
+                         "same images, or train a new run into another folder")
     # the command line differs by --resume; a moved data folder is still the data (its images are compared above)
     ignore = {"argv", "data", "source", "data_key", "world_size", "compile"}  # compiled or not: the same model
     saved = {**{k: v for k, v in DEFAULTS.items() if k not in saved}, **saved}  # an older checkpoint's: defaults
     diff = {k: (saved.get(k), now.get(k)) for k in (set(saved) | set(now)) - ignore if saved.get(k) != now.get(k)}
     if "precision" in diff and auto:  # --precision auto on another machine (fp16 on a GPU, bf16 or fp32 on a CPU)
         print(f"resnets: resuming {out}, trained in {diff.pop('precision')[0]} so far, in {now['precision']} here "
-              "(--precision auto: what this machine has)")  # fmt: skip
+              "(--precision auto: what this machine has)")
     if diff:
         shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(diff.items()))
         raise InputError(f"cannot resume {out} with different settings ({shown}): use the run's own options")

@@ -112,37 +112,37 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="a table of several runs against the book")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or results.json files")
     p = sub.add_parser("interpret", help="redraw a run's confusion matrix and top losses, and print its per-class "
-                       "accuracy")  # fmt: skip
+                       "accuracy")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
     p.add_argument("-k", type=int, default=9, help="how many of the worst-predicted images to show (default 9)")
     p.add_argument("--data", help="the run's images, if they have moved since it was trained")
     p = sub.add_parser("study", help="run a study (several experiments compared): " + ", ".join(STUDIES))
     p.add_argument("name", choices=list(STUDIES), metavar="NAME", help=f"one of: {', '.join(STUDIES)}")
     p.add_argument("--out", help="folder for the runs, study.json and study.png (default: runs/study-NAME); "
-                   "running again with the same folder reuses its finished runs")  # fmt: skip
+                   "running again with the same folder reuses its finished runs")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds")
     add_options(p, only=COMMAND_OPTIONS["study"])  # every arm's setting, when given
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: only when writing to a terminal)")  # fmt: skip
+                   help="progress bars (default: only when writing to a terminal)")
     p = sub.add_parser("export", help="write a run's trained model, class names and preprocessing to one file")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
     p.add_argument("--out", help="the model file (default: RUN_DIR/model.resnets)")
     p.add_argument("--torchscript", metavar="FILE", help="also a TorchScript file of the network")
     p.add_argument("--timm", metavar="DIR", help="also the folder timm's save_for_hf writes (model.safetensors, "
-                   "config.json): timm.create_model('local-dir:DIR', pretrained=True) loads it")  # fmt: skip
+                   "config.json): timm.create_model('local-dir:DIR', pretrained=True) loads it")
     p.add_argument("--onnx", metavar="FILE", help="also an ONNX file (class names and preprocessing in its metadata; "
-                   "`resnets predict FILE.onnx` runs it with onnxruntime)")  # fmt: skip
+                   "`resnets predict FILE.onnx` runs it with onnxruntime)")
     p.add_argument("--check", nargs="*", default=[], metavar="IMAGE",
-                   help="images on which the TorchScript / ONNX outputs are compared with the model's")  # fmt: skip
+                   help="images on which the TorchScript / ONNX outputs are compared with the model's")
     p.add_argument("--space", metavar="DIR", help="also a folder that is a Hugging Face Space: app.py (the `resnets "
-                   "app` page), the model, requirements.txt pinned, a README with front matter")  # fmt: skip
+                   "app` page), the model, requirements.txt pinned, a README with front matter")
     p = sub.add_parser("app", help="a web page for a trained model: drop photos, see their top-5 classes (Gradio)")
     p.add_argument("source", metavar="RUN_DIR|MODEL_FILE", help="a `resnets run` --out folder, or a file from "
-                   "`resnets export` (.resnets or .onnx)")  # fmt: skip
+                   "`resnets export` (.resnets or .onnx)")
     p.add_argument("--port", type=int, default=7860, help="the port on 127.0.0.1 (default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     p.add_argument("--onnx", action="store_true", help="serve the run's ONNX export with onnxruntime (written if "
-                   "missing); used without this flag too when the run has one")  # fmt: skip
+                   "missing); used without this flag too when the run has one")
     p.add_argument("--threads", type=int, help="threads the network runs on (default: half the cores)")
     p = sub.add_parser("push", help="upload a run to the Hugging Face Hub for timm (export --timm, and a model card)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `resnets run`")
@@ -150,29 +150,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="make the repository private")
     p = sub.add_parser("predict", help="the top-5 classes of images, with names and probabilities")
     p.add_argument("model", metavar="MODEL", help="a file written by `resnets export` (.resnets, or .onnx: run by "
-                   "onnxruntime)")  # fmt: skip
+                   "onnxruntime)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (searched recursively)")
     p.add_argument("-k", type=int, default=5, help="how many classes to show (default 5, at least 1)")
     p.add_argument("--csv", metavar="FILE", help="also write one row per image: its path, then the top k classes' "
-                   "names and probabilities")  # fmt: skip
+                   "names and probabilities")
     p.add_argument("--threads", type=int, help="threads the network runs on (default: torch's, every core); "
-                   "`resnets app` answers to the last bit as this does with its own --threads")  # fmt: skip
+                   "`resnets app` answers to the last bit as this does with its own --threads")
     p = sub.add_parser("bench", help="benchmarks: all (the suite), models, data, epoch, profile, loop, conv1x1")
     p.add_argument("what", choices=["all", "models", "data", "epoch", "profile", "loop", "conv1x1"],
                    help="all: matmul peak, model steps, data and epoch throughput, as a table and JSON; loop: an "
                    "experiment's own training loop beside its model's step alone and the matmul peak, as fractions "
-                   "of the peak")  # fmt: skip
+                   "of the peak")
     p.add_argument("--models", help="comma-separated model names (default: resnet18,resnet34,resnet50 for `models`; "
-                   "for `all`, the chapter's five at their chapter sizes)")  # fmt: skip
+                   "for `all`, the chapter's five at their chapter sizes)")
     p.add_argument("--size", type=int, help="image size for `models` (default 128) and `loop` (default: the "
-                   "experiment's)")  # fmt: skip
+                   "experiment's)")
     p.add_argument("--presize", type=int, help="for `loop`: the presize (default: the experiment's)")
     p.add_argument("--compile", action="store_true", help="for `loop`: the library's loop with --compile (its "
-                   "compiling is in the warm-up batches, not timed)")  # fmt: skip
+                   "compiling is in the warm-up batches, not timed)")
     p.add_argument("--bs", type=int, default=32, help="batch size for model steps")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     p.add_argument("--variants", default="eager,channels_last",
-                   help="model step variants: eager, channels_last, compile (comma-separated)")  # fmt: skip
+                   help="model step variants: eager, channels_last, compile (comma-separated)")
     add_options(p, only=COMMAND_OPTIONS["bench"])
     p.add_argument("--data-bs", type=int, default=128, help="batch size for `data`, `epoch` and `all` (default 128)")
     p.add_argument("--experiment", default="cnn", help="experiment timed by `epoch`, `profile` and `all`")
@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the report as JSON here")
     p = sub.add_parser("cache", help="list the fast path's image caches ($RESNETS_CACHE), or remove them")
     p.add_argument("--prune", action="store_true", help="remove the least recently used down to the size limit "
-                   "($RESNETS_CACHE_LIMIT, GB; or --limit), and those of earlier versions")  # fmt: skip
+                   "($RESNETS_CACHE_LIMIT, GB; or --limit), and those of earlier versions")
     p.add_argument("--limit", type=float, help="the size to prune down to, in GB (default $RESNETS_CACHE_LIMIT or 20)")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="with --prune: also remove those unused for DAYS")
     p.add_argument("--clear", action="store_true", help="remove every cache (they are rebuilt when next needed)")
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(_values_kept(argv))
     # a data set that cannot be downloaded: the error names this very command with --data
     drop = {j for i, a in enumerate(argv) if a == "--data" or a.startswith("--data=")
-            for j in ((i, i + 1) if a == "--data" else (i,))}  # fmt: skip
+            for j in ((i, i + 1) if a == "--data" else (i,))}
     shown = " ".join(a.replace("{", "{{").replace("}", "}}") for i, a in enumerate(argv) if i not in drop)
     hint_given = "RESNETS_DATA_HINT" in os.environ  # (make run sets its own)
     os.environ.setdefault("RESNETS_DATA_HINT", f"resnets {shown} --data /path/to/{{folder}}")

@@ -15,7 +15,7 @@ from .errors import InputError, MissingFile, check_number, printable
 from .recipes import ALIASES, EXPERIMENTS, STUDIES, configure, get_study
 
 __all__ = ["COMMAND_OPTIONS", "cmd_list", "cmd_run", "cmd_lr_find", "cmd_compare", "cmd_interpret", "cmd_study",
-           "cmd_export", "cmd_app", "cmd_push", "cmd_predict", "cmd_bench", "cmd_cache"]  # fmt: skip
+           "cmd_export", "cmd_app", "cmd_push", "cmd_predict", "cmd_bench", "cmd_cache"]
 
 # torch and fastai take seconds to import: the record (resnets.config) and the recipes import neither, so every
 # setting and the data's path are checked first, and only a command that trains or reads runs imports the heavy
@@ -29,7 +29,7 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
                 *OPTION_GROUPS["runtime"]),
     "study": tuple(k for g in GROUPS for k in OPTION_GROUPS[g] if k not in ("seed", "model")),  # every arm's
     "bench": ("data", "subset"),  # the real images for `data`, `epoch`, `profile` and `all`
-}  # fmt: skip
+}
 
 
 def cmd_list(args) -> None:
@@ -84,11 +84,11 @@ def _checked(name: str, kw: dict, options: tuple[str, ...]) -> Experiment:
     _check_split(exp, given)
     if exp.init is not None and not Path(exp.init).expanduser().exists():
         raise MissingFile(f"nothing to start from at {exp.init}: pass a run folder (--out of `resnets run`) or a file "
-                          "written by `resnets export`")  # fmt: skip
+                          "written by `resnets export`")
     w = exp.pretrained
     if isinstance(w, str) and is_weights_path(w) and not Path(w).expanduser().exists():
         raise MissingFile(f"no weights at {w}: pass a .safetensors file, a timm hub folder, a timm tag "
-                          "(resnet50d.ra2_in1k) or --pretrained alone for the model's default")  # fmt: skip
+                          "(resnet50d.ra2_in1k) or --pretrained alone for the model's default")
     return exp
 
 
@@ -100,13 +100,13 @@ def _check_split(exp: Experiment, given: dict) -> None:
         cols = csv_columns(path)
         if exp.label_col is not None and exp.label_col not in cols:
             raise InputError(f"no column {exp.label_col!r} in {path}: its columns are {', '.join(cols)} (choose one "
-                             "with --label-col)")  # fmt: skip
+                             "with --label-col)")
         own = "is_valid" in cols and f"{path} has an is_valid column, which splits it"
     else:
         own = path.is_dir() and (path / "train").is_dir() and f"{path} has its own train/ and validation folders"
     if own and "valid_pct" in given:
         print(f"resnets: --valid-pct {exp.valid_pct:g} is not used: {own} (--valid-pct splits a folder of class "
-              "folders, or a CSV without is_valid)")  # fmt: skip
+              "folders, or a CSV without is_valid)")
 
 
 def _progress(flag: bool | None) -> bool:
@@ -182,21 +182,21 @@ def cmd_export(args) -> None:
     if args.onnx:
         diff = export_onnx(load(path), args.onnx, args.check)
         print(f"saved {args.onnx} (ONNX opset {ONNX_OPSET}): largest difference of onnxruntime's logits from "
-              f"the model's on {len(args.check)} image(s): {diff:.2e}")  # fmt: skip
+              f"the model's on {len(args.check)} image(s): {diff:.2e}")
     if args.torchscript:
         diff = export_torchscript(load(path), args.torchscript, args.check)
         print(f"saved {args.torchscript}: largest difference from the model on {len(args.check)} image(s): "
-              f"{diff:.2e}")  # fmt: skip
+              f"{diff:.2e}")
     if args.space:
         from .space import export_space
 
         print(f"saved {export_space(args.run_dir, args.space)}: a Hugging Face Space (python app.py in it "
-              "serves it here)")  # fmt: skip
+              "serves it here)")
     if args.timm:
         from .hub import export_timm
 
         print(f"saved {export_timm(args.run_dir, args.timm)} (timm: create_model('local-dir:{args.timm}', "
-              "pretrained=True))")  # fmt: skip
+              "pretrained=True))")
 
 
 def cmd_push(args) -> None:
@@ -243,7 +243,7 @@ def cmd_interpret(args) -> None:
     worst = sorted(((printable(c), acc) for c, acc in per_class.items()), key=lambda ca: ca[1])
     if len(worst) > CONFUSION_LIMIT:  # many classes: the worst, and where the rest are
         print(f"the {CONFUSION_LIMIT} worst of {len(worst)} classes (every class: results.json's "
-              f"per_class_accuracy)")  # fmt: skip
+              f"per_class_accuracy)")
         worst = worst[:CONFUSION_LIMIT]
     width = max(len(c) for c, _ in worst)
     for c, acc in worst:

@@ -20,7 +20,7 @@ __all__ = ["parse_seconds", "PRECISIONS", "AUGMENTS", "AUGMENT_KW", "OPTIMIZERS"
            "DATA_SETS", "CHAPTER_BS", "GROUPS", "LOGGERS", "RESNETS", "check_choice",
            "Experiment", "OPTIONS", "OPTION_GROUPS", "DEFAULTS", "with_overrides",
            "check_source", "CHECKPOINT_FILES", "check_run_folder", "csv_columns", "is_weights_path",
-           "check_regularisation", "check_subset", "check_fraction"]  # fmt: skip
+           "check_regularisation", "check_subset", "check_fraction"]
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 LOGGERS = ("csv", "tensorboard", "wandb")  # fastai's CSVLogger, TensorBoardCallback, WandbCallback
@@ -36,11 +36,11 @@ OPTIMIZERS = ("adam", "ranger")
 SCHEDULES = ("one_cycle", "flat_cos")
 # The networks of resnets.models.MODELS (which checks that it builds exactly these), for checks without torch.
 MODEL_NAMES = ("cnn", "res_cnn", "double_res_cnn", *RESNETS, "mnist_pool", "mnist_flat", "plain20", "plain56", "res20",
-               "res56")  # fmt: skip
+               "res56")
 # The data sets known by name, and the folder each extracts to (resnets.sources.SOURCES has fastai's URLs).
 DATA_SETS = {"imagenette-160": "imagenette2-160", "imagenette-320": "imagenette2-320", "imagenette": "imagenette2",
              "imagewoof-160": "imagewoof2-160", "imagewoof-320": "imagewoof2-320", "imagewoof": "imagewoof2",
-             "mnist-tiny": "mnist_tiny"}  # fmt: skip
+             "mnist-tiny": "mnist_tiny"}
 CHAPTER_BS = 128  # the chapter's batch size: the default, halved for a small data set (resnets.data.choose_bs)
 GROUPS = ("model", "data", "schedule", "regularisation", "evaluation", "runtime")
 
@@ -128,7 +128,7 @@ def check_run_folder(run_dir) -> None:
         raise MissingFile(f"no run folder at {path}: pass the --out folder of a `resnets run`")
     if not any((path / f).is_file() for f in CHECKPOINT_FILES):
         raise MissingFile(f"{path} has no {CHECKPOINT_FILES[0]}, so no trained model: train it with `resnets run "
-                          "--out`")  # fmt: skip
+                          "--out`")
 
 
 def csv_columns(path) -> list[str]:
@@ -149,7 +149,7 @@ def _option(group: str, default, help: str, type=None, renamed_from: tuple[str, 
     flag is its name (`--num-workers`); `renamed_from`: earlier flags, still taken with a line giving the new one."""
     assert group in GROUPS, group
     return field(default=default, metadata={"option": True, "group": group, "help": help, "type": type,
-                                            "renamed_from": renamed_from, "cli": cli})  # fmt: skip
+                                            "renamed_from": renamed_from, "cli": cli})
 
 
 @dataclass(frozen=True)
@@ -162,105 +162,105 @@ class Experiment:
     # -- model: the network and where its weights start
     model: str = _option("model", "resnet18", "the network (a name of resnets.models.MODELS)", str, metavar="MODEL")
     width: float = _option("model", 1.0, "a ResNet's widths times this, e.g. 0.5 for half the channels (about a "
-                           "quarter of the compute)", float, metavar="X")  # fmt: skip
+                           "quarter of the compute)", float, metavar="X")
     stem: tuple[int, ...] = _option("model", (), "a ResNet's stem: the widths of its 3x3 convs before `width` scales "
                                     "them (default 32,32,64, the chapter's; 32,64 drops the middle conv; 64 is one "
-                                    "stride-2 conv)", _parse_sizes, metavar="W,W,...")  # fmt: skip
+                                    "stride-2 conv)", _parse_sizes, metavar="W,W,...")
     zero_gamma: bool = _option("model", True, "start each residual branch's last BatchNorm at 0 (--no-zero-gamma: "
-                               "at 1)", bool)  # fmt: skip
+                               "at 1)", bool)
     init: str | None = _option("model", None, "start from an earlier run's weights (its --out folder, or a file from "
                                "`resnets export`): its body, a new head for these classes, then fastai's fine_tune "
                                "(the head alone for freeze_epochs, then every layer, the body at lower learning "
-                               "rates)", str, metavar="RUN_DIR")  # fmt: skip
+                               "rates)", str, metavar="RUN_DIR")
     pretrained: bool | str = _option("model", False, "start from ImageNet weights (timm's ResNet-D, the chapter's "
                                      "network): a timm tag such as resnet50d.ra2_in1k, a .safetensors file or a timm "
                                      "hub folder, or no value for the model's default tag; its preprocessing, a new "
                                      "head for these classes, then fastai's fine_tune as with init", str,
-                                     metavar="TAG|FILE", nargs="?", const=True)  # fmt: skip
+                                     metavar="TAG|FILE", nargs="?", const=True)
     # -- data: which images, how they are sized, augmented and loaded
     data: str | os.PathLike = _option("data", "imagenette-160", "a folder with train/ and val/, a folder of class "
                                       "folders, a CSV, a name (imagenette-160, ...) or a URL", str,
-                                      metavar="PATH")  # fmt: skip
+                                      metavar="PATH")
     presize: int = _option("data", 160, "size images are first resized (and cropped) to, before augmentation", int,
-                           metavar="PX")  # fmt: skip
+                           metavar="PX")
     size: int = _option("data", 128, "training image size in pixels (the chapter's `resize`)", int, metavar="PX")
     bs: int | None = _option("data", None, "batch size (default: the chapter's 128, halved for a small data set "
-                             "until an epoch has at least 8 batches, down to 16)", int, metavar="N")  # fmt: skip
+                             "until an epoch has at least 8 batches, down to 16)", int, metavar="N")
     subset: int | tuple[int, int] | None = _option("data", None, "at most N images per class in each split (a fixed "
-                                                   "sample)", int, metavar="N")  # fmt: skip
+                                                   "sample)", int, metavar="N")
     classes: int | tuple[str, ...] | None = _option("data", None, "the first N classes, or a comma-separated list of "
-                                                    "class folders", _parse_classes, metavar="N|a,b")  # fmt: skip
+                                                    "class folders", _parse_classes, metavar="N|a,b")
     valid_pct: float = _option("data", 0.2, "for a folder of class folders, or a CSV without is_valid: the fraction "
                                "of each class held out for validation (a seeded split)", float,
-                               metavar="FRAC")  # fmt: skip
+                               metavar="FRAC")
     label_col: str | None = _option("data", None, "for a CSV: the column of labels (default: the second)", str,
-                                    metavar="COL")  # fmt: skip
+                                    metavar="COL")
     holdout: float = _option("data", 0.0, "score on this fraction of the training images, held out with a fixed "
                              "seed, instead of the validation set (to choose settings)", float,
-                             metavar="FRAC")  # fmt: skip
+                             metavar="FRAC")
     flip: bool = _option("data", True, "random horizontal flips in the augmentation (--no-flip for digits)", bool)
     augment: str = _option("data", "chapter", "batch augmentation: chapter (fastai's aug_transforms(min_scale=0.5): "
                            "a random square crop, flip, rotation, zoom, warp and lighting) or light (the crop and the "
-                           "flip only)", str, choices=AUGMENTS)  # fmt: skip
+                           "flip only)", str, choices=AUGMENTS)
     fast_data: bool = _option("data", False, "decode the images once into a uint8 cache and augment whole batches "
-                              "(much faster on CPU; resnets.fastdata)", bool)  # fmt: skip
+                              "(much faster on CPU; resnets.fastdata)", bool)
     # -- schedule: how long and how fast
     epochs: int = _option("schedule", 5, "number of epochs", int, metavar="N")
     lr: float = _option("schedule", 3e-3, "maximum learning rate of the schedule (one-cycle's peak, flat_cos's flat "
-                        "part; with init or pretrained, the head's)", float, metavar="LR")  # fmt: skip
+                        "part; with init or pretrained, the head's)", float, metavar="LR")
     opt: str = _option("schedule", "adam", "optimiser: adam (fastai's Adam, the chapter's) or ranger (fastai's "
-                       "ranger: RAdam with Lookahead)", str, choices=OPTIMIZERS)  # fmt: skip
+                       "ranger: RAdam with Lookahead)", str, choices=OPTIMIZERS)
     schedule: str = _option("schedule", "one_cycle", "learning-rate schedule: one_cycle (fastai's fit_one_cycle, the "
                             "chapter's) or flat_cos (fit_flat_cos: `lr` for three quarters of the steps, then cosine "
-                            "annealing)", str, choices=SCHEDULES)  # fmt: skip
+                            "annealing)", str, choices=SCHEDULES)
     sizes: tuple[int, ...] = _option("schedule", (), "progressive resizing: training sizes over the epochs, each for "
                                      "an equal share of them, e.g. 64,96,128 (default: `size` throughout)",
-                                     _parse_sizes, metavar="PX,PX,...")  # fmt: skip
+                                     _parse_sizes, metavar="PX,PX,...")
     budget: float | None = _option("schedule", None, "seconds (or 10m, 1h) for the whole run: the epochs are fitted "
-                                   "to this machine's measured speed", parse_seconds, metavar="TIME")  # fmt: skip
+                                   "to this machine's measured speed", parse_seconds, metavar="TIME")
     freeze_epochs: int = _option("schedule", 1, "with init or pretrained: epochs that train the new head alone, "
-                                 "before `epochs` of the whole network", int, metavar="N")  # fmt: skip
+                                 "before `epochs` of the whole network", int, metavar="N")
     lr_mult: float = _option("schedule", 100.0, "with init or pretrained: the body's learning rate is the head's "
                              "divided by this (fastai's fine_tune lr_mult; 1: the same rate for every layer)", float,
-                             metavar="X")  # fmt: skip
+                             metavar="X")
     # -- regularisation
     label_smoothing: float = _option("regularisation", 0.0, "label smoothing eps, e.g. 0.1 (0: off)", float,
-                                     metavar="EPS")  # fmt: skip
+                                     metavar="EPS")
     mixup: float = _option("regularisation", 0.0, "MixUp with this Beta alpha, e.g. 0.4 (0: off)", float,
-                           metavar="ALPHA")  # fmt: skip
+                           metavar="ALPHA")
     ema: float = _option("regularisation", 0.0, "score and keep an exponential moving average of the weights with "
-                         "this decay per step, e.g. 0.99 (0: off)", float, metavar="DECAY")  # fmt: skip
+                         "this decay per step, e.g. 0.99 (0: off)", float, metavar="DECAY")
     # -- evaluation: how the model is scored
     test_size: int | None = _option("evaluation", None, "size of the last validation and of the final model's "
                                     "predictions (default: the last training size; earlier epochs validate at their "
-                                    "training size)", int, metavar="PX")  # fmt: skip
+                                    "training size)", int, metavar="PX")
     recalibrate_bn: bool = _option("evaluation", False, "before the last validation, re-estimate BatchNorm's "
                                    "statistics on 1,024 training images preprocessed as validation is (statistics "
                                    "gathered under training's augmentation, or at another size, then match the "
-                                   "images scored)", bool)  # fmt: skip
+                                   "images scored)", bool)
     valid_last: int | None = _option("evaluation", None, "validate the last N epochs only (default: every epoch); the "
                                      "earlier epochs' validation metrics are left empty, and their time saved", int,
-                                     metavar="N")  # fmt: skip
+                                     metavar="N")
     tta: bool = _option("evaluation", False, "score the final model on each validation image and its mirror image, "
-                        "averaged (test-time augmentation)", bool)  # fmt: skip
+                        "averaged (test-time augmentation)", bool)
     # -- runtime: the machine's side
     precision: str = _option("runtime", "auto", "auto (fp16 on CUDA; on a CPU bf16 where it has native bfloat16, "
                              "else fp32), fp16, bf16 or fp32", str,
-                             choices=PRECISIONS)  # fmt: skip
+                             choices=PRECISIONS)
     seed: int | None = _option("runtime", 42, "random seed", int, metavar="N")
     num_workers: int | None = _option("runtime", None, "DataLoader worker processes (default: fastai's; the fast "
                                       "path: none on a CPU, up to 8 for a GPU)", int, renamed_from=("--workers",),
-                                      metavar="N")  # fmt: skip
+                                      metavar="N")
     deterministic: bool = _option("runtime", False, "deterministic GPU kernels too (slower; on CPU a seed repeats "
-                                  "a run on the same machine anyway)", bool)  # fmt: skip
+                                  "a run on the same machine anyway)", bool)
     compile: bool = _option("runtime", False, "torch.compile the model inside fastai's loop (inductor: BatchNorm, "
                             "ReLU and the residual adds fused into the convolutions' neighbours): minutes of "
                             "compiling for each image size and for training and validation, then faster steps; for "
-                            "long runs at big images (docs/performance.md)", bool)  # fmt: skip
+                            "long runs at big images (docs/performance.md)", bool)
     log: str | None = _option("runtime", None, "also log every epoch as fastai does: csv (CSVLogger, history.csv in "
                               "the run folder), tensorboard (TensorBoardCallback, RUN_DIR/tensorboard; pip install "
                               "tensorboard) or wandb (WandbCallback, offline unless WANDB_MODE says otherwise; pip "
-                              "install wandb)", str, choices=LOGGERS)  # fmt: skip
+                              "install wandb)", str, choices=LOGGERS)
     # -- the book's figures for this experiment (resnets.recipes)
     book_accuracy: tuple[float, ...] = ()
     book_valid_loss: tuple[float, ...] = ()
@@ -294,7 +294,7 @@ class Experiment:
                 raise InputError("init and pretrained both choose the starting weights: give one of them")
             if self.model not in RESNETS:
                 raise InputError(f"ImageNet weights (pretrained) exist for {', '.join(RESNETS)}, not "
-                                 f"{self.model!r}: pass --model resnet18 (or another of them)")  # fmt: skip
+                                 f"{self.model!r}: pass --model resnet18 (or another of them)")
             if self.width != 1:
                 raise InputError(f"ImageNet weights are for the full width: leave --width out (got {self.width})")
 
@@ -323,7 +323,7 @@ class Experiment:
         check_choice("schedule", self.schedule, SCHEDULES)
         if self.sizes and self.sizes[-1] != self.size:
             raise InputError(f"sizes must end at the training size: {self.sizes} ends at {self.sizes[-1]}, size is "
-                             f"{self.size} (leave size out and it follows sizes)")  # fmt: skip
+                             f"{self.size} (leave size out and it follows sizes)")
         for v in self.sizes:
             self._check_image_size("sizes", v)
         if self.budget is not None:
@@ -333,7 +333,7 @@ class Experiment:
         how = "init" if self.init is not None else "pretrained"
         if self.fine_tunes and self.schedule != "one_cycle":
             raise InputError(f"{how} (fine-tuning) trains with fastai's fine_tune, whose schedule is one-cycle: leave "
-                             "--schedule out")  # fmt: skip
+                             "--schedule out")
 
     @property
     def fine_tunes(self) -> bool:
@@ -377,7 +377,7 @@ class Experiment:
     @property
     def book(self) -> dict:
         return {"accuracy": list(self.book_accuracy), "valid_loss": list(self.book_valid_loss),
-                "epoch_time": self.book_epoch_time}  # fmt: skip
+                "epoch_time": self.book_epoch_time}
 
     def train_size(self, epoch: int, epochs: int | None = None) -> int:
         "The training image size in `epoch` (0-based) of `epochs` (default: this record's): `sizes` stretched."
@@ -425,7 +425,7 @@ def with_overrides(exp: Experiment, verbose: bool = True, **overrides) -> Experi
     unknown = sorted(set(overrides) - set(OPTIONS))
     if unknown:
         raise InputError(f"unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
-                         f"the settings are {', '.join(OPTIONS)}")  # fmt: skip
+                         f"the settings are {', '.join(OPTIONS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("sizes") and "size" not in given and isinstance(given["sizes"], tuple | list):
         given["size"] = given["sizes"][-1]  # progressive resizing ends at the training size
@@ -434,10 +434,10 @@ def with_overrides(exp: Experiment, verbose: bool = True, **overrides) -> Experi
         given["sizes"] = ()  # a size given alone is the size throughout
         if verbose:
             print(f"resnets: size {size} throughout, in place of the experiment's progressive sizes "
-                  f"{','.join(map(str, exp.sizes))} (--sizes sets a schedule)")  # fmt: skip
+                  f"{','.join(map(str, exp.sizes))} (--sizes sets a schedule)")
     if "presize" not in given and _number(size) and size > exp.presize:
         given["presize"] = round(size * exp.presize / exp.size)
         if verbose:
             print(f"resnets: presize {given['presize']} for size {size} (the experiment's ratio "
-                  f"{exp.presize}/{exp.size}; --presize chooses another)")  # fmt: skip
+                  f"{exp.presize}/{exp.size}; --presize chooses another)")
     return replace(exp, **given)

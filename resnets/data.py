@@ -44,7 +44,7 @@ from .labels import IMAGENETTE_NAMES, class_label, table_label
 from .sources import DataError, resolve_source
 
 __all__ = ["IMAGENETTE_NAMES", "class_label", "table_label", "find_items", "find_split", "choose_bs", "get_data",
-           "set_image_size"]  # fmt: skip
+           "set_image_size"]
 
 def _pick_valid_name(path: Path, valid_name: str | None) -> str:
     if valid_name is not None:
@@ -135,13 +135,13 @@ def _readable(files: list[Path], bad_images: str = "skip") -> list[Path]:
     if unreadable:
         shown = "\n  ".join(str(f) for f in unreadable[:5])
         msgs.append(f"{len(unreadable)} of {len(files)} image files cannot be read (corrupt, truncated or not images)"
-                    f":\n  {shown}")  # fmt: skip
+                    f":\n  {shown}")
     if large:
         shown = "\n  ".join(str(f) for f in large[:5])
         msgs.append(f"{len(large)} of {len(files)} images are larger than PIL's decompression-bomb limit of "
                     f"{Image.MAX_IMAGE_PIXELS} pixels (PIL refuses twice that), so they are not decoded; if you "
                     f"trust them, allow them with {PIXEL_LIMIT_ENV}=0 (no limit) or a larger number of pixels:"
-                    f"\n  {shown}")  # fmt: skip
+                    f"\n  {shown}")
     msg = "\n".join(msgs)
     if bad_images == "raise":
         raise DataError(msg + "\nRemove or replace them, or pass bad_images='skip' to train without them.")
@@ -158,7 +158,7 @@ def _random_split(files: list[Path], label: dict, valid_pct: float, seed: int) -
     if single:
         raise DataError(f"class{'es' * (len(single) > 1)} with a single image: {', '.join(single[:5])}: a split "
                         "needs at least two images of each class (one to train on, one to check); add images or "
-                        "remove the class")  # fmt: skip
+                        "remove the class")
     rng, valid = random.Random(seed), set()
     for c in sorted(by_class):
         fs = by_class[c]
@@ -182,13 +182,13 @@ def _read_csv(csv: Path, label_col: str | None) -> tuple[list[Path], dict, dict 
     label_col = label_col or next(c for c in cols if c not in (path_col, "is_valid"))
     if label_col not in cols:
         raise DataError(f"no column {label_col!r} in {csv}: its columns are {', '.join(map(str, cols))} "
-                        "(choose one with --label-col)")  # fmt: skip
+                        "(choose one with --label-col)")
     files = [(csv.parent / str(p)).resolve() for p in df[path_col]]
     missing = [f for f in files if not f.is_file()]
     if missing:
         shown = ", ".join(str(f) for f in missing[:3])
         raise DataError(f"{len(missing)} of {len(files)} files named in {csv} are missing (paths are read relative "
-                        f"to {csv.parent}): {shown}{' ...' if len(missing) > 3 else ''}")  # fmt: skip
+                        f"to {csv.parent}): {shown}{' ...' if len(missing) > 3 else ''}")
     labels = dict(zip(files, (str(v) for v in df[label_col])))
     is_valid = None
     if "is_valid" in cols:
@@ -224,7 +224,7 @@ def find_split(
         _say_empty_classes(path, files)
         if not files:
             raise DataError(f"no images under {path}: expected train/<class>/ and val/<class>/ folders, or one "
-                            "folder of images per class, or a CSV of image paths and labels")  # fmt: skip
+                            "folder of images per class, or a CSV of image paths and labels")
         table, is_valid = {f: parent_label(f) for f in files}, None
     if check_images:
         files = _readable(files, bad_images)
@@ -236,7 +236,7 @@ def find_split(
         unseen = _unseen(train, valid, table.__getitem__)
         if unseen:
             raise DataError(f"classes with validation images but none to train on: {', '.join(unseen[:5])}: "
-                            "every class needs training images (is_valid False)")  # fmt: skip
+                            "every class needs training images (is_valid False)")
     train, valid = _subset(train, valid, subset, table.__getitem__)
     return train, valid, table
 
@@ -305,7 +305,7 @@ def choose_bs(n_train: int, bs: int | None = None) -> tuple[int, str | None]:
             return chosen, None
         return chosen, (f"{n_train} training images in batches of {chosen}: {steps} step(s) an epoch (fastai drops "
                         f"the last {n_train % chosen} image(s) of each); --bs {better} gives "
-                        f"{n_train // better}")  # fmt: skip
+                        f"{n_train // better}")
     if chosen == BS and asked is None:
         return chosen, None
     why = "fewer than one batch of" if asked is not None else "so that an epoch has several steps, not one batch of"
@@ -323,7 +323,7 @@ def _renamed(**new_names):
                     if new in kw:
                         raise TypeError(f"{f.__name__}() got {old}= and {new}=, the same setting: pass {new}= only")
                     warnings.warn(f"{f.__name__}(): {old}= is now {new}= ({old}= still works, for now)",
-                                  FutureWarning, stacklevel=2)  # fmt: skip
+                                  FutureWarning, stacklevel=2)
                     kw[new] = kw.pop(old)
             return f(*args, **kw)
 
@@ -383,7 +383,7 @@ def get_data(
         raise InputError(f"valid_crop is the side of validation's centre crop, a fraction up to 1, got {valid_crop}")
     path = resolve_source(source)
     train, valid, table = find_split(path, valid_name, classes, subset, check_images, bad_images, valid_pct,
-                                     label_col, seed)  # fmt: skip
+                                     label_col, seed)
     if holdout:  # a fixed sample of each class's training images (seed 0), whatever the run's seed
         train, valid = _random_split(train, table or {f: parent_label(f) for f in train}, holdout, seed=0)
     label = class_label if table is None else partial(table_label, table=table)
@@ -393,7 +393,7 @@ def get_data(
     if fast_data:
         dls = fast_dataloaders(train, valid, presize, resize, bs, flip=flip, device=device, label=label,
                                augment=augment, stats=stats, resample=resample, valid_crop=valid_crop,
-                               num_workers=num_workers)  # fmt: skip
+                               num_workers=num_workers)
     else:
         held = set(valid)
         augment_tfms = aug_transforms(min_scale=0.5, size=resize, do_flip=flip, **AUGMENT_KW[augment])

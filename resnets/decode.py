@@ -113,7 +113,7 @@ def _build(path: Path, shape: tuple, load, files: list, size: int, slots: list, 
     need, free = int(np.prod(shape)), disk_free(path.parent)
     if need > free:  # refused before the disk is filled (a checkpoint could not be written then)
         raise DiskError(f"cannot write {path}: no space left on the disk ({size_text(need)} needed, "
-                        f"{size_text(free)} free)")  # fmt: skip
+                        f"{size_text(free)} free)")
     jobs = list(zip(slots, files))
     tasks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
 
@@ -128,7 +128,7 @@ def _build(path: Path, shape: tuple, load, files: list, size: int, slots: list, 
     if removed:
         print(f"resnets: removed {len(removed)} least recently used image cache(s) from {shown(path.parent)} (over "
               f"${LIMIT_ENV}, {cache_limit() / 1e9:.0f} GB, or of an earlier version): "
-              f"{sum(c['bytes'] for c in removed) / 1e9:.2f} GB")  # fmt: skip
+              f"{sum(c['bytes'] for c in removed) / 1e9:.2f} GB")
 
 
 def _common_folder(files: list[Path]) -> str:
@@ -136,7 +136,7 @@ def _common_folder(files: list[Path]) -> str:
 
 
 def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
-                resample: str = "bilinear"):  # fmt: skip
+                resample: str = "bilinear"):
     """A uint8 array (n, size, size, 3) of the decoded images, memory-mapped from a cache file built once (checked
     when opened: resnets.cache). Raises a DiskError when the cache folder cannot take it."""
     folder = Path(folder) if folder is not None else cache_folder()
@@ -148,7 +148,7 @@ def build_cache(files: list[Path], size: int, folder: str | os.PathLike | None =
         if arr is None:
             print(f"resnets: decoding {len(files)} images once, at {size} px, into {shown(path)}")
             _build(path, (len(files), size, size, 3), partial(load_square, resample=resample), files, size, slots,
-                   workers, {"kind": "squares"})  # fmt: skip
+                   workers, {"kind": "squares"})
             arr = np.load(path, mmap_mode="r")
     return arr
 
@@ -164,7 +164,7 @@ def _make_folder(folder: Path) -> None:
 
 
 def build_strips(files: list[Path], size: int, folder: str | os.PathLike | None = None, workers: int | None = None,
-                 resample: str = "bilinear"):  # fmt: skip
+                 resample: str = "bilinear"):
     """The non-square images among `files`, whole, their shorter sides resized to `size`, one after another in one
     uint8 array (total length, size, 3) memory-mapped from a cache file built once, and an index of them: rows of
     (position in `files`, start, length, portrait). No images file when every image is a square. Validation reads
@@ -199,5 +199,5 @@ def _strips(path: Path, files: list[Path], size: int, workers: int | None, resam
         return None, index
     print(f"resnets: decoding {len(index)} non-square images once more, whole, into {shown(path)}")
     _build(path, (start, size, 3), partial(load_strip, resample=resample), [files[i] for i in index[:, 0]], size,
-           [slice(s, s + n) for _, s, n, _ in index], workers, {"kind": "strips", "index": index.tolist()})  # fmt: skip
+           [slice(s, s + n) for _, s, n, _ in index], workers, {"kind": "strips", "index": index.tolist()})
     return np.load(path, mmap_mode="r"), index

@@ -86,7 +86,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             "presize": s["presize"], "resize": size, "stats": _stats(s),
             "resample": s.get("preprocessing", {}).get("interpolation", "bilinear"), "crop": _crop(s),
             "experiment": s.get("name"), "epochs_trained": state["epoch"] + 1, "tta": bool(s.get("tta")),
-            "history": state["history"]}  # fmt: skip
+            "history": state["history"]}
     # safetensors: the tensors, and the description as JSON in its header; no pickle to load (see `load`)
     tensors = {k: v.contiguous() for k, v in state["model"].items()}  # (written whole or not at all, as a new file's
     atomic_write(out, safetensors_bytes(tensors, metadata={"resnets": json.dumps(meta)}))  # permissions: not 0600)
@@ -105,7 +105,7 @@ def _read_model_file(path: Path) -> dict:
                 return {**meta, "state_dict": {k: f.get_tensor(k) for k in f.keys()}}
         except Exception as e:
             raise InputError(f"{path} is not a readable resnets model file ({type(e).__name__}: {e}): write one "
-                             "with `resnets export RUN_DIR`") from e  # fmt: skip
+                             "with `resnets export RUN_DIR`") from e
     return load_weights_only(path, "Load only model files written by `resnets export`",
                              "{path} is not a readable resnets model file ({why})")
 
@@ -140,7 +140,7 @@ class Predictor:
         "An image (path, PIL image or HxWx3 array) -> a normalised (1, 3, size, size) tensor, as validation saw it."
         m = self.meta  # files of earlier versions: bilinear, no centre crop
         return preprocess(_read_image(img), m["presize"], m["resize"], m["stats"], m.get("resample", "bilinear"),
-                          m.get("crop", 1.0))  # fmt: skip
+                          m.get("crop", 1.0))
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +212,7 @@ def load(path: str | os.PathLike) -> Predictor:
         props = session.get_modelmeta().custom_metadata_map
         if props.get("format") != json.dumps(FORMAT):
             raise InputError(f"{path} was not written by `resnets export --onnx`: it has no class names or "
-                             "preprocessing to predict with")  # fmt: skip
+                             "preprocessing to predict with")
         try:
             meta = check_description({k: json.loads(v) for k, v in props.items() if k in _ONNX_META}, path)
         except json.JSONDecodeError as e:
@@ -220,19 +220,19 @@ def load(path: str | os.PathLike) -> Predictor:
         outputs = session.get_outputs()[0].shape[-1]
         if isinstance(outputs, int) and outputs != meta["n_out"]:
             raise InputError(f"{path} is not a usable resnets model file: it names {meta['n_out']} classes for a "
-                             f"network with {outputs} outputs; export it again")  # fmt: skip
+                             f"network with {outputs} outputs; export it again")
         return OnnxPredictor(session, meta)
     meta = _read_model_file(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a resnets model file (expected format {FORMAT}): use `resnets export`")
     meta = check_description(meta, path)
     build = partial(create_model, meta["model"], n_out=meta["n_out"], width=meta.get("width", 1.0),
-                    stem=tuple(meta.get("stem") or ()))  # fmt: skip
+                    stem=tuple(meta.get("stem") or ()))
     with torch.device("meta"):  # the described network's shapes, no memory: a crafted width or class count
         shapes = build().state_dict()  # (gigabytes) is refused before anything is allocated
     if problem := weights_mismatch(shapes, meta["state_dict"], dtypes=False):
         raise InputError(f"{path}: its weights are not those of the {meta['model']} with {meta['n_out']} outputs its "
-                         f"description names ({problem}): write the file again with `resnets export`")  # fmt: skip
+                         f"description names ({problem}): write the file again with `resnets export`")
     model = build()
     model.load_state_dict(meta["state_dict"])
     return Predictor(model, meta)
@@ -256,7 +256,7 @@ def check_description(meta: dict, path) -> dict:
         raise bad("it has no list of class names")
     if len(set(vocab)) != len(vocab) or vocab != sorted(vocab):
         raise bad("its class names are not unique and sorted as fastai orders them (edited or reordered names would "
-                  "label predictions wrongly)")  # fmt: skip
+                  "label predictions wrongly)")
     if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out != len(vocab):
         raise bad(f"it names {len(vocab)} classes for a network with {n_out!r} outputs")
     sizes = {k: meta.get(k) for k in ("presize", "resize")}
@@ -268,7 +268,7 @@ def check_description(meta: dict, path) -> dict:
     stats = meta.get("stats", [list(v) for v in imagenet_stats])
     if (not isinstance(stats, list | tuple) or len(stats) != 2 or any(not isinstance(v, list | tuple) or len(v) != 3
             for v in stats) or not all(isinstance(x, int | float) and not isinstance(x, bool) for v in stats for x in v)
-            or not all(x > 0 for x in stats[1])):  # fmt: skip
+            or not all(x > 0 for x in stats[1])):
         raise bad(f"its stats must be a mean and a positive std of three numbers each, not {stats!r}")
     crop = meta.get("crop", 1.0)
     if isinstance(crop, bool) or not isinstance(crop, int | float) or not 0 < crop <= 1:
@@ -296,7 +296,7 @@ def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> floa
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.randn(1, 3, size, size),), buf, input_names=["image"],
                           output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
     for k in _ONNX_META:
         if k in predictor.meta:
@@ -306,7 +306,7 @@ def export_onnx(predictor: Predictor, out: str | os.PathLike, images=()) -> floa
         f"({predictor.meta.get('resample', 'bilinear')}) and centre-cropped square; centre "
         f"{predictor.meta.get('crop', 1.0):.4f} of each side kept; resized to {size} "
         f"(bilinear); scaled to [0, 1]; normalised per channel with mean {predictor.meta['stats'][0]} and std "
-        f"{predictor.meta['stats'][1]}; NCHW float32"))  # fmt: skip
+        f"{predictor.meta['stats'][1]}; NCHW float32"))
     atomic_write(out, proto.SerializeToString())
     loaded, diffs = load(out), [0.0]
     with torch.no_grad():

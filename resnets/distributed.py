@@ -54,7 +54,7 @@ def join_process_group() -> None:
     store, rank, world = next(dist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     dist.init_process_group(backend, rank=rank, world_size=world,
-                            store=dist.PrefixStore(f"resnets/attempt-{attempt}", store))  # fmt: skip
+                            store=dist.PrefixStore(f"resnets/attempt-{attempt}", store))
 
 
 def backend_for(local_rank: int, gpus: int, cuda: bool = True) -> tuple[str, str | None]:

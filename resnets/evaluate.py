@@ -36,7 +36,7 @@ from .results import save_figure
 
 __all__ = ["CONFUSION_LIMIT", "RECALIBRATION_IMAGES", "on_data_device", "flip_tta",
            "flip_tta_accuracy", "shared_predictions", "one_process", "recalibrate_bn",
-           "Interpretation", "interpret"]  # fmt: skip
+           "Interpretation", "interpret"]
 
 CONFUSION_LIMIT = 30  # classes up to which the confusion matrix is drawn cell by cell (0.6 inch a class)
 RECALIBRATION_IMAGES = 1024  # training images `recalibrate_bn` re-estimates BatchNorm on (and plan_budget counts)
@@ -159,7 +159,7 @@ def _fp32(learn):
     """fastai's own MixedPrecision drops its autocast after a fit and an inner validation makes none: predict in fp32
     with it removed. The library's (`learner.MixedPrecision`) makes one: predictions in the precision validated in."""
     return learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, fp16.MixedPrecision)
-                              and not isinstance(cb, MixedPrecision)])  # fmt: skip
+                              and not isinstance(cb, MixedPrecision)])
 
 
 class Interpretation(ClassificationInterpretation):
@@ -206,7 +206,7 @@ class Interpretation(ClassificationInterpretation):
     def confusion_matrix(self):
         n = len(self.vocab)
         return torch.bincount(self.targs.view(-1) * n + self.preds.argmax(-1).view(-1), minlength=n * n).view(n, n) \
-            .numpy()  # fmt: skip
+            .numpy()
 
     def per_class_accuracy(self) -> dict[str, float]:
         "Each class's share of its validation images predicted right (classes with no image left out)."
@@ -234,7 +234,7 @@ class Interpretation(ClassificationInterpretation):
         left.set(xlabel="validation images", title=f"the {len(pairs)} most-confused pairs (actual \u2192 predicted)")
         right.plot(range(1, len(per_class) + 1), per_class, drawstyle="steps-mid")
         right.set(xlabel="class, from worst to best", ylabel="accuracy", ylim=(0, 1.02),
-                  title=f"accuracy of each of {len(per_class)} classes, sorted")  # fmt: skip
+                  title=f"accuracy of each of {len(per_class)} classes, sorted")
         fig.tight_layout()
         return fig
 
@@ -246,7 +246,7 @@ def interpret(learn, folder: str | os.PathLike, k: int = 9, predictions=None) ->
     folder = Path(folder)
     with learn.no_bar():  # predictions in the precision validated in (see _fp32)
         interp = Interpretation.from_learner(learn) if predictions is None else \
-            Interpretation.from_predictions(learn, *predictions)  # fmt: skip
+            Interpretation.from_predictions(learn, *predictions)
         n = len(interp.vocab)
         if n <= CONFUSION_LIMIT:
             interp.plot_confusion_matrix(figsize=(max(4, 0.6 * n + 2),) * 2, dpi=80)

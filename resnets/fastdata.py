@@ -52,7 +52,7 @@ from .labels import class_label
 
 __all__ = ["RESAMPLES", "cache_folder", "load_square", "load_strip", "resize_valid", "preprocess", "build_cache",
            "build_strips", "CachedImage", "CachedDL", "ChapterAugment", "fast_dataloaders",
-           "set_image_size"]  # fmt: skip
+           "set_image_size"]
 
 
 def resize_valid(x: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
@@ -69,7 +69,7 @@ def resize_valid(x: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
 
 
 def preprocess(img, presize: int, size: int, stats=imagenet_stats, resample: str = "bilinear",
-               crop: float = 1.0) -> torch.Tensor:  # fmt: skip
+               crop: float = 1.0) -> torch.Tensor:
     "One image as the validation set sees it: (1, 3, size, size), normalised. Used by export and predict."
     x = torch.from_numpy(load_square(img, presize, resample).copy()).permute(2, 0, 1)[None].float() / 255
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
@@ -133,7 +133,7 @@ def _warp_homography(x_t: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
     n = len(x_t)
     orig = torch.tensor([[-1.0, -1], [-1, 1], [1, -1], [1, 1]], device=x_t.device).expand(n, 4, 2)
     targ = torch.stack([torch.stack([-1 - y_t, -1 - x_t], 1), torch.stack([-1 + y_t, 1 + x_t], 1),
-                        torch.stack([1 + y_t, -1 + x_t], 1), torch.stack([1 - y_t, 1 - x_t], 1)], 1)  # fmt: skip
+                        torch.stack([1 + y_t, -1 + x_t], 1), torch.stack([1 - y_t, 1 - x_t], 1)], 1)
     zero, one = torch.zeros(n, device=x_t.device), torch.ones(n, device=x_t.device)
     rows = []
     for i in range(4):  # the coefficients c with orig = (c0 t + c1 u + c2) / (c6 t + c7 u + 1), (t, u) = targ
@@ -154,7 +154,7 @@ class ChapterAugment(RandTransform):
 
     def __init__(self, size: int, min_scale: float = 0.5, flip: bool = True, max_rotate: float = 10.0,
                  max_zoom: float = 1.1, max_warp: float = 0.2, p_affine: float = 0.75, max_lighting: float = 0.2,
-                 p_lighting: float = 0.75, valid_crop: float = 1.0):  # fmt: skip
+                 p_lighting: float = 0.75, valid_crop: float = 1.0):
         super().__init__()
         self.size, self.min_scale, self.flip, self.valid_crop = size, min_scale, flip, valid_crop
         self.max_rotate, self.max_zoom, self.max_warp, self.p_affine = max_rotate, max_zoom, max_warp, p_affine
@@ -205,7 +205,7 @@ class ChapterAugment(RandTransform):
     def homography(self, n: int, h: int, w: int, device) -> torch.Tensor:
         "Output coordinates -> input coordinates for a batch: warp(affine(crop(u)))."
         warp = _warp_homography(*(_masked(_uniform(n, -self.max_warp, self.max_warp, device), self.p_affine, 0.0)
-                                  for _ in range(2)))  # fmt: skip
+                                  for _ in range(2)))
         return warp @ self.affine(n, h, w, device) @ self.crop(h, w).to(device)
 
     def lighting(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +224,7 @@ class ChapterAugment(RandTransform):
         n, _, h, w = x.shape
         grid = self._grid(self.homography(n, h, w, x.device).to(x.dtype))
         out = F.grid_sample(x.as_subclass(torch.Tensor), grid, mode="bilinear", padding_mode="reflection",
-                            align_corners=True)  # fmt: skip
+                            align_corners=True)
         return TensorImage(self.lighting(out) if self.max_lighting else out)
 
     def __getstate__(self):
@@ -279,7 +279,7 @@ class CachedDL(TfmdDL):
 def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize: int, bs: int, flip: bool = True,
                      device=None, min_scale: float = 0.5, label=class_label, augment: str = "chapter",
                      stats=imagenet_stats, resample: str = "bilinear", valid_crop: float = 1.0,
-                     num_workers: int | None = None) -> DataLoaders:  # fmt: skip
+                     num_workers: int | None = None) -> DataLoaders:
     """fastai DataLoaders over validated training and validation files: images from the uint8 cache, labels by
     `label` (their folders' names by default), the chapter's augmentation as one fused batch transform
     (`augment="light"`: its crop and flip only); `stats`, `resample`, `valid_crop` as `get_data`'s.
@@ -291,17 +291,17 @@ def fast_dataloaders(train: list[Path], valid: list[Path], presize: int, resize:
     cached = sorted(set(files))  # one cache for the same images however they are split
     try:
         images, (strips, index) = (build_cache(cached, presize, resample=resample),
-                                   build_strips(cached, presize, resample=resample))  # fmt: skip
+                                   build_strips(cached, presize, resample=resample))
     except DiskError as e:  # a read-only or full cache folder: each image decoded as it is read (the chapter's way)
         print(f"resnets: no image cache ({e}): decoding every image as it is read instead; set $RESNETS_CACHE to a "
-              "writable folder with space for a faster start")  # fmt: skip
+              "writable folder with space for a faster start")
         images, strips, index = None, None, None
     splits = [list(range(len(train))), list(range(len(train), len(files)))]
     tfms = [[CachedImage(presize, cached, images, strips, index, resample)], [label, Categorize()]]
     dsets = Datasets(files, tfms=tfms, splits=splits)
     after_batch = [IntToFloatTensor(), ChapterAugment(resize, min_scale=min_scale, flip=flip, valid_crop=valid_crop,
                                                       **AUGMENT_KW[augment]),
-                   Normalize.from_stats(*stats)]  # fmt: skip
+                   Normalize.from_stats(*stats)]
     cuda = torch.device(device if device is not None else default_device()).type == "cuda"
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if cuda else 0

@@ -27,7 +27,7 @@ from pathlib import Path
 from .errors import InputError
 
 __all__ = ["size_text", "as_umask_allows", "atomic_write", "temporary", "sweep", "check_writable", "disk_error",
-           "DiskError", "FolderInUse", "owned", "RUN_LOCK"]  # fmt: skip
+           "DiskError", "FolderInUse", "owned", "RUN_LOCK"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _OURS = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{6}\.tmp$")
@@ -180,7 +180,7 @@ def owned(folder: str | os.PathLike):
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
             raise FolderInUse(f"{folder} is in use by another run (process {holder}): wait for it to finish, or "
-                              "choose another output folder (--out)") from None  # fmt: skip
+                              "choose another output folder (--out)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield

@@ -46,22 +46,22 @@ def read_weights(source: str | os.PathLike) -> tuple[dict, dict]:
         state = load_checkpoint(path)
         if state is None:
             raise MissingFile(f"{path} has no {CHECKPOINT} to start from: pass the --out folder of a `resnets "
-                              "run`, or a file written by `resnets export`")  # fmt: skip
+                              "run`, or a file written by `resnets export`")
         s = state["settings"]
         return state["model"], {**_architecture(s), "vocab": state.get("vocab")}
     if not path.is_file():
         raise MissingFile(f"nothing to start from at {path}: pass a run folder (--out of `resnets run`) or a file "
-                          "written by `resnets export`")  # fmt: skip
+                          "written by `resnets export`")
 
     if is_onnx(path):
         raise InputError(f"{path} is an ONNX file, which fine-tuning cannot start from: pass the run folder it was "
-                         "exported from, or a .resnets file from `resnets export`")  # fmt: skip
+                         "exported from, or a .resnets file from `resnets export`")
     meta = load(path).meta
     return meta["state_dict"], {**_architecture(meta), "vocab": meta["vocab"]}
 
 
 def load_body(model: nn.Module, source: str | os.PathLike, model_name: str, width: float = 1.0,
-              stem: tuple[int, ...] = ()) -> dict:  # fmt: skip
+              stem: tuple[int, ...] = ()) -> dict:
     """Copy the weights of `source` into `model` (built as `model_name` at `width` with `stem`), all but the head's;
     returns the source's settings. A source of another architecture is an error naming the options that match it."""
     state, found = read_weights(source)
@@ -70,7 +70,7 @@ def load_body(model: nn.Module, source: str | os.PathLike, model_name: str, widt
     if theirs != ours:
         say = lambda a: f"{a['model']} (width {a['width']}{', stem ' + _csv(a['stem']) if a['stem'] else ''})"  # noqa: E731
         fix = f"--model {theirs['model']} --width {theirs['width']}" + (f" --stem {_csv(theirs['stem'])}"
-                                                                       if theirs["stem"] else "")  # fmt: skip
+                                                                       if theirs["stem"] else "")
         raise InputError(f"{source} holds a {say(theirs)}, but this run builds a {say(ours)}: pass {fix}")
     head = f"{len(model) - 1}."
     body = {k: v for k, v in state.items() if not k.startswith(head)}

@@ -35,7 +35,7 @@ __all__ = ["HubError", "export_timm", "model_card", "push"]
 # The fields of an architecture's pretrained_cfg that describe the network and its input. save_for_hf copies the
 # whole of it, and the rest (tag, licence, origin, hub id, paper) is about timm's ImageNet weights, not this run's.
 ARCH_CFG = ("architecture", "custom_load", "input_size", "min_input_size", "fixed_input_size", "interpolation",
-            "crop_pct", "crop_mode", "mean", "std", "num_classes", "pool_size", "first_conv", "classifier")  # fmt: skip
+            "crop_pct", "crop_mode", "mean", "std", "num_classes", "pool_size", "first_conv", "classifier")
 
 
 class HubError(InputError):
@@ -48,7 +48,7 @@ def _timm_arch(s: dict) -> str:
         have = ", ".join(f"{m}{' --stem ' + ','.join(map(str, st)) if st else ''}" for m, st in TIMM_ARCHS)
         stem = ",".join(map(str, key[1])) or "32,32,64"
         raise InputError(f"a {s['model']} (width {s.get('width', 1.0)}, stem {stem}) has "
-                         f"no timm architecture: timm's ResNet-D family is {have}, at full width")  # fmt: skip
+                         f"no timm architecture: timm's ResNet-D family is {have}, at full width")
     return TIMM_ARCHS[key]
 
 
@@ -58,10 +58,10 @@ def _data_config(s: dict) -> dict:
     p = s.get("preprocessing")
     if p:  # pretrained weights': their mean, std, filter and centre crop
         return {"input_size": (3, size, size), "mean": tuple(p["mean"]), "std": tuple(p["std"]),
-                "interpolation": p["interpolation"], "crop_pct": p["crop_pct"]}  # fmt: skip
+                "interpolation": p["interpolation"], "crop_pct": p["crop_pct"]}
     # the chapter's: the centre square resized (bilinear, twice: to presize then size), ImageNet's statistics
     return {"input_size": (3, size, size), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-            "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+            "interpolation": "bilinear", "crop_pct": 1.0}
 
 
 def _origin(s: dict) -> str:
@@ -138,7 +138,7 @@ def model_card(run_dir: str | os.PathLike) -> str:
         f"- **Command**: `{cmd}`", "",
         "```python", "import timm", "model = timm.create_model('hf-hub:USER/NAME', pretrained=True).eval()", "```", "",
         "## Settings", "", "```json", json.dumps(keep, indent=1, default=str), "```", "",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 
@@ -164,10 +164,10 @@ def _upload_failure(e: Exception, run_dir, repo_id: str, endpoint: str, kept: Pa
     "One line for a failed upload: what the network or the Hub said, and the ways round it."
     why = type(e).__name__ + (f": {str(e).strip().splitlines()[0]}" if str(e).strip() else "")
     later = (f"{kept} holds the folder to upload later" if kept
-             else f"`resnets export {run_dir} --timm DIR` writes the folder to upload later")  # fmt: skip
+             else f"`resnets export {run_dir} --timm DIR` writes the folder to upload later")
     status = getattr(getattr(e, "response", None), "status_code", None)
     if status is None:  # no answer came back: no network, a proxy, HF_HUB_OFFLINE
         return (f"could not reach the Hugging Face Hub at {endpoint} ({why}): check the network, or `hf auth login` "
-                f"/ $HF_TOKEN; {later}")  # fmt: skip
+                f"/ $HF_TOKEN; {later}")
     return (f"the Hugging Face Hub refused to upload to {repo_id} ({why}): is it USER/NAME, with a token that may "
-            f"write there (`hf auth login` / $HF_TOKEN)? {later}")  # fmt: skip
+            f"write there (`hf auth login` / $HF_TOKEN)? {later}")

@@ -29,7 +29,7 @@ from torch import Tensor
 from .errors import InputError, MissingFile
 
 __all__ = ["PIXEL_LIMIT_ENV", "ImageTooLarge", "image_files", "collect_images", "open_rgb", "to_rgb", "check_image",
-           "pixel_limit", "RGBImage", "upright", "image_size"]  # fmt: skip
+           "pixel_limit", "RGBImage", "upright", "image_size"]
 
 PIXEL_LIMIT_ENV = "RESNETS_MAX_IMAGE_PIXELS"  # PIL's MAX_IMAGE_PIXELS for the library's reads; 0: no limit
 
@@ -163,11 +163,11 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     if special:
         shown = ", ".join(map(str, special[:3])) + (" ..." if len(special) > 3 else "")
         print(f"resnets: skipping {len(special)} image name(s) under {folder} that are not regular files (a pipe, "
-              f"a device, a broken link): {shown}")  # fmt: skip
+              f"a device, a broken link): {shown}")
     if skipped:
         shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         print(f"resnets: not following {len(skipped)} folder link(s) under {folder} into folders already searched "
-              f"(a link loop, or two links to one folder): {shown}")  # fmt: skip
+              f"(a link loop, or two links to one folder): {shown}")
     return sorted(found)
 
 

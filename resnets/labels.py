@@ -14,7 +14,7 @@ IMAGENETTE_NAMES: dict[str, str] = {
     "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
     "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
     "n03888257": "parachute",
-}  # fmt: skip
+}
 
 
 def class_label(f: Path | str) -> str:  # the annotation matters: fastai's transforms dispatch on it

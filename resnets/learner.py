@@ -35,7 +35,7 @@ from .errors import InputError
 from .precision import MixedPrecision, choose_precision
 
 __all__ = ["top_k_accuracy", "top_5_accuracy", "accuracy_metric", "top_5_metric", "ValidLoss", "unwrap", "get_learner",
-           "fit_flat_cos"]  # fmt: skip
+           "fit_flat_cos"]
 
 
 def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -113,7 +113,7 @@ def get_learner(
         model = model.to(memory_format=torch.channels_last)
     cbs = [*L(cbs), *([MixUp(mixup)] if mixup else [])]
     learn = Learner(dls, model, loss_func=loss_func, metrics=metrics if metrics is not None else accuracy_metric(),
-                    cbs=cbs, **kwargs)  # fmt: skip
+                    cbs=cbs, **kwargs)
     learn.recorder.loss = ValidLoss()  # in place of fastai's AvgLoss, which counts a distributed loader's padding
     if chosen != "fp32":
         learn.add_cb(MixedPrecision(amp_mode=chosen))

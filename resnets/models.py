@@ -83,10 +83,10 @@ class _Sequential(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.c_in:
             raise InputError(f"expected a batch of images shaped (batch, {self.c_in}, height, width), "
-                             f"got a tensor shaped {tuple(x.shape)}")  # fmt: skip
+                             f"got a tensor shaped {tuple(x.shape)}")
         if self.input_size is not None and x.shape[2:] != (self.input_size, self.input_size):
             raise InputError(f"this model flattens its last grid, so it takes {self.input_size}x{self.input_size} "
-                             f"images only, got {x.shape[2]}x{x.shape[3]}")  # fmt: skip
+                             f"images only, got {x.shape[2]}x{x.shape[3]}")
         return super().forward(x)
 
 
@@ -178,7 +178,7 @@ class DepthNet(_Sequential):
             blocks = [ResBlock(ni, nf, s, zero_gamma=zero_gamma) for ni, nf, s in zip(widths, widths[1:], strides)]
         else:  # the same convolutions with no shortcut: a "plain" net
             blocks = [nn.Sequential(ConvLayer(ni, nf, stride=s), ConvLayer(nf, nf))
-                      for ni, nf, s in zip(widths, widths[1:], strides)]  # fmt: skip
+                      for ni, nf, s in zip(widths, widths[1:], strides)]
         head = [nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(4 * width, n_out)]
         super().__init__(ConvLayer(c_in, width), *blocks, *head)
 
@@ -198,7 +198,7 @@ def _resnet(layers, expansion, n_out=10, width: float = 1.0, stem: tuple[int, ..
     "A ResNet with the chapter's widths (stages 64 ... 512; `stem` 32, 32, 64 unless given) times `width`."
     check_number("width", width, kind=(int, float), low=0, strict=True)
     return ResNet(n_out, layers, expansion, widths=_scaled((64, 128, 256, 512), width),
-                  stem_widths=_scaled(tuple(stem) or STEM, width), **kw)  # fmt: skip
+                  stem_widths=_scaled(tuple(stem) or STEM, width), **kw)
 
 
 def resnet10(n_out: int = 10, **kw) -> ResNet:  return _resnet([1, 1, 1, 1], 1, n_out, **kw)   # noqa: E704
@@ -228,7 +228,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "plain56":        partial(_depth_net, 9, False),
     "res20":          partial(_depth_net, 3, True),
     "res56":          partial(_depth_net, 9, True),
-}  # fmt: skip
+}
 
 
 assert tuple(MODELS) == MODEL_NAMES, "config.MODEL_NAMES names these, for checks without torch"
@@ -240,7 +240,7 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, stem: tuple[int, ...] = (),
-                 **kw) -> nn.Module:  # fmt: skip
+                 **kw) -> nn.Module:
     """Build a registered model by name, e.g. `create_model('resnet18', n_out=10)`; `width` scales a ResNet's widths,
     `stem` sets its stem's conv widths (before `width`; default the chapter's 32, 32, 64)."""
     if name not in MODELS:
@@ -249,7 +249,7 @@ def create_model(name: str, n_out: int = 10, c_in: int = 3, width: float = 1.0, 
         if v != off:
             if name not in RESNETS:
                 raise InputError(f"{k} is a setting of the ResNets only ({', '.join(RESNETS)}), not {name!r}: "
-                                 "leave it out")  # fmt: skip
+                                 "leave it out")
             kw[k] = v
     return MODELS[name](n_out=n_out, c_in=c_in, **kw)
 

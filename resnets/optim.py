@@ -33,7 +33,7 @@ class ForeachAdam(Optimizer):
     L2 regularisation (`decouple_wd=False`) steps as fastai's does."""
 
     def __init__(self, params, lr, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5, wd: float = 0.01,
-                 decouple_wd: bool = True):  # fmt: skip
+                 decouple_wd: bool = True):
         cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
                step_stat, adam_step]  # fastai's Adam's, which describe the step (and give the hypers' defaults)
         super().__init__(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)

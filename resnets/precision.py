@@ -56,19 +56,19 @@ def choose_precision(precision: str, device: torch.device | str) -> tuple[str, s
         if precision == "auto":
             if native:
                 return "bf16", f"training in bf16 mixed precision on cpu ({native}: native bfloat16; --precision " \
-                               "fp32 for full precision)"  # fmt: skip
+                               "fp32 for full precision)"
             return "fp32", f"training in fp32 on {device.type} (no native bfloat16 here, and fp16 needs a CUDA GPU)"
         if precision == "bf16" and device.type == "cpu":
             if native:
                 return "bf16", f"training in bf16 mixed precision on cpu ({native}: native bfloat16)"
             return "bf16", "warning: training in bf16 on cpu as asked, but this processor has no native bfloat16 " \
                            f"(torch reports {torch.backends.cpu.get_cpu_capability()}): emulated, it is typically " \
-                           "several times slower than --precision fp32"  # fmt: skip
+                           "several times slower than --precision fp32"
         if precision == "fp32":
             return "fp32", f"training in fp32 on {device.type}"
         # fastai's fp16 AMP is CUDA's; torch's CPU fp16 autocast has no fast kernels on these processors
         return "fp32", f"training in fp32 on {device.type}: {precision} mixed precision needs a CUDA GPU" + \
-            (" (this CPU has native bfloat16: --precision bf16)" if native else "")  # fmt: skip
+            (" (this CPU has native bfloat16: --precision bf16)" if native else "")
     if precision == "auto":
         return "fp16", f"training in fp16 mixed precision on {torch.cuda.get_device_name(device)}"
     if precision == "bf16" and not torch.cuda.is_bf16_supported():

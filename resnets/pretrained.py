@@ -35,15 +35,15 @@ from .errors import InputError, MissingFile, load_weights_only
 
 __all__ = ["CHAPTER_PREPROCESSING", "DEFAULT_TAGS", "HUB_WEIGHTS", "KNOWN_TAGS", "TIMM_ARCHS", "Preprocessing",
            "timm_to_resnets", "resnets_to_timm",
-           "read_pretrained", "load_pretrained_body", "pretrained_architecture", "names_default"]  # fmt: skip
+           "read_pretrained", "load_pretrained_body", "pretrained_architecture", "names_default"]
 
 # resnets model (and stem) -> timm architecture
 TIMM_ARCHS = {("resnet10", (24, 32, 64)): "resnet10t", ("resnet18", ()): "resnet18d", ("resnet34", ()): "resnet34d",
               ("resnet50", ()): "resnet50d", ("resnet101", ()): "resnet101d",
-              ("resnet152", ()): "resnet152d"}  # fmt: skip
+              ("resnet152", ()): "resnet152d"}
 DEFAULT_TAGS = {"resnet10": "resnet10t.c3_in1k", "resnet18": "resnet18d.ra2_in1k", "resnet34": "resnet34d.ra2_in1k",
                 "resnet50": "resnet50d.ra2_in1k", "resnet101": "resnet101d.ra2_in1k",
-                "resnet152": "resnet152d.ra2_in1k"}  # fmt: skip
+                "resnet152": "resnet152d.ra2_in1k"}
 # The weights file of a timm hub folder, as timm's save_for_hf names it (with safe_serialization=True; with its
 # default, False): safetensors first, since it cannot hold code (a .bin is read with torch.load(weights_only=True)).
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -57,7 +57,7 @@ KNOWN_TAGS = {
     "resnet50d.ra4_e3600_r224_in1k": (80.956, 224), "resnet101d.gluon_in1k": (80.466, 224),
     "resnet101d.ra2_in1k": (82.254, 256), "resnet152d.gluon_in1k": (80.476, 224),
     "resnet152d.ra2_in1k": (83.160, 256),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def pretrained_architecture(tag: str) -> tuple[str, tuple[int, ...]]:
             return key
     archs = ", ".join(sorted(set(TIMM_ARCHS.values())))
     raise InputError(f"{tag!r} is not a timm tag of the chapter's ResNet family ({archs}): pass one of "
-                     f"{', '.join(KNOWN_TAGS)}, or a weights file")  # fmt: skip
+                     f"{', '.join(KNOWN_TAGS)}, or a weights file")
 
 
 # -- the mapping ----------------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def _stem_length(model: nn.Module) -> int:
     n = next((i for i, m in enumerate(model) if isinstance(m, nn.MaxPool2d)), None)
     if n is None or not isinstance(model[-1], nn.Linear):
         raise InputError("only the library's ResNets (a stem with its max-pool, stages, a linear head) have timm "
-                         "weights")  # fmt: skip
+                         "weights")
     return n
 
 
@@ -150,7 +150,7 @@ def _strict(state: dict, expected: dict, what: str) -> None:
     shapes = [k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or extra or shapes:
         raise InputError(f"{what} does not fit this network: missing {missing[:3]}, unexpected {extra[:3]}, "
-                         f"mis-shaped {sorted(shapes)[:3]} (is it another depth, width or stem?)")  # fmt: skip
+                         f"mis-shaped {sorted(shapes)[:3]} (is it another depth, width or stem?)")
 
 
 def timm_to_resnets(state: dict, model: nn.Module, what: str = "the weights") -> dict:
@@ -187,7 +187,7 @@ def _preprocessing_of(cfg: dict, source: str) -> Preprocessing:
     broken config.json: one line naming the field, not a presize of 32,000 px or a run at chance)."""
     def bad(field: str, want: str) -> InputError:
         return InputError(f"{source}: pretrained_cfg's {field} is {cfg.get(field)!r}, {want}: fix or remove it "
-                          "(ImageNet's defaults are used without one)")  # fmt: skip
+                          "(ImageNet's defaults are used without one)")
 
     def triple(field: str, low: float, high: float, default) -> tuple[float, float, float]:
         v = cfg.get(field, default)
@@ -212,7 +212,7 @@ def _timm_cfg(tag: str) -> dict:
         from timm.models import get_pretrained_cfg
     except ImportError as e:
         raise InputError(f"looking up the timm tag {tag!r} needs timm: pip install 'resnets[timm]' (or pass a "
-                         "downloaded .safetensors file)") from e  # fmt: skip
+                         "downloaded .safetensors file)") from e
     cfg = get_pretrained_cfg(tag)
     if cfg is None or not cfg.hf_hub_id:
         raise InputError(f"timm publishes no weights under {tag!r}: pass one of {', '.join(KNOWN_TAGS)}")
@@ -239,7 +239,7 @@ def _hub_weights(folder: Path) -> Path:
     if found is None:
         raise MissingFile(f"no weights in {folder}: a timm hub folder holds {' or '.join(HUB_WEIGHTS)} (and "
                           "config.json), as timm's save_for_hf writes it; pass such a folder, a weights file or a "
-                          "tag")  # fmt: skip
+                          "tag")
     return found
 
 
@@ -254,7 +254,7 @@ def read_pretrained(spec, model_name: str, stem: tuple[int, ...] = ()) -> tuple[
     if names_default(spec):
         if model_name not in DEFAULT_TAGS:
             raise InputError(f"no ImageNet weights for {model_name!r}: --pretrained needs one of "
-                             f"{', '.join(DEFAULT_TAGS)}")  # fmt: skip
+                             f"{', '.join(DEFAULT_TAGS)}")
         spec = DEFAULT_TAGS[model_name]
     spec = str(spec)
     path = Path(spec).expanduser()
@@ -262,7 +262,7 @@ def read_pretrained(spec, model_name: str, stem: tuple[int, ...] = ()) -> tuple[
         weights = _hub_weights(path) if path.is_dir() else path
         if not weights.is_file():
             raise MissingFile(f"no weights file at {weights}: pass a .safetensors file, a timm hub folder or a tag "
-                              f"({', '.join(KNOWN_TAGS)})")  # fmt: skip
+                              f"({', '.join(KNOWN_TAGS)})")
         config = weights.with_name("config.json")  # what the weights were trained on, when it is beside them
         try:
             cfg = json.loads(config.read_text()) if config.is_file() else {}
@@ -271,14 +271,14 @@ def read_pretrained(spec, model_name: str, stem: tuple[int, ...] = ()) -> tuple[
         cfg = cfg.get("pretrained_cfg", {}) if isinstance(cfg, dict) else None
         if not isinstance(cfg, dict):
             raise InputError(f"{config}: not timm's config (a JSON object with a pretrained_cfg object): fix it, or "
-                             "remove it to use ImageNet's defaults")  # fmt: skip
+                             "remove it to use ImageNet's defaults")
         return _read_file(weights), _preprocessing_of(cfg, str(config) if cfg else "ImageNet's defaults"), str(path)
     arch = pretrained_architecture(spec)
     if arch != (model_name, tuple(stem or ())):
         name, arch_stem = arch
         fix = f"--model {name}" + (f" --stem {','.join(map(str, arch_stem))}" if arch_stem else "")
         raise InputError(f"{spec} holds the weights of a {name}{' with stem ' + str(arch_stem) if arch_stem else ''}"
-                         f", but this run builds a {model_name}: pass {fix}")  # fmt: skip
+                         f", but this run builds a {model_name}: pass {fix}")
     cfg = _timm_cfg(spec)
     return _read_file(_download(spec, cfg)), _preprocessing_of(cfg, f"timm's pretrained_cfg of {spec}"), spec
 

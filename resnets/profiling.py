@@ -17,7 +17,7 @@ __all__ = ["STAGES", "profile_training", "format_profile"]
 
 STAGES = ("data", "augmentation", "forward", "backward", "optimiser", "callbacks")
 _EVENTS = ("before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
-           "after_step", "after_batch")  # fmt: skip
+           "after_step", "after_batch")
 
 
 def _timed(kind: type) -> type:
@@ -39,7 +39,7 @@ class _Edge(Callback):
 
     def __init__(self, clock: dict, first: bool, warmup: int = 0, batches: int = 0):
         self.clock, self.first, self.warmup, self.batches, self.order = clock, first, warmup, batches, \
-            -(10**6) if first else 10**6  # fmt: skip
+            -(10**6) if first else 10**6
         for event in _EVENTS:
             setattr(self, event, partial(self._stamp, event))
 
@@ -82,7 +82,7 @@ def profile_training(experiment: str, data, batches: int = 20, warmup: int = 2, 
         dl = learn.dls.train
         if len(dl) <= warmup:
             raise InputError(f"{len(dl)} training batches leave none to time after {warmup} warm-up ones: "
-                             "use more data or a smaller batch size")  # fmt: skip
+                             "use more data or a smaller batch size")
         batches = out["batches"] = min(batches, len(dl) - warmup)
         clock = {"augmentation": 0.0, "images": 0, "total": dict.fromkeys(STAGES, 0.0)}
         pipe, kind = dl.after_batch, type(dl.after_batch)
@@ -106,5 +106,5 @@ def format_profile(p: dict) -> str:
     for key in ("stock", "fast"):
         r = p[key]
         lines.append(f"{key:<10}{r['precision']:>5}{r['images_per_s']:>10.1f}"
-                     + "".join(f"{r[f'{k}_fraction']:>{len(k) + 2}.0%}" for k in STAGES))  # fmt: skip
+                     + "".join(f"{r[f'{k}_fraction']:>{len(k) + 2}.0%}" for k in STAGES))
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from .config import Experiment, with_overrides
 from .errors import InputError
 
 __all__ = ["EXPERIMENTS", "ALIASES", "CHAPTER", "get_experiment", "list_experiments", "configure", "Arm", "Study",
-           "STUDIES", "get_study", "list_studies"]  # fmt: skip
+           "STUDIES", "get_study", "list_studies"]
 
 # The book's per-epoch validation accuracy and loss, and seconds per epoch on the authors' 2020 GPU, from the
 # fastai book's 14_resnet notebook (chapter 14 of Deep Learning for Coders).
@@ -38,7 +38,7 @@ _CHAPTER = [
                book_accuracy=(0.5141, 0.3975, 0.3870, 0.3962, 0.6138, 0.4227, 0.5287, 0.6665, 0.6504, 0.6749,
                               0.6764, 0.7139, 0.7417, 0.8069, 0.8586, 0.8464, 0.8619, 0.8535, 0.8759, 0.8726),
                book_epoch_time=32),
-]  # fmt: skip
+]
 CHAPTER = tuple(e.name for e in _CHAPTER)  # the five with the book's numbers
 
 _OTHERS = [
@@ -55,15 +55,15 @@ _OTHERS = [
     *[Experiment(f"{kind}{depth}", f"{depth}-layer {'residual' if kind == 'res' else 'plain'} net at 32 px",
                  f"{kind}{depth}", presize=40, size=32, subset=200, epochs=5, lr=3e-3)
       for kind in ("plain", "res") for depth in (20, 56)],
-]  # fmt: skip
+]
 
 # Speedruns: the book's ResNet-18 accuracy (75.7 %) on a 2-core CPU in minutes. Every setting was chosen on a
 # held-out tenth of the training images (--holdout 0.1), never on val/: docs/results.md has the trials.
 _SPEEDRUN = dict(width=0.5, presize=128, lr=6e-3, label_smoothing=0.1, fast_data=True, tta=True)
 _SPEEDRUN10_V1 = Experiment("speedrun10-v1", "ResNet-18 at half width, 64 to 96 px, 10 epochs, flip TTA",
-                            "resnet18", size=96, sizes=(64, 80, 96), epochs=10, **_SPEEDRUN)  # fmt: skip
+                            "resnet18", size=96, sizes=(64, 80, 96), epochs=10, **_SPEEDRUN)
 _SPEEDRUN_V1 = Experiment("speedrun-v1", "ResNet-10 at half width, 40 to 64 px, 9 epochs, flip TTA", "resnet10",
-                          size=64, sizes=(40, 48, 56, 64), epochs=9, **_SPEEDRUN)  # fmt: skip
+                          size=64, sizes=(40, 48, 56, 64), epochs=9, **_SPEEDRUN)
 _SPEEDRUNS = [
     # ResNet-10 from the library's blocks at half width (a quarter of the compute), 40 to 64 px.
     _SPEEDRUN_V1,
@@ -93,7 +93,7 @@ _SPEEDRUNS = [
     replace(_SPEEDRUN10_V1, name="speedrun10-v5", title="ResNet-18 at half width, two-conv stem, 64 to 96 px, "
             "20 epochs, batches of 64, BatchNorm re-estimated, flip TTA", stem=(32, 64), bs=64, recalibrate_bn=True,
             valid_last=5, epochs=20),
-]  # fmt: skip
+]
 # A plain name runs the latest version of its recipe.
 ALIASES: dict[str, str] = {"speedrun": "speedrun-v2", "speedrun10": "speedrun10-v5"}
 
@@ -183,7 +183,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
           tuple(Arm(f"{label} {p}", exp, dict(precision=p, holdout=0.1, fast_data=True))
                 for label, exp in (("cnn", "cnn"), ("speedrun", "speedrun-v1")) for p in ("fp32", "bf16")),
           seeds=(0, 1, 2), curve="valid_loss"),
-]}  # fmt: skip
+]}
 
 
 def list_studies() -> list[str]:

@@ -47,7 +47,7 @@ def reference() -> str:
             settings = all(a.dest in record for a in actions)
             out += [f"### {group.title}", ""]
             out += ["| option | Python | default | what it does |", "|---|---|---|---|"] if settings else \
-                ["| argument | what it does |", "|---|---|"]  # fmt: skip
+                ["| argument | what it does |", "|---|---|"]
             for a in actions:
                 if settings:
                     default = record[a.dest].default

@@ -50,7 +50,7 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
     if missing:
         print(f"resnets: {path.name}: {len(missing)} character(s) of the labels are not in the font "
               f"({', '.join(sorted(fonts))}) and show as boxes; set matplotlib's rcParams['font.family'] to a font "
-              "that has them")  # fmt: skip
+              "that has them")
     atomic_write(path, buf.getvalue())
 
 
@@ -61,7 +61,7 @@ def versions() -> dict:
     import torchvision
 
     return {"resnets": __version__, "fastai": fastai.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version()}  # fmt: skip
+            "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
 def describe_device(device) -> str:
@@ -241,7 +241,7 @@ def compare(runs: list[Results | str | os.PathLike]) -> str:
     rows = [(str(r), load_results(r)) if not isinstance(r, Results) else (r.folder or "-", r) for r in runs]
     width = max([len("run"), *(len(f) for f, _ in rows)])
     head = (f"{'run':<{width}}  {'experiment':<16}{'epochs':>7}{'size':>6}{'accuracy':>10}{'book':>8}{'diff':>8}"
-            f"{'s/epoch':>9}  device")  # fmt: skip
+            f"{'s/epoch':>9}  device")
     lines, notes = [head, "-" * len(head)], []
     dash = "\u2013"  # "–": nothing to show
     for folder, r in rows:
@@ -251,7 +251,7 @@ def compare(runs: list[Results | str | os.PathLike]) -> str:
         diff = 100 * (acc - ref) if acc is not None and ref is not None else None
         lines.append(f"{folder:<{width}}  {r.experiment:<16}{len(r.history):>7}{r.size or dash:>6}"
                      f"{cell(acc, '.4f', 10)}{cell(ref, '.4f', 8)}{cell(diff, '+.1f', 8)}{cell(t, '.1f', 9)}  "
-                     f"{r.device or dash}")  # fmt: skip
+                     f"{r.device or dash}")
         differ = r.book_differences()
         if differ:
             notes.append(f"{folder}: not the book's settings, so not compared: {', '.join(differ)}")

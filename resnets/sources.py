@@ -24,7 +24,7 @@ __all__ = ["SOURCES", "DataError", "data_folders", "resolve_source"]
 
 _URLS = {"imagenette-160": URLs.IMAGENETTE_160, "imagenette-320": URLs.IMAGENETTE_320, "imagenette": URLs.IMAGENETTE,
          "imagewoof-160": URLs.IMAGEWOOF_160, "imagewoof-320": URLs.IMAGEWOOF_320, "imagewoof": URLs.IMAGEWOOF,
-         "mnist-tiny": URLs.MNIST_TINY}  # fmt: skip
+         "mnist-tiny": URLs.MNIST_TINY}
 SOURCES: dict[str, str] = {name: _URLS[name] for name in DATA_SETS}  # config.DATA_SETS names them, torch-free
 
 class DataError(InputError):

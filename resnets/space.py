@@ -64,7 +64,7 @@ def space_card(run_dir: Path) -> str:
         f"- trained with `{cmd}` for {len(r.history)} epochs on {s.get('source') or s.get('data')} "
         f"({s.get('n_train', '?')} training images, {s.get('n_valid', '?')} validation images, seed {r.seed})",
         f"- validation accuracy {acc}", f"- trained on {r.device}; {versions}", "",
-        "`python app.py` serves the page locally (`pip install -r requirements.txt` first).", ""])  # fmt: skip
+        "`python app.py` serves the page locally (`pip install -r requirements.txt` first).", ""])
 
 
 def export_space(run_dir: str | os.PathLike, folder: str | os.PathLike) -> Path:
@@ -82,6 +82,6 @@ def export_space(run_dir: str | os.PathLike, folder: str | os.PathLike) -> Path:
     atomic_write(folder / "requirements.txt", ("\n".join(_pins()) + "\n").encode())
     title = f"resnets {run_dir.name}"[:60]
     front = ["---", f"title: {title}", "emoji: 🔍", "colorFrom: yellow", "colorTo: red", "sdk: gradio",
-             f"sdk_version: {version('gradio')}", "app_file: app.py", "pinned: false", "---", ""]  # fmt: skip
+             f"sdk_version: {version('gradio')}", "app_file: app.py", "pinned: false", "---", ""]
     atomic_write(folder / "README.md", ("\n".join(front) + space_card(run_dir)).encode())
     return folder

@@ -55,7 +55,7 @@ class StudyResults:
         for r in self.rows:
             cells = [r["arm"], str(len(r["seeds"])), f"{r['train_loss']:.3f}", f"{r['valid_loss']:.3f}",
                      f"{r['accuracy']:.4f}", f"{r['params']:,}", f"{r['gflops_per_image']:.3f}",
-                     f"{r['epoch_time']:.0f}"]  # fmt: skip
+                     f"{r['epoch_time']:.0f}"]
             cells += [f"{r['throughput_images_per_s']:.1f}"] if extra else []
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -70,7 +70,7 @@ class StudyResults:
             style = "--" if label.startswith(("plain", "gamma 1")) else "-"
             for ax, key in ((ax_curve, self.curve), (ax_acc, "accuracy")):
                 ax.plot(epochs, [_mean(r.history[i].get(key) for r in runs) for i in range(n)], style, marker="o",
-                        ms=3, label=label)  # fmt: skip
+                        ms=3, label=label)
         name = self.curve.replace("_", " ")
         ax_curve.set(xlabel="epoch", ylabel=name, title=f"{self.study}: {name}")
         ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title=f"{self.study}: accuracy")
@@ -106,7 +106,7 @@ def _run_arm(arm: Arm, seed: int, folder: Path, overrides: dict, progress: bool)
             return done
         if find_checkpoint(folder):  # interrupted after an epoch: continue from its last checkpoint
             return run(arm.experiment, **{**arm.options, **overrides}, seed=seed, out=folder, progress=progress,
-                       resume=True)  # fmt: skip
+                       resume=True)
         shutil.rmtree(folder)  # interrupted before its first checkpoint: train it again from the start
     return run(arm.experiment, **{**arm.options, **overrides}, seed=seed, out=folder, progress=progress)
 
@@ -117,13 +117,13 @@ def _compute(arm: Arm, overrides: dict, throughput: bool) -> dict:
     exp = configure(arm.experiment, verbose=False, **opts)
     model = create_model(exp.model, n_out=10, width=exp.width, stem=exp.stem)
     row = {"model": exp.model, "size": exp.size, "params": sum(p.numel() for p in model.parameters()),
-           "gflops_per_image": count_flops(model, exp.size) / 1e9}  # fmt: skip
+           "gflops_per_image": count_flops(model, exp.size) / 1e9}
     if throughput:  # where and in the precision the arm's run trains (a GPU's fp16; this CPU's bf16 or fp32)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         precision, _ = choose_precision(exp.precision, device)
         bench = bench_models([exp.model], size=exp.size, bs=32, repeats=5, device=device, precision=precision)[0]
         row.update(throughput_images_per_s=bench["train_images_per_s"], throughput_device=device,
-                   throughput_precision=precision)  # fmt: skip
+                   throughput_precision=precision)
     return row
 
 
@@ -161,7 +161,7 @@ def run_study(
         options = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in {**arm.options, **overrides}.items()}
         row = {"arm": arm.label, "experiment": arm.experiment, "options": options,
                "seeds": list(seeds), **means, "per_seed": [{"seed": s, **h} for s, h in zip(seeds, last)],
-               "epoch_time": _mean(r.epoch_time for r in runs)}  # fmt: skip
+               "epoch_time": _mean(r.epoch_time for r in runs)}
         row.update(_compute(arm, overrides, study.throughput))
         found.rows.append(row)
         found.save(out)  # after every arm, so an interrupted study keeps a table of what it finished

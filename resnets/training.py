@@ -81,7 +81,7 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
     dls = _data(exp, prep)  # its batch size chosen for the data's size when the experiment leaves it open (None)
     if verbose and dls.train.bs != (exp.bs or BS):
         print(f"resnets: the learning rate stays {exp.lr:g}, the recipe's: an Adam step's size follows the rate, not "
-              "the batch, as SGD's would (--lr chooses another)")  # fmt: skip
+              "the batch, as SGD's would (--lr chooses another)")
     exp = replace(exp, bs=dls.train.bs)  # the run's record keeps the batch size it trained with
     model = create_model(exp.model, n_out=dls.c, zero_gamma=exp.zero_gamma, width=exp.width, stem=exp.stem)
     _check_input_size(model, exp)
@@ -91,11 +91,11 @@ def build(name: str | Experiment, cbs=None, verbose: bool = True, **overrides):
         load_pretrained_body(model, weights, where)
     cbs = [ImageSizes(exp), *([WeightAverage(exp.ema)] if exp.ema else []),
            *([BatchNormRecalibration()] if exp.recalibrate_bn else []),
-           *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]  # fmt: skip
+           *([SkipValidation(exp.valid_last)] if exp.valid_last else []), *L(cbs)]
     top_5 = [top_5_metric()] if dls.c > 5 else []  # with 5 classes or fewer the target is always in the top 5
     learn = get_learner(dls, model, precision=exp.precision, cbs=cbs, metrics=[accuracy_metric(), *top_5],
                         label_smoothing=exp.label_smoothing, mixup=exp.mixup, verbose=verbose,
-                        splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])  # fmt: skip
+                        splitter=body_head_splitter, opt_func=OPT_FUNCS[exp.opt])
     if exp.compile:  # in place, once get_learner has made it channels-last: learn.model is the compiled module
         compile_model(learn.model)
     learn.preprocessing = prep
@@ -133,7 +133,7 @@ def _fine_tune(learn, exp: Experiment, checkpoint: Checkpoint, counters) -> None
         cb.start_epoch = max(0, start - frozen)
     base = exp.lr / 2  # as fastai's fine_tune halves it
     learn.fit_one_cycle(exp.epochs, slice(base / exp.lr_mult, base), pct_start=0.3, div=5.0,
-                        start_epoch=max(0, start - frozen))  # fmt: skip
+                        start_epoch=max(0, start - frozen))
 
 
 def _data(exp: Experiment, prep: Preprocessing):
@@ -141,7 +141,7 @@ def _data(exp: Experiment, prep: Preprocessing):
     return get_data(exp.data, exp.presize, exp.train_size(0), exp.bs, classes=exp.classes, subset=exp.subset,
                     num_workers=exp.num_workers, flip=exp.flip, fast_data=exp.fast_data, holdout=exp.holdout,
                     valid_pct=exp.valid_pct, label_col=exp.label_col, seed=42 if exp.seed is None else exp.seed,
-                    augment=exp.augment, **prep.data_kw(exp.test_size or exp.size))  # fmt: skip
+                    augment=exp.augment, **prep.data_kw(exp.test_size or exp.size))
 
 
 def _check_input_size(model, exp: Experiment) -> None:
@@ -149,7 +149,7 @@ def _check_input_size(model, exp: Experiment) -> None:
     fixed = getattr(model, "input_size", None)
     if fixed is not None and exp.size != fixed:
         raise InputError(f"model {exp.model!r} cannot take {exp.size} px images (it is not fully convolutional): "
-                         f"use its experiment's size, {fixed} px")  # fmt: skip
+                         f"use its experiment's size, {fixed} px")
 
 
 def _check_free(out: str | os.PathLike) -> None:
@@ -159,11 +159,11 @@ def _check_free(out: str | os.PathLike) -> None:
     n, total = len(done.history), done.settings.get("epochs", "?")
     if not done.finished and find_checkpoint(out):
         raise RunExists(f"{out} holds an unfinished run ({n} of {total} epochs): continue it with resume=True "
-                        "(--resume), or choose another output folder", folder=out, unfinished=True)  # fmt: skip
+                        "(--resume), or choose another output folder", folder=out, unfinished=True)
     if not done.finished:  # stopped before its first checkpoint was written: resume starts it again, in this folder
         raise RunExists(f"{out} holds an unfinished run with no checkpoint ({n} of {total} epochs recorded, none "
                         "saved to go on from): start it again there with resume=True (--resume), or choose another "
-                        "output folder", folder=out, unfinished=True)  # fmt: skip
+                        "output folder", folder=out, unfinished=True)
     raise RunExists(f"{out} already holds a finished run: choose another output folder or remove it", folder=out)
 
 
@@ -248,10 +248,10 @@ def _prepare(name, out, save: bool, resume: bool, cbs, **overrides) -> _Job:
         exp, plan = plan_budget(learn, exp, time.perf_counter() - start)
         if rank == 0:
             print(f"resnets: {plan['epochs']} epoch(s) fit the budget of {exp.budget:.0f} s on this machine "
-                  f"(predicted {plan['predicted_s']:.0f} s in all)")  # fmt: skip
+                  f"(predicted {plan['predicted_s']:.0f} s in all)")
     settings = {**exp.to_dict(), "source": str(exp.data), "data": _data_record(exp, dls), "precision": learn.precision,
                 "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds), "n_classes": dls.c,
-                "argv": _command_line()}  # fmt: skip
+                "argv": _command_line()}
     settings["data_key"] = _data_key(exp, dls)
     if plan is not None:
         settings["budget_plan"] = plan
@@ -260,7 +260,7 @@ def _prepare(name, out, save: bool, resume: bool, cbs, **overrides) -> _Job:
     if world > 1:
         settings.update(world_size=world)
     results = Results(exp.name, settings, exp.seed, versions=versions(), device=describe_device(dls.device),
-                      book=exp.book, learn=learn)  # fmt: skip
+                      book=exp.book, learn=learn)
     if state is not None:
         _continue_record(results, state, settings, exp, out)
     folder = None if not save or rank > 0 else Path(out) if resume else _new_run_folder(out, exp.name)
@@ -279,7 +279,7 @@ def _continue_record(results: Results, state: dict, settings: dict, exp: Experim
     check_same_settings(state["settings"], settings, out, auto=exp.precision == "auto")
     if state["epoch"] + 1 > exp.total_epochs:
         raise InputError(f"{find_checkpoint(out)} is not a usable checkpoint: it is at epoch {state['epoch'] + 1} "
-                         f"of a run of {exp.total_epochs}; remove it to start the run again")  # fmt: skip
+                         f"of a run of {exp.total_epochs}; remove it to start the run again")
     results.history = [dict(h) for h in state["history"]]
     recorded = load_results(out).history if (Path(out) / "results.json").is_file() else []
     for h, kept in zip(results.history, recorded):  # the last checkpoint's own write time is in results.json
@@ -297,7 +297,7 @@ def _fit(job: _Job, progress: bool) -> LastValidPreds:
     history = RunHistory(job.results, folder, checkpoint.start_epoch, job.start)
     log = EpochLog(checkpoint.start_epoch)
     run_cbs = [history, checkpoint, StopOnNaN(folder), log, *([keep] if exp.tta else []),
-               *loggers(exp.log, folder, job.settings, append=job.state is not None, rank=job.rank)]  # fmt: skip
+               *loggers(exp.log, folder, job.settings, append=job.state is not None, rank=job.rank)]
     learn.add_cbs(run_cbs)
     try:
         with contextlib.nullcontext() if progress else learn.no_bar(), _distributed(learn, job.world):
@@ -349,7 +349,7 @@ def _finish(job: _Job, keep: LastValidPreds, save: bool) -> Results:
         except Exception as e:  # noqa: BLE001 (an extra: say what failed and how to draw it again)
             print(f"resnets: {exp.name} is trained and saved in {folder}, but its interpretation plots failed "
                   f"({type(e).__name__}: {one_line(e)}); draw them again with: resnets interpret {folder}",
-                  file=sys.stderr)  # fmt: skip
+                  file=sys.stderr)
         else:
             results.wall_time = time.perf_counter() - job.start
             results.save(folder, plot=False)
@@ -365,10 +365,10 @@ def _interrupted(exp: Experiment, folder: Path | None) -> RunInterrupted:
     path = find_checkpoint(folder)
     if path is None:  # stopped before the first epoch's checkpoint was written
         return RunInterrupted(f"interrupted before the first checkpoint of {exp.name} was written: nothing to go on "
-                              f"from; {again} starts it again in {folder}", folder=folder)  # fmt: skip
+                              f"from; {again} starts it again in {folder}", folder=folder)
     saved = len(load_checkpoint(folder)["history"])
     return RunInterrupted(f"interrupted after {saved} of {total} epochs; {path} keeps them: continue with {again}",
-                          folder=folder)  # fmt: skip
+                          folder=folder)
 
 
 def _data_record(exp: Experiment, dls) -> str:
@@ -418,7 +418,7 @@ def interpret_run(run_dir: str | os.PathLike, k: int = 9, data: str | None = Non
     state = load_checkpoint(run_dir) if run_dir.is_dir() else None
     if state is None:
         raise MissingFile(f"no trained run at {run_dir}: pass the --out folder of a `resnets run` (it holds "
-                          f"{CHECKPOINT})")  # fmt: skip
+                          f"{CHECKPOINT})")
     s = state["settings"]
     # the checkpoint holds the trained weights: no budget to plan, no earlier run to start from (it may be gone)
     exp = Experiment.from_dict(s, data=data or s["data"], budget=None, init=None)

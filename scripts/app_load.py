@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="the server's (and "
-                   "the reference predictions')")  # fmt: skip
+                   "the reference predictions')")
     a = p.parse_args(argv)
     import torch
     from gradio_client import Client, handle_file
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     bad = hostile_files(tmp, images[0])
     server = subprocess.Popen([sys.executable, "-m", "resnets", "app", str(a.model), "--port", str(port),
                                "--threads", str(a.threads)],
-                              stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
+                              stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
     try:
         for _ in range(240):
             try:
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
               "latency_p50_ms": 1000 * statistics.median(good), "latency_p95_ms": 1000 * q[18],
               "answers_per_s": len(results) / wall, "server_rss_mb": {"start": mem_start["VmRSS"] / 1024,
               "peak_sampled": peak[0] / 1024, "end": mem_end["VmRSS"] / 1024, "high_water": mem_end["VmHWM"] / 1024},
-              "predict_ms_per_image": 1000 * statistics.median(times)}  # fmt: skip
+              "predict_ms_per_image": 1000 * statistics.median(times)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "versions"}, indent=1))

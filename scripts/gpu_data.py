@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mib", type=float, default=40.0, help="the copy's size limit, MiB")
     a = p.parse_args(argv)
     files = sorted(f for split in ("train", "val") for f in (a.src / split).rglob("*") if f.suffix.lower() in
-                   (".jpeg", ".jpg", ".png"))  # fmt: skip
+                   (".jpeg", ".jpg", ".png"))
     if not files:
         raise SystemExit(f"no images under {a.src}/train and {a.src}/val: pass --src, the imagenette2-160 folder")
     quality, estimate = choose_quality(files, a.mib)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor() as pool:
         total = sum(pool.map(_write, jobs, chunksize=64))
     manifest = {"what": "imagenette2-160 re-encoded for the GPU run (quality-reduced: not the chapter's data)",
-                "source": str(a.src), "quality": quality, "images": len(files), "bytes": total}  # fmt: skip
+                "source": str(a.src), "quality": quality, "images": len(files), "bytes": total}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(a.dest, ignore_errors=True)
     tmp.rename(a.dest)

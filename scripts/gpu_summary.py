@@ -13,9 +13,9 @@ from pathlib import Path
 
 SCHEMA = "resnets-gpu-summary-v1"
 STEP_KEYS = {"name": str, "command": str, "timeout_s": int, "exit_code": (int, type(None)), "seconds": (float, int,
-             type(None))}  # fmt: skip
+             type(None))}
 TOP_KEYS = {"schema": str, "mode": str, "device": str, "versions": dict, "data": (dict, type(None)), "steps": list,
-            "runs": dict, "not_run": list, "failed": list, "exit_code": int}  # fmt: skip
+            "runs": dict, "not_run": list, "failed": list, "exit_code": int}
 NOT_RUN = [{"what": "experiment 5 (resnet50, 224 px, 20 epochs)",
             "why": "no 224-px copy of Imagenette fits in the 64 MiB that travels (the 224-px squares are 133 MB)"}]
 
@@ -27,7 +27,7 @@ def _run_row(results: dict) -> dict:
             "tta_accuracy": results.get("tta_accuracy"), "epochs": len(h), "finished": results.get("finished"),
             "s_per_epoch": times[len(times) // 2] if times else None, "precision": s.get("precision"),
             "fast_data": s.get("fast_data"), "size": s.get("size"), "bs": s.get("bs"),
-            "wall_s": results.get("wall_time"), "device": results.get("device")}  # fmt: skip
+            "wall_s": results.get("wall_time"), "device": results.get("device")}
 
 
 def build(out: Path, runs: Path, mode: str) -> dict:
@@ -44,7 +44,7 @@ def build(out: Path, runs: Path, mode: str) -> dict:
         device, versions = f"unknown ({e})", {}
     failed = [s["name"] for s in steps if s["exit_code"] not in (0, None)]
     return {"schema": SCHEMA, "mode": mode, "device": device, "versions": versions, "data": data, "steps": steps,
-            "runs": rows, "not_run": NOT_RUN, "failed": failed, "exit_code": 1 if failed else 0}  # fmt: skip
+            "runs": rows, "not_run": NOT_RUN, "failed": failed, "exit_code": 1 if failed else 0}
 
 
 def check(summary: dict) -> list[str]:

@@ -27,7 +27,7 @@ def arm(code: Path, args, extra: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
     cmd = [sys.executable, "-m", "resnets", "run", args.experiment, "--data", args.data, "--subset", str(args.subset),
            "--size", str(args.size), "--presize", str(args.size), "--bs", str(args.bs), "--epochs", str(args.epochs),
-           "--no-progress", "--out", str(out), *extra]  # fmt: skip
+           "--no-progress", "--out", str(out), *extra]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
@@ -36,7 +36,7 @@ def arm(code: Path, args, extra: list[str], out: Path) -> dict:
     return {"code": str(code), "options": extra, "epoch_s": statistics.median(times[1:]), "epoch_times": times,
             "accuracy": r["history"][-1]["accuracy"], "precision": r["settings"]["precision"],
             "n_train": r["settings"]["n_train"], "n_valid": r["settings"]["n_valid"], "device": r["device"],
-            "versions": r["versions"]}  # fmt: skip
+            "versions": r["versions"]}
 
 
 def main(argv=None) -> None:
@@ -53,15 +53,15 @@ def main(argv=None) -> None:
     arms = []
     if args.baseline:
         arms += [("baseline, chapter pipeline", Path(args.baseline), []),
-                 ("baseline, fast path", Path(args.baseline), ["--fast-data"])]  # fmt: skip
+                 ("baseline, fast path", Path(args.baseline), ["--fast-data"])]
     arms += [("this code, chapter pipeline", ROOT, []), ("this code, fast path", ROOT, ["--fast-data"]),
-             ("this code, fast path, compiled", ROOT, ["--fast-data", "--compile"])]  # fmt: skip
+             ("this code, fast path, compiled", ROOT, ["--fast-data", "--compile"])]
     report = {"settings": vars(args), "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, code, extra) in enumerate(arms):
             report["arms"][name] = row = arm(code, args, extra, Path(tmp) / str(i))
             print(f"{name:<34}{row['epoch_s']:>8.1f} s/epoch  ({row['n_train']} + {row['n_valid']} images, "
-                  f"{row['precision']})", flush=True)  # fmt: skip
+                  f"{row['precision']})", flush=True)
             Path(args.out).write_text(json.dumps(report, indent=1))
     first = next(iter(report["arms"].values()))["epoch_s"]
     for name, row in report["arms"].items():

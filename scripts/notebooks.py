@@ -94,7 +94,7 @@ def parameters(nb: dict) -> set[str]:
     cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     tree = ast.parse("".join(cells[0]["source"]) if cells else "")
     return {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
-            if isinstance(t, ast.Name)}  # fmt: skip
+            if isinstance(t, ast.Name)}
 
 
 def _commit() -> str | None:
@@ -102,7 +102,7 @@ def _commit() -> str | None:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "resnets"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+changes" if dirty else "")
@@ -138,7 +138,7 @@ def execute(nb_path: Path) -> dict:
     start = time.perf_counter()
     try:
         executed = papermill.execute_notebook(str(nb_path), str(tmp), parameters=params, cwd=str(NBS),
-                                              kernel_name="python3", progress_bar=False, log_output=True)  # fmt: skip
+                                              kernel_name="python3", progress_bar=False, log_output=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -147,12 +147,12 @@ def execute(nb_path: Path) -> dict:
     size = tmp.stat().st_size
     if size > LIMIT:  # left unexecuted (and not recorded)
         raise TooLarge(f"{nb_path.name} executed into {size / 2**20:.1f} MiB (over 1 MiB): make its figures smaller"
-                       f" ({tmp} kept to look at)")  # fmt: skip
+                       f" ({tmp} kept to look at)")
     tmp.replace(nb_path)
     return {"source": source_hash(json.loads(nb_path.read_text())), "seconds": round(seconds, 1),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": describe_device(default_device()), "commit": _commit(), "versions": versions(),
-            "bytes": size}  # fmt: skip
+            "bytes": size}
 
 
 # ------------------------------------------------------------------------------------------------- the check
@@ -244,7 +244,7 @@ def table() -> str:
         what = [f"{r.relative_to(folder)} {acc:.4f}" for r, acc in finals.items() if acc is not None]
         what += [f"{s.name} ({len(list(s.glob('*/results.json')))} runs)" for s in studies]
         lines.append(f"| [{nb_path.stem}](../nbs/{nb_path.name}) | {_minutes(done['seconds'])} | "
-                     f"{', '.join(what) or '(no training)'} | {done['device']} |")  # fmt: skip
+                     f"{', '.join(what) or '(no training)'} | {done['device']} |")
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
                     raise SystemExit(rc)
             r = load_results(folder)
             rows.append({"arm": arm, "seed": seed, "bs": r.settings["bs"], "n_train": r.settings["n_train"],
-                         "accuracy": r.accuracy, "seconds": r.wall_time, "device": r.device})  # fmt: skip
+                         "accuracy": r.accuracy, "seconds": r.wall_time, "device": r.device})
     summary = {"photos": str(photos), "per_class": args.per_class, "runs": rows,
                "mean_accuracy": {a: statistics.fmean(r["accuracy"] for r in rows if r["arm"] == a) for a in ARMS}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -61,12 +61,12 @@ def main(argv=None) -> None:
             network = _median_ms({"eager": eager.logits, "torchscript": scripted, "onnxruntime": onnx.logits}, xs)
         ts_predictor = type(eager)(scripted, eager.meta)  # the TorchScript module behind the same predict()
         whole = _median_ms({"eager": eager.predict, "torchscript": ts_predictor.predict, "onnxruntime": onnx.predict},
-                           files)  # fmt: skip
+                           files)
     report = {"run": str(a.run_dir), "model": eager.meta["model"], "width": eager.meta.get("width", 1.0),
               "image_size": eager.meta["resize"], "images": len(files), "threads": torch.get_num_threads(),
               "onnx_opset": ONNX_OPSET, "max_logit_diff": {"torchscript": ts_diff, "onnxruntime": onnx_diff},
               "network_ms_per_image": network, "predict_ms_per_image": whole, "device": describe_device("cpu"),
-              "versions": versions()}  # fmt: skip
+              "versions": versions()}
     import onnxruntime
 
     report["versions"]["onnxruntime"] = onnxruntime.__version__

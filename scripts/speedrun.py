@@ -34,7 +34,7 @@ def time_run(recipe: str, seed: int, out: Path, data: str | None, extra: list[st
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     cmd = [sys.executable, "-m", "resnets", "run", recipe, "--seed", str(seed), "--out", str(folder), "--no-progress",
-           *(["--data", data] if data else []), *extra]  # fmt: skip
+           *(["--data", data] if data else []), *extra]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "RESNETS_CACHE": str(cache)})
@@ -50,7 +50,7 @@ def time_run(recipe: str, seed: int, out: Path, data: str | None, extra: list[st
             "accuracy": r["history"][-1]["accuracy"], "tta_accuracy": r.get("tta_accuracy"),
             "first_past_target_s": None if passed is None else round(passed, 1), "target": target,
             "curve": [(round(t, 1), a) for t, a in curve], "settings": r["settings"], "device": r["device"],
-            "versions": r["versions"]}  # fmt: skip
+            "versions": r["versions"]}
 
 
 def plot(rows: list[dict], path: Path, target: float) -> None:
@@ -67,7 +67,7 @@ def plot(rows: list[dict], path: Path, target: float) -> None:
         c = colours.setdefault(r["label"], f"C{len(colours)}")
         t, a = zip(*r["curve"])
         ax.plot(t, a, "o-", color=c, ms=3, lw=1, label=r["label"] if r["seed"] == min(
-            x["seed"] for x in rows if x["label"] == r["label"]) else None)  # fmt: skip
+            x["seed"] for x in rows if x["label"] == r["label"]) else None)
         if r.get("tta_accuracy"):
             ax.plot([t[-1], r["wall_s"]], [a[-1], r["tta_accuracy"]], ":", color=c, lw=1)
             ax.plot([r["wall_s"]], [r["tta_accuracy"]], "*", color=c, ms=8)
@@ -77,7 +77,7 @@ def plot(rows: list[dict], path: Path, target: float) -> None:
     ax.axhline(target, color="grey", ls="--", lw=1)
     ax.text(min(times), target + 0.005, f"the book's ResNet-18: {target:.1%}", color="grey", fontsize=8)
     ax.set(xlabel="wall-clock seconds from the command's start", ylabel="validation accuracy",
-           title="Accuracy against time on this machine (each epoch; * = final score with flip TTA)")  # fmt: skip
+           title="Accuracy against time on this machine (each epoch; * = final score with flip TTA)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -101,10 +101,10 @@ def main(argv=None) -> None:
         row = time_run(a.recipe, seed, a.out, a.data, a.extra, a.target)
         rows = [r for r in rows if (r["label"], r["seed"]) != (row["label"], row["seed"])] + [row]
         summary.write_text(json.dumps({"machine": row["device"], "cpus": os.cpu_count(), "versions": versions(),
-                                       "runs": rows}, indent=1))  # fmt: skip
+                                       "runs": rows}, indent=1))
         plot(rows, a.out / "speedrun.png", a.target)
         print(f"{row['label']} seed {seed}: {row['accuracy']:.4f} (TTA {row['tta_accuracy']}) in {row['wall_s']} s; "
-              f"first past {a.target:.1%} at {row['first_past_target_s']} s", flush=True)  # fmt: skip
+              f"first past {a.target:.1%} at {row['first_past_target_s']} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def data_seconds(exp, data) -> dict:
             n = sum(1 for _ in make(idxs))
             ms[way] = 1000 * (time.perf_counter() - start) / n
         return {"get_data_s": total, "decode_s": decode, "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds),
-                "bs": dl.bs, "loader_ms_per_batch": ms}  # fmt: skip
+                "bs": dl.bs, "loader_ms_per_batch": ms}
 
 
 def timed(folder: Path, recipe: str) -> dict | None:
@@ -107,7 +107,7 @@ def timed(folder: Path, recipe: str) -> dict | None:
     if not rows:
         return None
     return {"seeds": [r["seed"] for r in rows], "wall_s": [r["wall_s"] for r in rows],
-            "tta_accuracy": [r["tta_accuracy"] for r in rows], "machine": rows[0]["device"]}  # fmt: skip
+            "tta_accuracy": [r["tta_accuracy"] for r in rows], "machine": rows[0]["device"]}
 
 
 def bounds(recipe: str, data, timed_dir: Path) -> dict:
@@ -122,7 +122,7 @@ def bounds(recipe: str, data, timed_dir: Path) -> dict:
     score = valid * d["n_valid"] / m["forward_images_per_s"]
     loader = d["loader_ms_per_batch"]["gathered"] * exp.epochs * d["n_train"] / d["bs"] / 1000
     return {"recipe": recipe, "epochs": exp.epochs, "sizes": sizes, **d, **m, "floor_training_s": train,
-            "floor_scoring_s": score, "loader_s": loader, "timed": timed(timed_dir, recipe)}  # fmt: skip
+            "floor_scoring_s": score, "loader_s": loader, "timed": timed(timed_dir, recipe)}
 
 
 def table(report: dict) -> str:
@@ -131,7 +131,7 @@ def table(report: dict) -> str:
              f"(the imports {imp['imports_s']:.1f} s)",
              "| recipe | data: list, check, decode (decode) | loader: gathered / per item, ms a batch | model floor: "
              "training + scoring | start + data + floor | timed on val/ (3 seeds) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "|---|---|---|---|---|---|"]
     for r in report["recipes"]:
         start = imp["process_s"] + r["get_data_s"] + r["floor_training_s"] + r["floor_scoring_s"]
         t = r["timed"]
@@ -139,7 +139,7 @@ def table(report: dict) -> str:
         lines.append(f"| {r['recipe']} | {r['get_data_s']:.1f} s ({r['decode_s']:.1f}) | "
                      f"{r['loader_ms_per_batch']['gathered']:.1f} / {r['loader_ms_per_batch']['per_item']:.1f} | "
                      f"{r['floor_training_s']:.0f} + {r['floor_scoring_s']:.1f} s | {start:.0f} s | "
-                     f"{seen} |")  # fmt: skip
+                     f"{seen} |")
     return "\n".join(lines)
 
 
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     from resnets.results import describe_device, versions
 
     report = {"machine": describe_device(torch.device("cpu")), "versions": versions(), "imports": import_seconds(),
-              "recipes": [bounds(r, a.data, a.timed) for r in a.recipes]}  # fmt: skip
+              "recipes": [bounds(r, a.data, a.timed) for r in a.recipes]}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=1))
     print(table(report))

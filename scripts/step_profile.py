@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     precisions = ["fp32", "bf16"] if cpu_bf16() else ["fp32"]
     report = {"experiment": a.experiment, "device": describe_device(torch.device("cpu")), "versions": versions(),
-              "native_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "rows": []}  # fmt: skip
+              "native_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "rows": []}
     foreach = optim.OPT_FUNCS["adam"]
     try:
         for precision in precisions:

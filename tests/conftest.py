@@ -66,7 +66,7 @@ def tiny_cnn_run(imagenette, tmp_path_factory):
     from resnets import run
 
     return run("cnn", data=imagenette, out=tmp_path_factory.mktemp("tiny") / "cnn", progress=False, num_workers=0,
-               **TINY)  # fmt: skip
+               **TINY)
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +87,7 @@ def generated_run(tmp_path_factory):
 
     data = make_tree(tmp_path_factory.mktemp("generated") / "data", n_train=8, n_valid=4)
     return run("cnn", data=data, out=tmp_path_factory.mktemp("generated") / "run", size=32, presize=40, bs=4,
-               epochs=2, progress=False, num_workers=0, seed=0)  # fmt: skip
+               epochs=2, progress=False, num_workers=0, seed=0)
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:

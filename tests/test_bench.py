@@ -55,7 +55,7 @@ def test_suite_writes_every_section(imagenette, tmp_path, monkeypatch):
 def test_profile_splits_a_training_step_into_its_stages(imagenette, tmp_path, monkeypatch):
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     p = profile_training("cnn", imagenette, batches=3, warmup=1, classes=2, subset=4, size=32, presize=40, bs=2,
-                         num_workers=0)  # fmt: skip
+                         num_workers=0)
     for key in ("stock", "fast"):  # fastai's own loop, split at its events
         shares = {k: p[key][f"{k}_fraction"] for k in STAGES}
         assert all(0 < f < 1 for f in shares.values()) and sum(shares.values()) == pytest.approx(1)
@@ -74,7 +74,7 @@ def _gpu_luggage(tmp_path, n_train: int = 8, n_valid: int = 4):
     data = make_tree(tmp_path / "gpu-data", n_train=n_train, n_valid=n_valid)
     n = sum(1 for _ in data.rglob("*.jpg"))
     (data / "manifest.json").write_text(json.dumps({"what": "test", "source": "generated", "quality": 40,
-                                                    "images": n, "bytes": 1000}))  # fmt: skip
+                                                    "images": n, "bytes": 1000}))
     wheels = tmp_path / "whl"
     wheels.mkdir()
     (wheels / "fastai-2.8.12-py3-none-any.whl").write_bytes(b"x" * 100)
@@ -83,9 +83,9 @@ def _gpu_luggage(tmp_path, n_train: int = 8, n_valid: int = 4):
 
 def _gpu_sh(tmp_path, *args, **env):
     env = {**os.environ, "PYTHON": sys.executable, "RESNETS_CACHE": str(tmp_path / "cache"),
-           "RUNS": str(tmp_path / "runs"), **env}  # fmt: skip
+           "RUNS": str(tmp_path / "runs"), **env}
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), *args], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=tmp_path)  # fmt: skip
+                          timeout=900, env=env, cwd=tmp_path)
 
 
 def test_the_gpu_plan_checks_everything_but_cuda(tmp_path):
@@ -93,7 +93,7 @@ def test_the_gpu_plan_checks_everything_but_cuda(tmp_path):
     parsing, the gpu tests collected, and a summary.json of the schema with every step planned, none run."""
     data, wheels = _gpu_luggage(tmp_path)
     p = _gpu_sh(tmp_path, "--plan", str(tmp_path / "out"), DATA=str(data), WHEELS=str(wheels), PLAN_ANYWHERE="1",
-                MIN_IMAGES="1")  # fmt: skip
+                MIN_IMAGES="1")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "MiB of 64" in p.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -111,7 +111,7 @@ def test_the_gpu_plan_checks_everything_but_cuda(tmp_path):
     said = p.stdout + p.stderr  # (the script logs both to log.txt and its output)
     assert p.returncode == 2 and "make gpu-data" in said and "synthetic images are not trained on" in said
     p = _gpu_sh(tmp_path, "--plan", str(tmp_path / "inside"), DATA=str(_gpu_luggage(tmp_path / "b")[0]),
-                WHEELS=str(wheels), MIN_IMAGES="1")  # fmt: skip
+                WHEELS=str(wheels), MIN_IMAGES="1")
     assert p.returncode == 2 and "outside the repository" in p.stdout + p.stderr
 
 
@@ -121,14 +121,14 @@ def test_gpu_script_runs_every_step_on_a_cpu_with_smoke(tmp_path):
     data, wheels = _gpu_luggage(tmp_path, n_train=24)  # (the profile times batches after two warm-up ones)
     visible = "" if not torch.cuda.is_available() else os.environ.get("CUDA_VISIBLE_DEVICES", "")
     p = _gpu_sh(tmp_path, str(tmp_path / "out"), DATA=str(data), WHEELS=str(wheels), SMOKE="1",
-                CUDA_VISIBLE_DEVICES=visible)  # fmt: skip
+                CUDA_VISIBLE_DEVICES=visible)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert p.returncode == summary["exit_code"] == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert set(summary["runs"]) == {"cnn", "res_cnn", "double_res_cnn", "resnet18", "resnet18-fast", "speedrun"}
     assert all(r["finished"] and r["accuracy"] is not None for r in summary["runs"].values())
     assert all(s["exit_code"] == 0 for s in summary["steps"]) and (tmp_path / "out" / "bench.txt").exists()
     assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["bench.json", "bench.txt", "log.txt",
-                                                                     "summary.json"]  # fmt: skip
+                                                                     "summary.json"]
 
 
 def test_bench_conv1x1_times_both_and_checks_values():
@@ -180,7 +180,7 @@ def test_bench_loop_puts_the_library_s_loop_beside_the_model_step_and_the_peak(t
     assert "library loop, fast path" in bench.format_loop(r) and "of peak" in bench.format_loop(r)
     monkeypatch.setattr(bench, "bench_loop", lambda *a, **kw: {**r, "args": (a, kw)})
     main(["bench", "loop", "--data", str(tree), "--experiment", "resnet50", "--size", "64", "--bs", "8",
-          "--out", str(tmp_path / "loop.json")])  # fmt: skip
+          "--out", str(tmp_path / "loop.json")])
     assert "model step alone" in capsys.readouterr().out
     saved = json.loads((tmp_path / "loop.json").read_text())
     assert saved["args"] == [["resnet50", str(tree)], {"bs": 8, "repeats": 5, "subset": None, "size": 64}]
@@ -196,7 +196,7 @@ def test_every_section_measures_true_fp32_with_the_same_cudnn_settings(monkeypat
 
     def spy(fn, **kw):
         seen.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-                     torch.get_float32_matmul_precision()))  # fmt: skip
+                     torch.get_float32_matmul_precision()))
         return real(fn, **kw)
 
     monkeypatch.setattr(bench, "median_seconds", spy)

@@ -81,12 +81,12 @@ def test_the_model_runs_on_the_datas_device_outside_a_fit(monkeypatch):
 
     meta = torch.device("meta")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                torch.nn.Linear(4, 2))  # fmt: skip
+                                torch.nn.Linear(4, 2))
     seen = []
     model.register_forward_pre_hook(lambda m, args: seen.append((args[0].device, next(m.parameters()).device)))
     batch = (torch.zeros(2, 3, 8, 8, device=meta), torch.zeros(2, dtype=torch.long, device=meta))
     learn = SimpleNamespace(model=model, dls=SimpleNamespace(device=meta, train=[batch] * 3, valid=[batch] * 2,
-                                                             valid_ds=[None] * 4))  # fmt: skip
+                                                             valid_ds=[None] * 4))
     monkeypatch.setattr(budget, "device_autocast", lambda learn: contextlib.nullcontext())
     monkeypatch.setattr(budget, "set_image_size", lambda dls, size: None)
     budget._time_steps(learn, 8)

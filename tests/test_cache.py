@@ -260,7 +260,7 @@ def test_a_full_disk_during_training_is_one_line_from_the_command_line(tmp_path,
 
     monkeypatch.setattr(f.os, "fsync", full)
     code = main(["run", "cnn", "--data", str(root), "--out", str(tmp_path / "r"), "--size", "32", "--presize", "32",
-                 "--bs", "2", "--epochs", "1", "--no-progress"])  # fmt: skip
+                 "--bs", "2", "--epochs", "1", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no space left on the disk" in err[0] and "Exception occured" not in err[0]
 

@@ -115,7 +115,7 @@ def test_recalibration_runs_once_before_the_last_validation(tree, monkeypatch, e
     calls = []
     monkeypatch.setattr(callbacks, "recalibrate_bn", lambda learn, n: calls.append((learn.epoch, learn.training)))
     r = run("cnn", data=tree, presize=40, size=32, bs=4, epochs=epochs, recalibrate_bn=True, save=False,
-            progress=False, num_workers=0)  # fmt: skip
+            progress=False, num_workers=0)
     assert calls == [(epochs - 1, False)] and r.settings["recalibrate_bn"] is True
     with r.learn.no_bar():  # fastai's own tools after the run keep the statistics the run validated with
         r.learn.get_preds()
@@ -142,11 +142,11 @@ def test_sizes_stretch_over_the_epochs_and_the_last_validation_uses_the_test_siz
     probe = _Sizes()
     kw = {**TINY, "epochs": 4, "presize": 64, "size": 48}
     learn, _ = build("cnn", data=imagenette, cbs=probe, verbose=False, **kw, fast_data=True, sizes=(32, 48),
-                     test_size=56)  # fmt: skip
+                     test_size=56)
     with learn.no_bar():
         learn.fit_one_cycle(4, 1e-3)
     assert {k: v for k, v in probe.seen.items() if k[1]} == {(0, True): {32}, (1, True): {32}, (2, True): {48},
-                                                             (3, True): {48}}  # fmt: skip
+                                                             (3, True): {48}}
     assert {k[0]: v for k, v in probe.seen.items() if not k[1]} == {0: {32}, 1: {32}, 2: {48}, 3: {56}}, \
         "each epoch validates at its training size, the last at the test size"
     x, _ = learn.dls.valid.one_batch()
@@ -172,7 +172,7 @@ def test_valid_last_validates_only_the_last_epochs(imagenette, tmp_path, capsys,
 
     probe = _Sizes()
     r = run("cnn", data=imagenette, out=tmp_path / "r", progress=False, valid_last=1, tta=True, cbs=[probe],
-            **{**TINY, "epochs": 3})  # fmt: skip
+            **{**TINY, "epochs": 3})
     assert {e for e, training in probe.seen if not training} == {2}, "no validation batch before the last epoch"
     h = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
     assert [e["accuracy"] is None and e["valid_loss"] is None for e in h] == [True, True, False]

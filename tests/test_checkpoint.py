@@ -95,7 +95,7 @@ class _SetScale(Callback):
 
 
 SETTINGS = ["--classes", "2", "--subset", "32", "--size", "32", "--presize", "40", "--bs", "8", "--epochs", "4",
-            "--num-workers", "0", "--seed", "1", "--no-progress"]  # fmt: skip
+            "--num-workers", "0", "--seed", "1", "--no-progress"]
 
 
 def _run_cli(data, out, *extra, **kw):
@@ -110,7 +110,7 @@ def test_the_optimiser_state_is_resumed_on_the_device_fit_moves_the_model_to(ima
     probe = _Probe(stop=True)
     _with(monkeypatch, probe, device=torch.device("meta"))
     run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
-        **{**TINY, "epochs": 2})  # fmt: skip
+        **{**TINY, "epochs": 2})
     assert probe.model_device == torch.device("meta")
     assert probe.state_devices == {torch.device("meta")}  # not the CPU the model was on when restore ran
 
@@ -123,7 +123,7 @@ def test_the_loss_scaler_is_saved_and_carried_on_when_resuming(imagenette, tmp_p
     probe = _Probe()
     _with(monkeypatch, _CPUScaler(), probe)
     r = run("cnn", data=imagenette, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
-            **{**TINY, "epochs": 2})  # fmt: skip
+            **{**TINY, "epochs": 2})
     assert r.finished and len(r.history) == 2
     assert probe.scaler_state == saved  # the new GradScaler took the saved state before the first step
     assert load_checkpoint(tmp_path / "r")["scaler"]["scale"] == probe.scales[1] > saved["scale"]
@@ -141,7 +141,7 @@ def test_a_gpu_run_resumes_and_trains_on(tmp_path, monkeypatch):
     probe = _Probe()
     _with(monkeypatch, probe)
     r = run("cnn", data=data, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp32",
-            **{**TINY, "epochs": 2})  # fmt: skip
+            **{**TINY, "epochs": 2})
     assert probe.model_device.type == "cuda" and {d.type for d in probe.state_devices} == {"cuda"}
     assert r.finished and len(r.history) == 2 and all(math.isfinite(h["train_loss"]) for h in r.history)
 
@@ -155,13 +155,13 @@ def test_an_fp16_gpu_run_resumes_with_its_loss_scale(tmp_path, monkeypatch):
     probe = _Probe()
     _with(monkeypatch, probe)
     r = run("cnn", data=data, out=tmp_path / "r", resume=True, progress=False, num_workers=0, precision="fp16",
-            **{**TINY, "epochs": 2})  # fmt: skip
+            **{**TINY, "epochs": 2})
     assert probe.scaler_state == saved and probe.scaler_state["scale"] != 2.0**16  # not a fresh GradScaler's
     assert r.finished and len(r.history) == 2
 
 
 @pytest.mark.parametrize("opt", [["--precision", "fp32"], ["--precision", "bf16"], ["--opt", "ranger", "--schedule",
-                                 "flat_cos"]], ids=["adam-fp32", "adam-bf16", "ranger-auto"])  # fmt: skip
+                                 "flat_cos"]], ids=["adam-fp32", "adam-bf16", "ranger-auto"])
 def test_a_killed_run_resumes_to_the_history_of_an_uninterrupted_one(imagenette, tmp_path, opt):
     ref = _run_cli(imagenette, tmp_path / "ref", *opt)
     assert ref.wait(600) == 0, ref.stderr.read()
@@ -190,7 +190,7 @@ def test_a_finished_run_s_checkpoint_restores_its_model(generated_run):
     state = load_checkpoint(generated_run.folder)
     assert state["epoch"] == len(generated_run.history) - 1 == 1 and state["vocab"] == ["cat", "dog"]
     fresh, _ = training.build("cnn", data=generated_run.settings["data"], size=32, presize=40, bs=4, num_workers=0,
-                              verbose=False)  # fmt: skip
+                              verbose=False)
     restore_model(fresh, state)
     xb, _ = generated_run.learn.dls.valid.one_batch()
     with torch.no_grad():
@@ -207,7 +207,7 @@ def test_the_checkpoint_file_is_safetensors_and_its_tree_comes_back_as_it_was(tm
     tree = {"model": {"w": base[:, 1], "b": torch.ones(2, dtype=torch.bfloat16)}, "img": TensorImage(torch.zeros(2)),
             "random": (3, tuple(range(5)), None), "opt": {0: {"step": 7, "do_wd": True}}, "loss": float("nan"),
             "history": [{"epoch": 0, "accuracy": 0.5}], "__tensor__": "a key that looks like a marker",
-            "epoch": 0, "settings": {}}  # fmt: skip
+            "epoch": 0, "settings": {}}
     path = tmp_path / CHECKPOINT
     checkpoint._atomic_save(tree, path)
     with safe_open(str(path), framework="pt") as f:  # any safetensors reader opens it: its tensors by number
@@ -294,7 +294,7 @@ def test_a_run_owns_its_folder_while_it_runs(tmp_path, capsys):
     assert err.count("in use by another run") == 1 and "choose another output folder" in err
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom resnets.files import owned\n"
                                "with owned(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
-                               str(tmp_path / "other")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+                               str(tmp_path / "other")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(FolderInUse, match=f"process {holder.pid} on"):
@@ -353,7 +353,7 @@ DAMAGE = {  # what the trial did to a checkpoint (safely parsed, then used unche
                                          "'grad_avg' for parameter 0 is \\(7,\\)"),
     "torch's random state a string": (_set(["rng", "torch"], "abc"), "random state cannot be restored"),
     "NumPy's random state too short": (_set(["rng", "numpy"], [1]), "random state cannot be restored"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -365,7 +365,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_before_training_on(tmp_path
     data = make_tree(tmp_path / "data", n_train=4, n_valid=2)
     out = tmp_path / "run"
     argv = ["run", "cnn", "--data", str(data), "--out", str(out), "--size", "32", "--presize", "32", "--bs", "4",
-            "--epochs", "2", "--seed", "0", "--no-progress"]  # fmt: skip
+            "--epochs", "2", "--seed", "0", "--no-progress"]
     with pytest.MonkeyPatch.context() as m:
         _with(m, _StopAfter(1))
         assert main(argv) == 0
@@ -383,7 +383,7 @@ def test_a_checkpoint_nested_beyond_reason_is_refused_not_a_recursion_error(tmp_
     from safetensors.torch import save_file
 
     save_file({"0": torch.zeros(1)}, str(tmp_path / CHECKPOINT), metadata={checkpoint.FORMAT: "[" * 100000 +
-                                                                            "]" * 100000})  # fmt: skip
+                                                                            "]" * 100000})
     with pytest.raises(InputError, match="cannot be read \\(RecursionError"):
         load_checkpoint(tmp_path)
     torch.save([1, 2], tmp_path / LEGACY_CHECKPOINT)

@@ -18,19 +18,19 @@ from resnets.cli import main
 from resnets.precision import choose_precision
 
 TINY_CLI = ["--classes", "2", "--subset", "16", "--size", "32", "--presize", "40", "--bs", "8", "--num-workers", "0",
-            "--seed", "1"]  # fmt: skip
+            "--seed", "1"]
 
 
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, **kw)  # fmt: skip
+                          timeout=600, **kw)
 
 
 
 
 def resnets_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)  # fmt: skip
+                          cwd=cwd, timeout=300)
 
 
 @pytest.mark.slow
@@ -39,7 +39,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(imagenette, tmp_path):
     args = ["run", "cnn", "--data", str(imagenette), *TINY_CLI, "--epochs", "40", "--out", str(out)]
     # a shell that starts the tests in the background (nohup ... &) hands them SIGINT ignored: restore the default
     p = subprocess.Popen([sys.executable, "-m", "resnets", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / CHECKPOINT).exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -100,7 +100,7 @@ def test_predict_needs_k_of_at_least_one(k, tmp_path):
 def test_help_and_bad_options_answer_without_importing_torch():
     code = ("import sys, resnets.cli as c\n"
             "try:\n    c.main(['run', 'cnn', '--epochs', 'zero'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, 'fastai' in sys.modules)")  # fmt: skip
+            "print('torch' in sys.modules, 'fastai' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.split() == ["False", "False"], p.stdout + p.stderr
     assert "invalid int value" in p.stderr
@@ -145,7 +145,7 @@ def test_cli_list():
 @pytest.mark.parametrize("name", list(BOOK_FINAL))
 def test_each_experiment_runs_from_the_cli(name, imagenette, tmp_path):
     p = resnets_cli("run", name, "--data", imagenette, "--classes", 2, "--subset", 8, "--size", 32, "--presize", 40,
-                    "--bs", 8, "--epochs", 1, "--num-workers", 0, "--out", tmp_path / "run")  # fmt: skip
+                    "--bs", 8, "--epochs", 1, "--num-workers", 0, "--out", tmp_path / "run")
     assert p.returncode == 0, p.stderr
     assert f"resnets: {choose_precision('auto', 'cpu')[1]}" in p.stdout  # fp32, or bf16 where the CPU has it
     assert f"{name}: accuracy" in p.stdout and "not compared with the book (settings differ" in p.stdout
@@ -159,7 +159,7 @@ def test_each_experiment_runs_from_the_cli(name, imagenette, tmp_path):
 
 def test_cli_lr_find(imagenette, tmp_path):
     p = resnets_cli("lr-find", "cnn", "--data", imagenette, "--classes", 2, "--subset", 16, "--size", 32,
-                    "--presize", 40, "--bs", 8, "--num-workers", 0, "--out", tmp_path)  # fmt: skip
+                    "--presize", 40, "--bs", 8, "--num-workers", 0, "--out", tmp_path)
     assert p.returncode == 0, p.stderr
     assert "suggested learning rate" in p.stdout
     assert (tmp_path / "lr_find.png").stat().st_size > 5000
@@ -170,7 +170,7 @@ def test_cli_lr_find(imagenette, tmp_path):
     (["run", "resnet19"], "invalid choice: 'resnet19'.*'cnn', 'res_cnn'"),
     (["run", "cnn", "--epochs", "zero"], "invalid int value"),
     (["frobnicate"], "invalid choice"),
-])  # fmt: skip
+])
 def test_cli_usage_errors(args, match):
     p = resnets_cli(*args)
     assert p.returncode == 2
@@ -191,7 +191,7 @@ def test_cli_training_options_reach_the_run(imagenette, tmp_path, capsys):
 
     rc = main(["run", "res_cnn", "--data", str(imagenette), "--classes", "2", "--subset", "8", "--size", "32",
                "--presize", "40", "--bs", "8", "--epochs", "1", "--num-workers", "0", "--out", str(tmp_path / "r"),
-               "--label-smoothing", "0.1", "--mixup", "0.4", "--no-zero-gamma", "--no-progress"])  # fmt: skip
+               "--label-smoothing", "0.1", "--mixup", "0.4", "--no-zero-gamma", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     s = load_results(tmp_path / "r").settings
     assert (s["label_smoothing"], s["mixup"], s["zero_gamma"], s["flip"]) == (0.1, 0.4, False, True)
@@ -284,7 +284,7 @@ def test_a_csv_s_missing_label_column_is_named_before_anything_loads(tmp_path, c
 
 @pytest.mark.slow  # starts a subprocess
 @pytest.mark.parametrize("args", [["export", "/no/run"], ["interpret", "/no/run"], ["push", "/no/run", "a/b"],
-                                  ["predict", "/no/model.resnets", "x.jpg"]])  # fmt: skip
+                                  ["predict", "/no/model.resnets", "x.jpg"]])
 def test_a_missing_run_folder_or_model_file_is_named_before_torch_loads(args):
     "Found in a trial: these came after torch loaded (7 s idle, up to 55 s on a loaded machine)."
     code = f"import sys; from resnets.cli import main; rc = main({args!r}); print('torch' in sys.modules, rc)"

@@ -38,9 +38,9 @@ KW = dict(size=32, presize=40, bs=4, epochs=3, progress=False, num_workers=0, se
 
 def test_a_compiled_run_resumes_exports_and_fine_tunes(data, tmp_path, monkeypatch):
     learn, _ = training.build("cnn", data=data, compile=True, verbose=False, **{k: KW[k] for k in ("size", "presize",
-                              "bs", "num_workers")})  # fmt: skip
+                              "bs", "num_workers")})
     plain, _ = training.build("cnn", data=data, verbose=False, **{k: KW[k] for k in ("size", "presize", "bs",
-                              "num_workers")})  # fmt: skip
+                              "num_workers")})
     assert list(learn.model.state_dict()) == list(plain.model.state_dict()), "compiled in place: the same keys"
 
     ref = run("cnn", data=data, out=tmp_path / "ref", compile=True, **KW)
@@ -59,9 +59,9 @@ def test_a_compiled_run_resumes_exports_and_fine_tunes(data, tmp_path, monkeypat
     assert top["cat"] == pytest.approx(float(probs[0]), abs=1e-4), "the exported model predicts as the compiled one"
 
     tuned = run("cnn", data=data, out=tmp_path / "tuned", init=tmp_path / "ref", compile=True,
-                **{**KW, "epochs": 1})  # frozen body, then every layer  # fmt: skip
+                **{**KW, "epochs": 1})  # frozen body, then every layer
     assert tuned.finished and len(tuned.history) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"]))
-                                                              for h in tuned.history)  # fmt: skip
+                                                              for h in tuned.history)
 
 
 def test_a_run_resumes_with_compile_switched(data, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ anything = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(-2,
     (dict(subset=0), "subset must"), (dict(label_smoothing=1.0), "label_smoothing must"),
     (dict(mixup=-0.1), "mixup must"), (dict(opt="sgd"), "unknown opt 'sgd': choose one of adam, ranger"),
     (dict(schedule="cos"), "unknown schedule"), (dict(init="x", schedule="flat_cos"), "leave --schedule out"),
-])  # fmt: skip
+])
 def test_bad_options(kw, match, tree):
     with pytest.raises(ValueError, match=match):
         run("cnn", data=tree, save=False, progress=False, **kw)
@@ -32,7 +32,7 @@ def test_one_record_holds_every_setting_and_overrides_are_checked_once():
     assert (exp.epochs, exp.fast_data, exp.precision, exp.size) == (2, True, "fp32", 128), "None keeps the default"
     assert configure(exp, verbose=False) == exp, "a configured record passes through"
     with pytest.raises(ValueError, match=r"unknown setting epoch: the settings are model, width, stem, zero_gamma, "
-                                         r"init, pretrained, data, presize, size"):  # fmt: skip
+                                         r"init, pretrained, data, presize, size"):
         configure("cnn", epoch=3)
     with pytest.raises(ValueError, match="unknown settings fastdata, sise"):
         run("cnn", fastdata=True, sise=64)
@@ -44,11 +44,11 @@ def test_one_record_holds_every_setting_and_overrides_are_checked_once():
 
 @settings(max_examples=200, deadline=None)
 @given(size=anything, presize=anything, bs=anything, epochs=anything, lr=anything, label_smoothing=anything,
-       mixup=anything, subset=st.one_of(anything, st.tuples(anything, anything)))  # fmt: skip
+       mixup=anything, subset=st.one_of(anything, st.tuples(anything, anything)))
 def test_run_options_are_checked_at_the_edge(size, presize, bs, epochs, lr, label_smoothing, mixup, subset):
     try:
         exp = configure("cnn", verbose=False, size=size, presize=presize, bs=bs, epochs=epochs, lr=lr,
-                        label_smoothing=label_smoothing, mixup=mixup, subset=subset)  # fmt: skip
+                        label_smoothing=label_smoothing, mixup=mixup, subset=subset)
     except InputError:
         return
     assert 16 <= exp.size <= exp.presize and (exp.bs is None or exp.bs >= 1) and exp.epochs >= 1 and exp.lr > 0

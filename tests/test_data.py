@@ -124,7 +124,7 @@ def test_missing_folder(tmp_path):
 def test_no_train_folder(tree):
     os.rename(tree / "train", tree / "training")  # neither train/ + val/, nor images in class folders
     with pytest.raises(DataError, match=r"no images under .*expected train/<class>/ and val/<class>/ folders, or one "
-                       "folder of images per class"):  # fmt: skip
+                       "folder of images per class"):
         tiny(tree)
 
 
@@ -180,7 +180,7 @@ def test_subset_and_classes_are_deterministic(tmp_path):
 @pytest.mark.parametrize("kw,match", [
     (dict(resize=0), "resize must be an integer >= 1"), (dict(bs=-1), "bs must"),
     (dict(resize=64), "larger than presize"), (dict(bad_images="ignore"), "bad_images"),
-])  # fmt: skip
+])
 def test_bad_arguments(tree, kw, match):
     args = dict(presize=40, resize=32, bs=4) | kw
     with pytest.raises(ValueError, match=match):
@@ -200,7 +200,7 @@ def test_failed_download_says_how_to_use_a_local_copy(fastai_home, tmp_path):
     assert f"in $RESNETS_DATA or at {fastai_home / 'data' / 'nosuchset'}" in str(e.value)
     # from the command line, the hint is the command the user ran, with --data; nothing but the error on stderr
     cmd = [sys.executable, "-m", "resnets", "run", "cnn", "--data", "http://127.0.0.1:9/nosuchset.tgz",
-           "--epochs", "1"]  # fmt: skip
+           "--epochs", "1"]
     env = {**os.environ, "FASTAI_HOME": str(fastai_home)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert p.returncode == 2 and "Traceback" not in p.stderr

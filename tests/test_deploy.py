@@ -79,7 +79,7 @@ def test_onnx_matches_the_model_on_real_images_and_carries_its_preprocessing(mni
 
     predictor = load(export(mnist_run.folder, tmp_path / "m.resnets"))
     images = sorted((mnist_tiny / "valid" / "3").glob("*.png"))[:10] + sorted((mnist_tiny / "valid" / "7").glob(
-        "*.png"))[:10]  # fmt: skip
+        "*.png"))[:10]
     diff = export_onnx(predictor, tmp_path / "m.onnx", images)
     assert 0 < diff < ONNX_TOLERANCE, "compared on real images (and not all identical by accident)"
     proto = onnx.load(str(tmp_path / "m.onnx"))
@@ -105,10 +105,10 @@ def test_onnx_from_the_command_line(mnist_run, mnist_tiny, tmp_path):
     img = str(sorted((mnist_tiny / "valid" / "7").glob("*.png"))[0])
     p = subprocess.run([sys.executable, "-m", "resnets", "export", str(mnist_run.folder), "--out",
                         str(tmp_path / "m.resnets"), "--onnx", str(tmp_path / "m.onnx"), "--check", img],
-                       capture_output=True, text=True)  # fmt: skip
+                       capture_output=True, text=True)
     assert p.returncode == 0 and f"ONNX opset {ONNX_OPSET}" in p.stdout, p.stderr
     outs = [subprocess.run([sys.executable, "-m", "resnets", "predict", str(tmp_path / f), img, "-k", "2"],
-                           capture_output=True, text=True).stdout for f in ("m.resnets", "m.onnx")]  # fmt: skip
+                           capture_output=True, text=True).stdout for f in ("m.resnets", "m.onnx")]
     assert outs[0] == outs[1] and outs[0].count("%") == 2, outs
     import onnx
 
@@ -124,7 +124,7 @@ def test_imagenette_predictions_have_human_readable_names(imagenette, tmp_path):
     assert p.returncode == 0, p.stderr
     img = next((imagenette / "val" / "n03888257").glob("*.JPEG"))
     p = subprocess.run([sys.executable, "-m", "resnets", "predict", f"{r.folder}/model.resnets", str(img)],
-                       capture_output=True, text=True)  # fmt: skip
+                       capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == str(img) and len(lines) == 6
@@ -148,7 +148,7 @@ def test_clear_errors(mnist_run, tmp_path):
     with pytest.raises(MissingFile, match="no checkpoint"):
         export(tmp_path)
     p = subprocess.run([sys.executable, "-m", "resnets", "predict", str(tmp_path / "bad.resnets"), "x.jpg"],
-                       capture_output=True, text=True)  # fmt: skip
+                       capture_output=True, text=True)
     assert p.returncode == 2 and "not a readable resnets model file" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -189,7 +189,7 @@ def test_a_model_file_rebuilds_its_stem(mnist_run, tmp_path):
     assert meta["stem"] == [], "a run without a stem setting records the default"
     net = create_model("resnet18", n_out=2, width=0.25, stem=(64,))
     torch.save({**meta, "model": "resnet18", "width": 0.25, "stem": [64], "state_dict": net.state_dict()},
-               tmp_path / "r.resnets")  # fmt: skip
+               tmp_path / "r.resnets")
     loaded = load(tmp_path / "r.resnets").model
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded.eval()(x), net.eval()(x))
@@ -272,9 +272,9 @@ def _edited(generated_run, tmp_path, **changes) -> Path:
     ({"stats": [[0.5, 0.5], [1, 1, 1]]}, "stats must be"),
     ({"crop": 0}, "crop must be a fraction"),
     ({"vocab": None}, "no list of class names"),
-])  # fmt: skip
+])
 def test_a_model_file_whose_description_does_not_fit_is_refused_in_one_line(generated_run, tmp_path, changes,
-                                                                                 message, capsys):  # fmt: skip
+                                                                                 message, capsys):
     from resnets.cli import main
 
     path = _edited(generated_run, tmp_path, **changes)
@@ -346,7 +346,7 @@ def _payloads(marker):
     touch = f"open({str(marker)!r}, 'w').close()"
     return {"exec": _Call(builtins.exec, touch), "eval": _Call(builtins.eval, touch),
             "os.system": _Call(os.system, f"touch {marker}"), "subprocess": _Call(sp.Popen, ["touch", str(marker)]),
-            "import_module": _Call(importlib.import_module, "os")}  # fmt: skip
+            "import_module": _Call(importlib.import_module, "os")}
 
 
 @pytest.mark.parametrize("kind", ["exec", "eval", "os.system", "subprocess", "import_module"])

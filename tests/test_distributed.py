@@ -27,7 +27,7 @@ def _torchrun_cmd(port: int, nproc: int = 2) -> list[str]:
 def _torchrun(data, out: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     opts = [a for k, v in SETTINGS.items() for a in (f"--{k}", str(v))]
     cmd = [*_torchrun_cmd(29517, nproc), "-m", "resnets", "run", "cnn",
-           "--data", str(data), *opts, "--num-workers", "0", "--no-progress", "--out", str(out)]  # fmt: skip
+           "--data", str(data), *opts, "--num-workers", "0", "--no-progress", "--out", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -81,7 +81,7 @@ def test_each_rank_draws_its_own_augmentation_reproducibly(imagenette, tmp_path)
     for launch in ("a", "b"):
         (tmp_path / launch).mkdir()
         p = subprocess.run([*_torchrun_cmd(29519), str(script), str(imagenette), str(tmp_path / launch)],
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+                           capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stdout + p.stderr
         batches.append([torch.load(tmp_path / launch / f"rank{r}{kind}.pt") for kind in ("", "-fast") for r in (0, 1)])
     for i in (0, 2):  # the chapter's pipeline, the fast path
@@ -140,7 +140,7 @@ def _launch(tmp_path, opts: dict, launcher: list[str], env=None) -> subprocess.P
     tag = uuid.uuid4().hex
     log = open(tmp_path / f"launch-{tag}.log", "w+")  # noqa: SIM115 (closed by _finish)
     p = subprocess.Popen([*launcher, str(script), json.dumps(opts)], stdout=log, stderr=subprocess.STDOUT,
-                         env={**(env or os.environ), LAUNCH_TAG: tag}, start_new_session=True)  # fmt: skip
+                         env={**(env or os.environ), LAUNCH_TAG: tag}, start_new_session=True)
     p.log, p.tag = log, tag
     return p
 
@@ -183,7 +183,7 @@ def test_a_failed_launch_fails_at_once_leaving_no_worker_behind(tmp_path):
     import time
 
     spawn = ("import subprocess, sys; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
-             "start_new_session=True); print('worker', w.pid, flush=True); sys.exit(1)")  # fmt: skip
+             "start_new_session=True); print('worker', w.pid, flush=True); sys.exit(1)")
     start = time.perf_counter()
     p = _launch(tmp_path, {}, [sys.executable, "-c", spawn])
     with pytest.raises(AssertionError) as e:
@@ -211,7 +211,7 @@ def fast_ddp(imagenette, tmp_path_factory):
     script = tmp / "run_resumable.py"
     script.write_text(textwrap.dedent(RUN))
     p = subprocess.run([*_torchrun_cmd(29521), str(script), json.dumps({**FAST, "data": str(imagenette),
-                        "out": str(tmp / "run")})], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+                        "out": str(tmp / "run")})], capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     return tmp, p.stdout + p.stderr
 
@@ -259,7 +259,7 @@ def test_two_nodes_give_what_one_node_with_as_many_processes_gives(fast_ddp, ima
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it for 2 processes a node (threads change bits)
     nodes = [_launch(tmp_path, opts, [str(torchrun), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend",
                                       "c10d", "--rdzv-endpoint", "127.0.0.1:29523", "--rdzv-id", "two-nodes"], env)
-             for _ in range(2)]  # fmt: skip
+             for _ in range(2)]
     logs = [_finish(p) for p in nodes]
     assert sum("rank 1 of 2 trained" in log for log in logs) == 1, logs
     assert _curve(tmp_path / "run") == _curve(tmp / "run")
@@ -267,7 +267,7 @@ def test_two_nodes_give_what_one_node_with_as_many_processes_gives(fast_ddp, ima
 
 @pytest.mark.slow
 def test_an_elastic_fine_tuning_run_killed_after_its_frozen_epoch_ends_as_an_uninterrupted_one(fast_ddp, imagenette,
-                                                                                               tmp_path):  # fmt: skip
+                                                                                               tmp_path):
     """torchrun --max-restarts: rank 1 is SIGKILLed in the middle of the first unfrozen epoch; torchrun restarts
     both workers, which resume from the checkpoint of the frozen epoch by themselves and end with the history of an
     uninterrupted run (the same seed, the same launch)."""
@@ -278,7 +278,7 @@ def test_an_elastic_fine_tuning_run_killed_after_its_frozen_epoch_ends_as_an_uni
     # its attempt (distributed.join_process_group), restarted gloo workers read the dead group's addresses: a hang
     # or "connection refused" in connectFullMesh, once in three or four here, and every restart in a row under CI.
     launch = lambda port: [str(torchrun), "--nproc_per_node", "2", "--max-restarts", "3", "--rdzv-backend", "c10d",  # noqa: E731
-                           "--rdzv-endpoint", f"127.0.0.1:{port}"]  # fmt: skip
+                           "--rdzv-endpoint", f"127.0.0.1:{port}"]
     whole = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "whole")}, launch(29525)))
     killed = _finish(_launch(tmp_path, {**tune, "out": str(tmp_path / "killed"), "kill": 1}, launch(29527)))
     assert "resuming" not in whole and "resuming" in killed and "after epoch 1 of" in killed, killed
@@ -293,7 +293,7 @@ def test_an_elastic_fine_tuning_run_killed_after_its_frozen_epoch_ends_as_an_uni
     (0, 2, True, ("nccl", "cuda:0")),
     (1, 1, True, ("gloo", None)),  # two ranks, one GPU: NCCL cannot share it; the CPU, not cuda:0 twice
     (0, 4, False, ("gloo", None)),  # a run kept on the CPU of a GPU machine stays on gloo
-])  # fmt: skip
+])
 def test_each_rank_gets_its_own_gpu_or_gloo_on_the_cpu(local_rank, gpus, cuda, expected):
     from resnets.distributed import backend_for
 

@@ -91,7 +91,7 @@ def test_the_interpretation_reuses_the_tta_pass(imagenette):
     reused, fresh = Interpretation.from_predictions(learn, logits, targs), Interpretation.from_learner(learn)
     assert torch.equal(reused.targs, fresh.targs) and len(reused.losses) == 16
     assert torch.allclose(reused.preds, fresh.preds, atol=1e-5) and torch.allclose(reused.losses, fresh.losses,
-                                                                                     atol=1e-5)  # fmt: skip
+                                                                                     atol=1e-5)
     assert (reused.confusion_matrix() == fresh.confusion_matrix()).all()
     with pytest.raises(ValueError, match="3 predictions and 3 targets for 16 images"):
         Interpretation.from_predictions(learn, logits[:3], targs[:3])
@@ -117,7 +117,7 @@ def test_flip_tta_averages_each_image_with_its_left_right_mirror(tree):
     """The probabilities TTA averages, image by image: each validation image's and its horizontal mirror's (a vertical
     flip, or another image's, would give other probabilities on a model that tells them apart)."""
     learn, _ = build("cnn", data=tree, verbose=False, size=32, presize=32, bs=4, num_workers=0, seed=0,
-                     precision="fp32")  # fmt: skip
+                     precision="fp32")
     model, seen = learn.model.eval(), []
     hook = model.register_forward_hook(lambda m, i, o: seen.append((i[0].detach().clone(), o.detach().float())))
     acc, logits, targs = flip_tta(learn)
@@ -162,7 +162,7 @@ def test_a_run_with_1000_classes_finishes_with_a_summary_of_its_mistakes(tmp_pat
     # (32 px: at 16 the last stage sees 1 x 1 maps, and bf16 on a CPU left NaN in a 3 x 3 conv's padding-only taps,
     # harmless at that size, which the checkpoint check rightly refuses: see docs/guide.md)
     r = run("resnet18", data=data, out=tmp_path / "run", size=32, presize=32, width=0.25, epochs=1, bs=64,
-            fast_data=True, progress=False, num_workers=0, seed=0)  # fmt: skip
+            fast_data=True, progress=False, num_workers=0, seed=0)
     folder = Path(r.folder)
     assert r.finished and len(r.per_class_accuracy) == 1000
     assert (folder / "most_confused.png").stat().st_size > 1000 and (folder / "top_losses.png").exists()
@@ -187,7 +187,7 @@ def test_a_failed_interpretation_leaves_the_trained_run_finished_and_saved(tmp_p
     data = make_tree(tmp_path / "data", n_train=4, n_valid=2)
     monkeypatch.setattr(training, "interpret", fail)
     r = run("cnn", data=data, out=tmp_path / "run", size=32, presize=32, bs=4, epochs=1, progress=False,
-            num_workers=0, seed=0)  # fmt: skip
+            num_workers=0, seed=0)
     err = capsys.readouterr().err
     assert "trained and saved" in err and "drawing ran out of memory" in err and "resnets interpret" in err
     saved = load_results(tmp_path / "run")
@@ -196,7 +196,7 @@ def test_a_failed_interpretation_leaves_the_trained_run_finished_and_saved(tmp_p
     assert main(["interpret", str(tmp_path / "run")]) == 0
     assert set(load_results(tmp_path / "run").per_class_accuracy) == {"cat", "dog"}
     again = run("cnn", data=data, out=tmp_path / "run", resume=True, size=32, presize=32, bs=4, epochs=1,
-                progress=False, num_workers=0, seed=0)  # fmt: skip
+                progress=False, num_workers=0, seed=0)
     assert again.finished and again.history == saved.history, "finished: a resume trains nothing more"
 
 

@@ -38,15 +38,15 @@ def test_fine_tuning_runs_fastais_schedule_frozen_body_first(imagenette, tiny_re
     class Frozen(Callback):
         def before_epoch(self):
             seen.append([all(not p.requires_grad for p in self.learn.model[0].parameters()
-                             if p.dim() > 1)])  # fmt: skip
+                             if p.dim() > 1)])
 
     r = run("resnet18", data=imagenette, out=tmp_path / "ft", progress=False, init=tiny_resnet, freeze_epochs=1,
-            **{**TINY_RESNET, "classes": OTHER, "epochs": 2})  # fmt: skip
+            **{**TINY_RESNET, "classes": OTHER, "epochs": 2})
     assert [h["epoch"] for h in r.history] == [0, 1, 2], "the frozen epoch, then 2 of the whole network"
     assert r.settings["init"] == str(tiny_resnet)
     # the same Learner, fine-tuned again, shows fastai's freeze / unfreeze around the first fit
     learn, _ = build("resnet18", data=imagenette, verbose=False, init=tiny_resnet, cbs=Frozen(),
-                     **ON_OTHER)  # fmt: skip
+                     **ON_OTHER)
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(1, 1e-3, freeze_epochs=1)
     assert seen == [[True], [False]], "the body's convolutions train only after the frozen epoch"
@@ -65,7 +65,7 @@ def test_lr_mult_sets_how_much_slower_the_body_learns(imagenette, tiny_resnet, t
                 ratios.append(head / body)
 
     run("resnet18", data=imagenette, out=tmp_path / "ft", progress=False, init=tiny_resnet, lr_mult=10, cbs=[Rates()],
-        **{**TINY_RESNET, "classes": OTHER, "epochs": 1})  # fmt: skip
+        **{**TINY_RESNET, "classes": OTHER, "epochs": 1})
     assert ratios and all(r == pytest.approx(10) for r in ratios)
     with pytest.raises(InputError, match="lr_mult must be a number >= 1"):
         build("resnet18", data=imagenette, verbose=False, init=tiny_resnet, lr_mult=0.5, **ON_OTHER)
@@ -75,7 +75,7 @@ def test_init_errors_name_the_fix(imagenette, tiny_resnet, tmp_path):
     with pytest.raises(InputError, match="--model resnet18 --width 0.25"):
         build("resnet18", data=imagenette, verbose=False, init=tiny_resnet, **{**ON_OTHER, "width": 0.5})
     with pytest.raises(InputError, match=r"builds a resnet18 \(width 0.25, stem 64\): pass --model resnet18 "
-                                         r"--width 0.25$"):  # fmt: skip
+                                         r"--width 0.25$"):
         build("resnet18", data=imagenette, verbose=False, init=tiny_resnet, **{**ON_OTHER, "stem": (64,)})
     with pytest.raises(MissingFile, match="nothing to start from"):
         build("resnet18", data=imagenette, verbose=False, init=tmp_path / "nope", **ON_OTHER)
@@ -93,7 +93,7 @@ def test_a_fine_tuning_budget_is_kept(imagenette, tiny_resnet, tmp_path):
 
     budget, start = 30.0, time.perf_counter()
     r = run("resnet18", data=imagenette, out=tmp_path / "b", progress=False, init=tiny_resnet, budget=budget,
-            **{**TINY_RESNET, "classes": OTHER, "subset": (32, 8)})  # fmt: skip
+            **{**TINY_RESNET, "classes": OTHER, "subset": (32, 8)})
     took = time.perf_counter() - start
     assert took <= budget * 1.25 + 2, f"{took:.1f} s for a {budget:.0f} s budget"
     assert len(r.history) == r.settings["freeze_epochs"] + r.settings["budget_plan"]["epochs"]

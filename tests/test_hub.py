@@ -23,7 +23,7 @@ def resnet_run(tmp_path_factory):
 
     data = make_tree(tmp_path_factory.mktemp("hub") / "data", classes=("cat", "dog", "owl"), n_train=4, n_valid=2)
     return run("resnet18", data=data, out=tmp_path_factory.mktemp("hub") / "run", size=32, presize=40, bs=4,
-               epochs=1, progress=False, num_workers=0, seed=0)  # fmt: skip
+               epochs=1, progress=False, num_workers=0, seed=0)
 
 
 def test_timm_loads_the_exported_folder_with_the_run_s_logits(resnet_run, tmp_path):
@@ -83,7 +83,7 @@ def test_the_exported_config_describes_this_run_not_timm_s_weights(resnet_run, t
     ({"pretrained": "hub/base"}, "fine-tuned from the weights in hub/base"),
     ({"pretrained": False, "init": "runs/base"}, "fine-tuned from the run runs/base"),
     ({"pretrained": None}, "trained from scratch"),
-])  # fmt: skip
+])
 def test_the_starting_weights_are_said(settings, origin):
     assert hub._origin({"model": "resnet18", **settings}).startswith(origin)
 

@@ -100,7 +100,7 @@ def test_an_empty_class_folder_is_named_not_dropped_silently(tmp_path, capsys):
     for c in ("a", "b"):
         for i in range(3):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save((flat / c).mkdir(parents=True, exist_ok=True) or
-                                                           flat / c / f"{i}.png")  # fmt: skip
+                                                           flat / c / f"{i}.png")
     (flat / "empty").mkdir()
     get_data(flat, presize=8, resize=8, bs=2, num_workers=0)
     assert "empty" in capsys.readouterr().out
@@ -129,7 +129,7 @@ def test_a_file_name_that_is_not_utf_8_trains_and_predicts_on_both_pipelines(tmp
     Image.new("RGB", (40, 40), (200, 10, 10)).save(odd)
     for fast in (False, True):
         r = run("cnn", data=root, out=tmp_path / f"r{fast}", size=32, presize=32, bs=2, epochs=1, fast_data=fast,
-                progress=False, num_workers=0)  # fmt: skip
+                progress=False, num_workers=0)
         assert r.finished and r.settings["n_train"] == 7
     model = export(tmp_path / "rTrue")
     assert main(["predict", str(model), str(odd), "--csv", str(tmp_path / "p.csv")]) == 0

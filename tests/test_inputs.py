@@ -42,7 +42,7 @@ def _inputs(f):
         arr = np.array(im.convert("RGB"))
     return {"Path": f, "str": str(f), "PILImage": PILImage.create(f), "PIL lazy": Image.open(f),
             "TensorImage": TensorImage(torch.from_numpy(arr).permute(2, 0, 1)),
-            "tensor": torch.from_numpy(arr), "array": arr, "bytes": f.read_bytes()}  # fmt: skip
+            "tensor": torch.from_numpy(arr), "array": arr, "bytes": f.read_bytes()}
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -114,7 +114,7 @@ def test_a_sideways_photo_with_its_orientation_is_seen_upright_on_every_path(tmp
         rotated = learn.predict(np.array(im))[2]  # its pixels as stored, without the EXIF
     assert not torch.allclose(rotated, learn.predict(up)[2], atol=1e-6), "the check can tell the two apart"
     meta = {"vocab": list(learn.dls.vocab), "names": {c: c for c in learn.dls.vocab}, "presize": 40, "resize": 32,
-            "stats": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])}  # fmt: skip
+            "stats": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])}
     predictor = Predictor(create_model("cnn", n_out=2), meta)  # resnets predict's, and the ONNX export's preprocessing
     torch.testing.assert_close(predictor.preprocess(f), predictor.preprocess(up))
     torch.testing.assert_close(predictor.preprocess(str(f)), predictor.preprocess(Image.open(up)))

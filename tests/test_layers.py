@@ -86,7 +86,7 @@ def test_simple_resblock_learns_away_from_identity():
 @pytest.mark.parametrize("conv_path,ni,nf,stride,hw", [
     ("basic", 16, 16, 1, 8), ("basic", 16, 32, 2, 8), ("basic", 16, 32, 2, 7),
     ("bottleneck", 64, 256, 1, 8), ("bottleneck", 256, 512, 2, 9),
-])  # fmt: skip
+])
 def test_resblock_shapes(conv_path, ni, nf, stride, hw):
     out = ResBlock(ni, nf, stride, conv_path=conv_path)(torch.randn(2, ni, hw, hw))
     expect = -(-hw // stride)  # ceil: padding on the conv path, ceil_mode on the shortcut pool
@@ -133,7 +133,7 @@ def test_stem_has_the_chapters_layers():
     assert len(layers) == 4
     convs = [l[0] for l in layers[:3]]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
-        (3, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1))]  # fmt: skip
+        (3, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1))]
     for l in layers[:3]:
         assert [type(m) for m in l] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
     pool = layers[3]

@@ -41,14 +41,14 @@ LOSSES = {"plain": {}, "label_smoothing": {"label_smoothing": 0.1}, "mixup": {"m
 
 
 @pytest.fixture(scope="module", params=[(loss, fast) for fast in (False, True) for loss in LOSSES],
-                ids=lambda p: f"{p[0]}-{'fast' if p[1] else 'chapter'}")  # fmt: skip
+                ids=lambda p: f"{p[0]}-{'fast' if p[1] else 'chapter'}")
 def learn(request, imagenette, tmp_path_factory, monkeypatch_module):
     """An untrained learner on 2 real classes, 8 images each per split, 32 px: these checks need no training. fp32
     on every processor (bf16's own export check: test_a_bf16_learner_exports_and_loads_back_in_fp32)."""
     loss, fast = request.param
     monkeypatch_module.setenv("RESNETS_CACHE", str(tmp_path_factory.mktemp("cache")))
     learn, _ = resnets.build("cnn", data=imagenette, fast_data=fast, classes=2, subset=8, size=32, presize=40, bs=8,
-                             num_workers=0, verbose=False, precision="fp32", **LOSSES[loss])  # fmt: skip
+                             num_workers=0, verbose=False, precision="fp32", **LOSSES[loss])
     return learn
 
 
@@ -74,7 +74,7 @@ def test_top_k_accuracy_on_a_constructed_case():
         [9.0, 8, 7, 6, 5, 4, 3],   # target 4: rank 5, in the top 5
         [9.0, 8, 7, 6, 5, 4, 3],   # target 5: rank 6, out
         [0.0, 0, 0, 0, 0, 0, 1],   # target 6: rank 1
-    ])  # fmt: skip
+    ])
     targs = torch.tensor([0, 4, 5, 6])
     assert top_5_accuracy(preds, targs).item() == 0.75
     assert top_k_accuracy(preds, targs, k=1).item() == 0.5
@@ -202,7 +202,7 @@ def test_a_bf16_learner_exports_and_loads_back_in_fp32(tree, tmp_path):
 def test_run_hands_back_its_trained_learner(imagenette, tmp_path):
     "After `run()`, `results.learn` is the trained Learner, without the run's callbacks, ready for fastai's tools."
     results = resnets.run("cnn", out=tmp_path / "run", progress=False, data=imagenette, classes=2, subset=8, size=32,
-                          presize=40, bs=8, epochs=1, num_workers=0)  # fmt: skip
+                          presize=40, bs=8, epochs=1, num_workers=0)
     learn = results.learn
     assert learn.train_iter == 2, "one epoch of 16 training images in batches of 8"
     assert not [cb for cb in learn.cbs if isinstance(cb, (Checkpoint, RunHistory, StopOnNaN))]
@@ -319,7 +319,7 @@ def test_distributed_validation_counts_no_padding(monkeypatch):
 def test_learner_validates_over_the_whole_set_with_exact_metrics(tree):
     dls = get_data(tree, presize=40, resize=32, bs=4, num_workers=0)
     learn = get_learner(dls, create_model("cnn", n_out=dls.c), metrics=[accuracy_metric(), top_5_metric()],
-                        verbose=False)  # fmt: skip
+                        verbose=False)
     assert isinstance(learn.recorder.loss, ValidLoss) and isinstance(learn.recorder.loss, AvgLoss)
     assert [m.name for m in get_learner(dls, create_model("cnn", n_out=dls.c), verbose=False).metrics] == ["accuracy"]
     valid_loss, acc, top5 = learn.validate()
@@ -333,7 +333,7 @@ def test_short_real_training_beats_chance(imagenette):
     # 3 real Imagenette classes (chance 1/3), 150 training images each, 64 px, 4 epochs: ~40 s on 2 cores.
     # Seeds 0 and 1 reached 0.667 and 0.673 when this test was written.
     r = run("cnn", data=imagenette, classes=3, subset=(150, 50), size=64, presize=80, bs=32, epochs=4,
-            seed=0, save=False, progress=False, num_workers=0)  # fmt: skip
+            seed=0, save=False, progress=False, num_workers=0)
     assert r.settings["n_train"] == 450 and r.settings["n_valid"] == 150
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert r.accuracy >= 0.55, f"3-class accuracy {r.accuracy:.3f} is too close to chance (0.333)"
@@ -347,7 +347,7 @@ def test_cuda_precision_choices(monkeypatch):
     assert choose_precision("auto", "cuda")[0] == "fp16"
     assert choose_precision("fp32", "cuda")[0] == "fp32"
     assert choose_precision("bf16", "cuda") == ("fp16", "this GPU has no bfloat16 support: "
-                                                "training in fp16 mixed precision instead")  # fmt: skip
+                                                "training in fp16 mixed precision instead")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert choose_precision("bf16", "cuda")[0] == "bf16"
 
@@ -388,7 +388,7 @@ def test_foreach_adam_trains_as_fastai_s_adam_to_the_last_bit(tree, decouple_wd)
     assert all(torch.equal(a, models[1][k]) for k, a in models[0].items())
     assert len(states[0]) == len(states[1]) and all(s0.keys() == s1.keys() for s0, s1 in zip(*states))
     assert all(torch.equal(v, s1[k]) if torch.is_tensor(v) else v == s1[k] for s0, s1 in zip(*states)
-               for k, v in s0.items())  # fmt: skip
+               for k, v in s0.items())
     assert {s["step"] for s in states[1]} == {2 * 3}, "unfreeze clears the state: 2 epochs of 3 batches since"
 
 

@@ -68,7 +68,7 @@ EXPECTED = {
     "mnist_pool": expected_plain([16, 32, 64]), "mnist_flat": expected_plain([8, 16, 32, 64, 64]),
     "plain20": expected_depth_net(3, False), "plain56": expected_depth_net(9, False),
     "res20": expected_depth_net(3, True), "res56": expected_depth_net(9, True),
-}  # fmt: skip
+}
 
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -110,7 +110,7 @@ def test_zero_gamma_ablation_flag_reaches_every_residual_branch(zero_gamma):
     for name in ("res_cnn", "double_res_cnn", "resnet18", "resnet50"):
         m = create_model(name, zero_gamma=zero_gamma)
         lasts = [[b for b in blk.convs.modules() if isinstance(b, torch.nn.BatchNorm2d)][-1]
-                 for blk in m.modules() if hasattr(blk, "convs")]  # fmt: skip
+                 for blk in m.modules() if hasattr(blk, "convs")]
         assert lasts and all(torch.all(bn.weight == (0.0 if zero_gamma else 1.0)) for bn in lasts)
 
 
@@ -137,7 +137,7 @@ def test_parameter_count(name):
 @pytest.mark.parametrize("ours,fastais", [
     ("resnet18", xresnet18), ("resnet34", xresnet34), ("resnet50", xresnet50),
     ("resnet101", xresnet101), ("resnet152", xresnet152),
-])  # fmt: skip
+])
 def test_same_size_as_fastais_xresnet(ours, fastais):
     # fastai's XResNet is the same bag-of-tricks architecture built by other code: a second witness.
     assert n_params(create_model(ours, n_out=10)) == n_params(fastais(n_out=10))
@@ -193,7 +193,7 @@ def test_resnet_structure():
 @pytest.mark.parametrize("name,width", [("resnet18", 0.5), ("resnet10", 0.75), ("resnet50", 0.25)])
 def test_width_scales_every_width_of_a_resnet(name, width):
     layers, expansion = {"resnet18": ([2, 2, 2, 2], 1), "resnet10": ([1, 1, 1, 1], 1),
-                         "resnet50": ([3, 4, 6, 3], 4)}[name]  # fmt: skip
+                         "resnet50": ([3, 4, 6, 3], 4)}[name]
     m = create_model(name, width=width)
     assert n_params(m) == expected_resnet(layers, expansion, width=width)
     assert m[-1].in_features == round(512 * width) * expansion
@@ -261,7 +261,7 @@ def test_c_in_and_n_out():
     (dict(layers=[]), "1 to 4"), (dict(layers=[1] * 5), "1 to 4"),
     (dict(layers="2222"), "list"), (dict(layers=[2, 2], expansion=0), "expansion"),
     (dict(layers=[2, 2], n_out=0), "n_out"),
-])  # fmt: skip
+])
 def test_bad_resnet_arguments(kw, match):
     kw.setdefault("n_out", 10)
     with pytest.raises(ValueError, match=match):
@@ -298,7 +298,7 @@ def test_bad_depth_net_arguments():
 
 @FAST
 @given(layers=st.lists(st.integers(1, 2), min_size=1, max_size=4), expansion=st.integers(1, 4),
-       n_out=st.integers(1, 12), c_in=st.integers(1, 4), h=st.integers(1, 80), w=st.integers(1, 80))  # fmt: skip
+       n_out=st.integers(1, 12), c_in=st.integers(1, 4), h=st.integers(1, 80), w=st.integers(1, 80))
 def test_every_valid_resnet_config_runs_at_every_size(layers, expansion, n_out, c_in, h, w):
     assert _forward_or_input_error(lambda: ResNet(n_out, layers, expansion, c_in), c_in, n_out, h, w) == "ran"
 
@@ -312,7 +312,7 @@ def test_any_resnet_config_runs_or_is_rejected_clearly(layers, expansion, n_out,
 
 @FAST
 @given(block=st.sampled_from(["conv", "res", "double_res", "triple", ""]), n_out=anything,
-       n=anything, residual=st.booleans(), h=st.integers(1, 64), w=st.integers(1, 64))  # fmt: skip
+       n=anything, residual=st.booleans(), h=st.integers(1, 64), w=st.integers(1, 64))
 def test_chapter_cnns_and_depth_nets_run_or_are_rejected_clearly(block, n_out, n, residual, h, w):
     k = n_out if isinstance(n_out, int) else 1
     _forward_or_input_error(lambda: ChapterCNN(n_out, block), 3, k, h, w)
@@ -321,7 +321,7 @@ def test_chapter_cnns_and_depth_nets_run_or_are_rejected_clearly(block, n_out, n
 
 @FAST
 @given(name=st.sampled_from(["cnn", "resnet18", "mnist_flat", "res20"]),
-       shape=st.lists(st.integers(1, 40), min_size=2, max_size=5))  # fmt: skip
+       shape=st.lists(st.integers(1, 40), min_size=2, max_size=5))
 def test_a_wrongly_shaped_input_is_an_input_error(name, shape):
     model = create_model(name).eval()
     fits = len(shape) == 4 and shape[1] == 3 and (name != "mnist_flat" or shape[2:] == [28, 28])

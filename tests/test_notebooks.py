@@ -35,7 +35,7 @@ def test_notebook_runs(nb: Path, imagenette, mnist_tiny, tmp_path):
     if "num_workers = None" in nb.read_text():  # 16 images: worker processes cost more than they save
         params["num_workers"] = 0
     out = papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, cwd=str(tmp_path),
-                                     kernel_name="python3", progress_bar=False)  # fmt: skip
+                                     kernel_name="python3", progress_bar=False)
     # a failing cell raises PapermillExecutionError above
     text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
     if "run(" in nb.read_text():
@@ -209,7 +209,7 @@ def test_the_runner_comments_out_what_it_injected_and_keeps_paths_relative():
     weights = "../results/notebooks/08_pretrained/resnet18d-random-weights.safetensors"
     nb = papermill.parameterize.parameterize_notebook(papermill.iorw.load_notebook_node(str(path)),
                                                       {"out": "../results/notebooks/08_pretrained",
-                                                       "pretrained": weights})  # fmt: skip
+                                                       "pretrained": weights})
     papermill.execute.prepare_notebook_metadata(nb, str(path), str(runner.RESULTS / ".08_pretrained.executing.ipynb"))
     before = runner.source_hash(nb)
     runner.for_readers(nb, path)

@@ -18,7 +18,7 @@ from resnets.pretrained import (
     load_pretrained_body,
     read_pretrained,
     resnets_to_timm,
-    timm_to_resnets,  # fmt: skip
+    timm_to_resnets,
 )
 
 timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install 'resnets[timm]'")
@@ -41,7 +41,7 @@ def _timm_model(arch: str, seed: int = 0) -> torch.nn.Module:
     pytest.param("resnet34", (), "resnet34d", marks=pytest.mark.slow),
     pytest.param("resnet101", (), "resnet101d", marks=pytest.mark.slow),
     pytest.param("resnet152", (), "resnet152d", marks=pytest.mark.slow),
-])  # fmt: skip
+])
 def test_timm_weights_give_timm_s_outputs_both_ways(name, stem, arch):
     t = _timm_model(arch)
     ours = create_model(name, n_out=1000, stem=stem)
@@ -200,7 +200,7 @@ def test_validation_sees_what_timm_s_eval_transform_gives(imagenette, fast, size
     cfg = pre._timm_cfg("resnet18d.ra2_in1k")
     prep = pre._preprocessing_of(cfg, "resnet18d.ra2_in1k")
     dls = get_data(imagenette, presize=prep.resize_for(size), resize=size, bs=8, classes=2, subset=(4, 8),
-                   fast_data=fast, num_workers=0, **prep.data_kw(size))  # fmt: skip
+                   fast_data=fast, num_workers=0, **prep.data_kw(size))
     xb, _ = dls.valid.one_batch()
     timm_eval = create_transform(**resolve_data_config(pretrained_cfg=cfg, args={"input_size": (3, size, size)}))
     ref = torch.stack([timm_eval(Image.open(f).convert("RGB")) for f in dls.valid_ds.items[: len(xb)]])
@@ -220,13 +220,13 @@ def test_validation_sees_what_timm_s_eval_transform_gives_on_generated_images(fa
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "d"
     for i, (split, c, side) in enumerate([(s, c, 40) for s in ("train", "val") for c in ("cat", "dog") for _ in (0, 1)]
-                                         + [("val", "dog", 52), ("val", "cat", 90)]):  # fmt: skip
+                                         + [("val", "dog", 52), ("val", "cat", 90)]):
         save_image(root / split / c / f"{c}{i}.jpg", size=(side, side), seed=i)
     cfg = pre._timm_cfg("resnet18d.ra2_in1k")
     prep = pre._preprocessing_of(cfg, "resnet18d.ra2_in1k")
     for size in (32, 48):  # resized to 36 and 54 px, their centres cropped
         dls = get_data(root, presize=prep.resize_for(size), resize=size, bs=2, fast_data=fast, num_workers=0,
-                       **prep.data_kw(size))  # fmt: skip
+                       **prep.data_kw(size))
         xb = torch.cat([x.as_subclass(torch.Tensor) for x, _ in dls.valid])
         timm_eval = create_transform(**resolve_data_config(pretrained_cfg=cfg, args={"input_size": (3, size, size)}))
         ref = torch.stack([timm_eval(Image.open(f).convert("RGB")) for f in dls.valid_ds.items])
@@ -242,7 +242,7 @@ def test_a_pretrained_run_records_its_preprocessing_and_exports_it(weights_file,
     path, _ = weights_file
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
     r = run("resnet18", data=tree, pretrained=str(path), size=32, bs=4, epochs=1, freeze_epochs=1, fast_data=True,
-            out=tmp_path / "r", progress=False, num_workers=0)  # fmt: skip
+            out=tmp_path / "r", progress=False, num_workers=0)
     assert len(r.history) == 2 and r.settings["pretrained"] == str(path)
     assert r.settings["preprocessing"]["interpolation"] == "bicubic" and r.settings["presize"] == 36
     p = load(export(r.folder, tmp_path / "m.resnets"))
@@ -262,7 +262,7 @@ def test_a_pretrained_run_records_its_preprocessing_and_exports_it(weights_file,
     ("crop_pct", 0.001, "crop_pct"), ("crop_pct", 0, "crop_pct"), ("crop_pct", "abc", "crop_pct"),
     ("std", [-0.2, 0.2, 0.2], "std"), ("mean", [1e6, 0.4, 0.4], "mean"), ("mean", [0.5, 0.5], "mean"),
     ("interpolation", "lanczos9", "interpolation"),
-])  # fmt: skip
+])
 def test_a_hub_folder_s_config_is_checked_field_by_field(tmp_path, field, value, named):
     "Found in a trial: crop_pct 0.001 made a presize of 32,000 px; std -0.2 trained silently at chance."
     t = _timm_model("resnet18d", seed=3)

@@ -14,7 +14,7 @@ def test_registry_is_the_chapters_five_experiments_then_the_exercises():
     assert list_experiments()[5:] == ["resnet34", "mnist_pool", "mnist_flat", "plain20", "plain56", "res20", "res56",
                                       "speedrun-v1", "speedrun-v2", "speedrun-v3", "speedrun10-v1", "speedrun10-v2",
                                       "speedrun10-v3", "speedrun10-v4", "speedrun10-v5", "speedrun",
-                                      "speedrun10"]  # fmt: skip
+                                      "speedrun10"]
     assert all(not EXPERIMENTS[n].book_accuracy for n in list_experiments()[5:])
     for name, acc in BOOK_FINAL.items():
         e = get_experiment(name)
@@ -25,7 +25,7 @@ def test_registry_is_the_chapters_five_experiments_then_the_exercises():
     assert (r50.epochs, r50.presize, r50.size, r50.data) == (20, 320, 224, "imagenette-320")
     assert max(r50.book_accuracy) == 0.8759
     assert all((e.epochs, e.presize, e.size, e.data) == (5, 160, 128, "imagenette-160")
-               for n, e in EXPERIMENTS.items() if n in CHAPTER[:4])  # fmt: skip
+               for n, e in EXPERIMENTS.items() if n in CHAPTER[:4])
 
 
 def test_experiments_are_frozen():

@@ -76,7 +76,7 @@ def test_the_book_s_own_settings_are_compared():
     (dict(augment="light"), "augment light"), (dict(opt="ranger"), "opt ranger"),
     (dict(schedule="flat_cos"), "schedule flat_cos"), (dict(sizes=(64, 128)), "sizes"), (dict(ema=0.99), "ema"),
     (dict(recalibrate_bn=True), "recalibrate_bn"), (dict(test_size=144, presize=160), "test_size 144"),
-])  # fmt: skip
+])
 def test_a_run_with_other_settings_is_not_compared_with_the_book(overrides, named):
     r = _run(**overrides)
     assert any(d.startswith(named) for d in r.book_differences()), r.book_differences()

@@ -85,14 +85,14 @@ def test_bad_study_inputs_fail_before_anything_trains(tmp_path):
 
 def test_a_study_from_the_cli(imagenette, tmp_path):
     args = ["--data", str(imagenette), "--classes", "2", "--subset", "8", "--size", "32", "--presize", "40", "--bs",
-            "8", "--epochs", "1", "--num-workers", "0", "--out", str(tmp_path / "b"), "--seeds", "3"]  # fmt: skip
+            "8", "--epochs", "1", "--num-workers", "0", "--out", str(tmp_path / "b"), "--seeds", "3"]
     p = subprocess.run([sys.executable, "-m", "resnets", "study", "bottleneck", *args],
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "| bottleneck (resnet50) | 1 |" in p.stdout and "img/s" in p.stdout
     assert (tmp_path / "b" / "bottleneck__resnet50_-seed3" / "results.json").exists()
     p = subprocess.run([sys.executable, "-m", "resnets", "study", "bottleneck", "--epochs", "0"],
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "epochs must be" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -182,7 +182,7 @@ def test_a_small_folder_trains_in_smaller_batches_and_says_so(tree, tmp_path, ca
     assert r.settings["bs"] == 4 and r.learn.dls.bs == 4
     out = capsys.readouterr().out
     assert "12 training images, so that an epoch has several steps, not one batch of 128: batches of 4 (3 an " \
-           "epoch)" in out and "the learning rate stays 0.003" in out  # fmt: skip
+           "epoch)" in out and "the learning rate stays 0.003" in out
     r = run("cnn", data=tree, size=32, presize=40, bs=64, epochs=1, save=False, progress=False, num_workers=0)
     assert r.settings["bs"] == 4 and "fewer than one batch of 64: batches of 4" in capsys.readouterr().out
 
@@ -193,12 +193,12 @@ def test_a_few_hundred_photos_train_on_several_batches_an_epoch():
 
     assert choose_bs(9469) == (128, None), "Imagenette: the chapter's batch size"
     assert choose_bs(192) == (16, "192 training images, so that an epoch has several steps, not one batch of 128: "
-                                  "batches of 16 (12 an epoch)")  # fmt: skip
+                                  "batches of 16 (12 an epoch)")
     assert choose_bs(1000)[0] == 64 and choose_bs(2048)[0] == 128 and choose_bs(100)[0] == 16
     bs, why = choose_bs(192, 128)  # asked for: kept, with the batch size that would give 8 steps
     assert bs == 128 and "1 step(s) an epoch" in why and "--bs 16 gives 12" in why
     assert choose_bs(192, 32) == (32, "192 training images in batches of 32: 6 step(s) an epoch (fastai drops the "
-                                      "last 0 image(s) of each); --bs 16 gives 12")  # fmt: skip
+                                      "last 0 image(s) of each); --bs 16 gives 12")
     assert choose_bs(12) == choose_bs(12, 128)[:1] + (choose_bs(12)[1],) and choose_bs(12)[0] == 4
     assert choose_bs(5)[0] == 2
     with pytest.raises(InputError, match="at least 4"):
@@ -211,7 +211,7 @@ def test_a_small_folder_run_records_and_resumes_with_its_chosen_batch_size(tree,
     first = run("cnn", out=tmp_path / "r", **kw)
     assert first.settings["bs"] == 4
     (tmp_path / "r" / "results.json").write_text((tmp_path / "r" / "results.json").read_text().replace(
-        '"finished": true', '"finished": false'))  # fmt: skip
+        '"finished": true', '"finished": false'))
     r = run("cnn", out=tmp_path / "r", resume=True, **kw)  # the same settings: nothing refused
     assert r.settings["bs"] == 4
 
@@ -226,7 +226,7 @@ def test_run_passes_fastai_callbacks_through(tree):
             Count.seen += 1
 
     run("cnn", data=tree, size=32, presize=40, bs=4, epochs=1, save=False, progress=False, num_workers=0,
-        cbs=[Count()])  # fmt: skip
+        cbs=[Count()])
     assert Count.seen >= 3  # 12 images in batches of 4, and the validation batches
 
 
@@ -246,7 +246,7 @@ def test_log_writes_fastai_s_logs_and_the_learner_still_exports(kind, tree, tmp_
         monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", log)
     monkeypatch.chdir(tmp_path)  # a relative --out, as people type it (fastai puts a relative CSV under the data)
     r = run("cnn", data=tree, size=32, presize=40, bs=4, epochs=2, log=kind, out="r", progress=False,
-            num_workers=0)  # fmt: skip
+            num_workers=0)
     if kind == "csv":
         rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
         assert rows[0].startswith("epoch,train_loss,valid_loss,accuracy") and len(rows) == 3
@@ -294,7 +294,7 @@ def _epochs_done(learn):
 
 def _fine_tune_kw(generated_run, tree):
     return dict(data=tree, init=generated_run.folder, size=32, presize=40, bs=4, freeze_epochs=1, epochs=2,
-                progress=False, num_workers=0, seed=5)  # fmt: skip
+                progress=False, num_workers=0, seed=5)
 
 
 def test_fine_tuning_is_fastai_s_fine_tune(generated_run, tree):

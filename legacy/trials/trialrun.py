@@ -28,7 +28,7 @@ def run_trials(recipe: str, trials: dict[str, dict], jsonl: str, names: list[str
         row = {"trial": name, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in trials[name].items()},
                "resolved": r.settings, "holdout_accuracy": r.accuracy, "tta_accuracy": r.tta_accuracy, "wall_s": round(wall, 1),
                "epochs": [(h["epoch"], None if h["accuracy"] is None else round(h["accuracy"], 4), round(h["time"], 1))
-                          for h in r.history]}  # fmt: skip
+                          for h in r.history]}
         print(json.dumps(row), flush=True)
         with open(RESULTS / jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
