@@ -33,7 +33,7 @@ docs: setup
 	$(PY) -c "from resnets.reference import reference; open('docs/options.md', 'w').write(reference())"
 
 lint: setup
-	$(VENV)/bin/ruff check resnets tests
+	$(VENV)/bin/ruff check resnets tests scripts
 
 # every notebook executed at its full settings into itself, in the background, notebook by notebook (resumable:
 # those already executed from their current source are skipped; ARGS="--force" or names such as ARGS=03 to choose)

@@ -5,9 +5,9 @@
 Every image of imagenette2-160 (train/ and val/, the official split, 160 px on the shorter side as the chapter
 resizes from) is re-encoded as JPEG at the highest quality whose size, estimated on a fixed sample of 400 images,
 fits in `--mib`; `manifest.json` says what it is (source, quality, images, bytes). The original is 75 MiB; for
-40 MiB this chose quality 35 and wrote 38.9 MiB (2026-12-06, in ~40 s on 2 cores). Accuracies trained on it are those of a quality-reduced copy,
-not of the chapter's data: scripts/gpu.sh says so in its summary. `make gpu-data` runs this and copies the fastai
-wheels into .whl/ (both ignored by git, both carried by the device tool).
+40 MiB this chose quality 35 and wrote 38.9 MiB (2026-12-06, in ~40 s on 2 cores). Accuracies trained on it are
+those of a quality-reduced copy, not of the chapter's data: scripts/gpu.sh says so in its summary. `make gpu-data`
+runs this and copies the fastai wheels into .whl/ (both ignored by git, both carried by the device tool).
 """
 
 from __future__ import annotations

@@ -47,9 +47,9 @@ def model_rates(exp, bs: int, sizes: list[int], valid_size: int, steps: int = 6)
     import torch
     import torch.nn.functional as F
 
+    from resnets.models import create_model
     from resnets.optim import OPT_FUNCS
     from resnets.precision import choose_precision
-    from resnets.models import create_model
     from resnets.timing import median_seconds
 
     bf16 = choose_precision(exp.precision, torch.device("cpu"))[0] == "bf16"

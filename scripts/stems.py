@@ -4,7 +4,8 @@
 
 The chapter's stem is three 3x3 convs (32, 32, 64 wide, here halved) at half the input's resolution, before the
 max-pool: on a CPU its convolutions and BatchNorms over that large grid cost a quarter of a training step. `--stem`
-takes fewer convs. Steps: batch 128, Adam, channels-last, 2 warm-up steps then the median of 5 timed (resnets.timing), each size and stem in turn.
+takes fewer convs. Steps: batch 128, Adam, channels-last, 2 warm-up steps then the median of 5 timed
+(resnets.timing), each size and stem in turn.
 """
 import json
 import sys

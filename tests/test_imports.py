@@ -87,3 +87,13 @@ def test_the_record_and_the_recipes_import_no_torch():
             "print('torch' in sys.modules, 'fastai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_the_code_passes_the_lint():
+    "`make lint` (ruff check of the package, the tests and the scripts) in the test run, so CI keeps it clean."
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is a dev dependency: pip install -e .[dev]")
+    p = subprocess.run([str(ruff), "check", "resnets", "tests", "scripts"], cwd=PACKAGE.parent, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stdout[-3000:]

@@ -24,9 +24,9 @@ ARMS = {"scratch": dict(epochs=9), **{f"lr_mult {m}": dict(init=str(HERE / "firs
 for name, kw in ARMS.items():
     start = time.perf_counter()
     r = resnets.run(RECIPE, data=D, out=f"/tmp/finetune-tune/{name.replace(' ', '-')}", progress=False, **HELD, **kw)
-    row = {"arm": name, "settings": kw, "resolved": r.settings, "n_train": r.settings["n_train"], "n_heldout": r.settings["n_valid"],
-           "heldout_accuracy": r.accuracy, "tta_accuracy": r.tta_accuracy, "wall_s": round(time.perf_counter() - start, 1),
-           "per_epoch": [round(h["accuracy"], 4) for h in r.history]}
+    row = {"arm": name, "settings": kw, "resolved": r.settings, "n_train": r.settings["n_train"],
+           "n_heldout": r.settings["n_valid"], "heldout_accuracy": r.accuracy, "tta_accuracy": r.tta_accuracy,
+           "wall_s": round(time.perf_counter() - start, 1), "per_epoch": [round(h["accuracy"], 4) for h in r.history]}
     print(json.dumps(row), flush=True)
     with open(HERE / "tune.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
