@@ -157,7 +157,7 @@ def _inner(learn) -> bool:
 
 def _fp32(learn):
     """fastai's own MixedPrecision drops its autocast after a fit and an inner validation makes none: predict in fp32
-    with it removed. The library's (`learner.MixedPrecision`) makes one: predictions in the precision validated in."""
+    with it removed. The library's (`precision.MixedPrecision`) makes one: predictions in the precision validated in."""
     return learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, fp16.MixedPrecision)
                               and not isinstance(cb, MixedPrecision)])
 

@@ -217,7 +217,7 @@ def test_every_path_trains_channels_last(imagenette):
 
 
 def test_the_fast_path_takes_its_workers_and_pins_batches_for_a_gpu(tmp_path, monkeypatch):
-    "--workers reached the chapter's pipeline only (the fast path forced 0); for a GPU its batches are pinned."
+    "--num-workers reached the chapter's pipeline only (the fast path forced 0); for a GPU its batches are pinned."
     from fastai.data.core import Datasets
 
     import resnets.fastdata as fastdata
