@@ -124,8 +124,6 @@ def classify(files, predictor: Predictor, batcher=None, k: int = 5) -> list[dict
             rows.append({"file": path.name, "error": f"not predicted: at most {MAX_FILES} photos at a time"})
             continue
         try:
-            if path.is_file() and path.stat().st_size == 0:
-                raise InputError(f"{path.name} is empty (0 bytes)")
             _check_size(path)
             xs.append(predictor.preprocess(path))
             rows.append({"file": path.name, "index": len(xs) - 1})

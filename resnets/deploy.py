@@ -118,6 +118,8 @@ def _read_image(img) -> Image.Image:
     path = Path(img)
     if not path.is_file():
         raise MissingFile(f"no image at {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes)")
     try:
         return open_rgb(path)  # an image over PIL's pixel limit: ImageTooLarge, saying how to allow it
     except (UnidentifiedImageError, OSError) as e:

@@ -145,6 +145,9 @@ def test_clear_errors(mnist_run, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(InputError, match="not an image"):
         predictor.predict(tmp_path / "notes.txt")
+    (tmp_path / "empty.jpg").touch()  # (an interrupted copy): said as such, for `resnets predict` as for the app
+    with pytest.raises(InputError, match=r"empty\.jpg is empty \(0 bytes\)"):
+        predictor.predict(tmp_path / "empty.jpg")
     with pytest.raises(MissingFile, match="no checkpoint"):
         export(tmp_path)
     p = subprocess.run([sys.executable, "-m", "resnets", "predict", str(tmp_path / "bad.resnets"), "x.jpg"],
