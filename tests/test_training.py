@@ -91,6 +91,22 @@ def test_ctrl_c_just_after_an_epoch_is_printed_says_what_is_saved_and_resumes(tr
     assert r.finished and len(r.history) == 2
 
 
+def test_resuming_a_finished_run_reports_it_without_training(tree, tmp_path, capsys):
+    "A notebook executed again on its finished run (resume=True): the run as it was, nothing trained, its Learner back."
+    from resnets.checkpoint import find_checkpoint
+
+    kw = dict(data=tree, size=32, presize=40, bs=4, epochs=2, progress=False, num_workers=0, seed=0)
+    first = run("cnn", out=tmp_path / "r", **kw)
+    saved = find_checkpoint(tmp_path / "r").read_bytes()
+    again = run("cnn", out=tmp_path / "r", resume=True, **kw)
+    assert "finished all 2 epochs already" in capsys.readouterr().out
+    assert again.finished and again.history == first.history and again.learn.train_iter == 0
+    assert find_checkpoint(tmp_path / "r").read_bytes() == saved
+    x = again.learn.dls.valid.one_batch()[0]
+    with torch.no_grad():
+        assert torch.equal(again.learn.model.eval()(x), first.learn.model.eval()(x))
+
+
 def test_ctrl_c_before_the_first_checkpoint_never_says_the_run_finished(tree, tmp_path):
     "Stopped between the history's first row and the first checkpoint: the truth, and --resume starts it again."
     from resnets.errors import RunInterrupted
