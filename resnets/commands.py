@@ -114,19 +114,6 @@ def _progress(flag: bool | None) -> bool:
     return sys.stdout.isatty() if flag is None else flag
 
 
-def cmd_cache(args) -> None:
-    "`resnets cache`: the image caches, least recently used first; --prune / --clear remove them."
-    from .cache import cache_folder, describe, prune
-
-    folder = cache_folder()
-    if args.clear or args.prune:
-        limit = 0.0 if args.clear else None if args.limit is None else args.limit * 1e9
-        older = None if args.older_than is None else args.older_than * 86400
-        removed = prune(folder, limit=limit, older_than=older)
-        print(f"removed {len(removed)} cache(s), {sum(c['bytes'] for c in removed) / 1e9:.2f} GB, from {folder}")
-    print(describe(folder))
-
-
 def _given(args) -> dict:
     "The parsed command line's values, by name (the command and its function left out)."
     return {k: v for k, v in vars(args).items() if k not in ("command", "func")}
@@ -257,3 +244,16 @@ def cmd_bench(args) -> None:
     from .bench import command
 
     command(args)
+
+
+def cmd_cache(args) -> None:
+    "`resnets cache`: the image caches, least recently used first; --prune / --clear remove them."
+    from .cache import cache_folder, describe, prune
+
+    folder = cache_folder()
+    if args.clear or args.prune:
+        limit = 0.0 if args.clear else None if args.limit is None else args.limit * 1e9
+        older = None if args.older_than is None else args.older_than * 86400
+        removed = prune(folder, limit=limit, older_than=older)
+        print(f"removed {len(removed)} cache(s), {sum(c['bytes'] for c in removed) / 1e9:.2f} GB, from {folder}")
+    print(describe(folder))
