@@ -5,6 +5,7 @@
     python scripts/notebooks.py --force         # again, even those already done
     python scripts/notebooks.py --check         # do the notebooks' numbers match their runs' results.json?
     python scripts/notebooks.py --table         # the table of times and results docs/results.md shows
+    python scripts/notebooks.py 04 --reuse resnet50=/work/runs/resnet50-224   # report a run trained elsewhere
     make notebooks                              # the first, in the background (log: results/notebooks/execute.log)
 
 Each notebook runs with papermill in nbs/ (so its relative links hold), with one parameter injected: `out`, the
@@ -15,6 +16,11 @@ relative to the checkout. Resumable notebook by notebook: results/notebooks/exec
 executed, a hash of its code (the injected cell left out), how long it took and on what; a notebook whose code has
 not changed since is skipped. A notebook that fails or is killed is left as it was; its run folder is cleared when it
 starts again. Two jobs at once halve each other's speed: the times recorded are only meaningful on a quiet machine.
+
+`--reuse NAME=DIR`: a finished run trained outside the notebook (experiment 5 at the chapter's settings takes ten
+hours here: `resnets run ... --out DIR` in the background, resumed across sessions) is copied into the notebook's
+folder as its run NAME before it executes; a notebook that resumes its runs (`resume=True`) reports it without
+training again. The copy leaves its checkpoint behind (.gitignore: results keep no weights).
 """
 
 import argparse
@@ -114,7 +120,17 @@ def _save_state(state: dict) -> None:
     atomic_write(STATE, (json.dumps(dict(sorted(state.items())), indent=1) + "\n").encode())
 
 
-def execute(nb_path: Path) -> dict:
+def _reuse(folder: Path, runs: dict[str, Path]) -> None:
+    "Copy each finished run (`--reuse NAME=DIR`) into the notebook's run folder as NAME."
+    from resnets.results import load_results
+
+    for name, src in runs.items():
+        if not (Path(src) / "results.json").is_file() or not load_results(src).finished:
+            raise ValueError(f"--reuse {name}={src}: not a finished run (no results.json, or not finished)")
+        shutil.copytree(src, folder / name)
+
+
+def execute(nb_path: Path, reuse: dict[str, Path] | None = None) -> dict:
     import nbformat
     import papermill
     from fastai.torch_core import default_device
@@ -131,6 +147,7 @@ def execute(nb_path: Path) -> dict:
     folder = RESULTS / nb_path.stem
     shutil.rmtree(folder, ignore_errors=True)  # a killed execution's runs: it starts again from the start
     folder.mkdir(parents=True)
+    _reuse(folder, reuse or {})
     params = {"out": str(Path("..") / folder.relative_to(ROOT))} if "out" in takes else {}
     if nb_path.stem.startswith("08"):
         params["pretrained"] = str(Path("..") / _random_weights(folder).relative_to(ROOT))
@@ -254,7 +271,10 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="execute even those already done from the same source")
     ap.add_argument("--check", action="store_true", help="only check the executed notebooks against their runs")
     ap.add_argument("--table", action="store_true", help="print the table of the executed notebooks for the docs")
+    ap.add_argument("--reuse", action="append", default=[], metavar="NAME=DIR",
+                    help="a finished run copied into the notebook's folder as NAME, to be reported, not trained")
     args = ap.parse_args(argv)
+    reuse = dict(r.split("=", 1) for r in args.reuse)
     if args.table:
         print(table())
         return 0
@@ -277,7 +297,7 @@ def main(argv=None) -> int:
             continue
         print(f"{nb_path.name}: executing ({datetime.now():%H:%M:%S})", flush=True)
         try:
-            done = execute(nb_path)
+            done = execute(nb_path, reuse)
         except Exception as e:  # a failing cell (papermill says which) or too large: the next notebooks still run
             print(f"{nb_path.name}: FAILED: {e}", flush=True)
             failed = True

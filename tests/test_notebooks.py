@@ -240,3 +240,18 @@ def test_run_all_in_a_clone_writes_a_new_run_beside_the_committed_one(imagenette
     client.execute()  # a failing cell raises CellExecutionError (RunExists, no batches, ...)
     assert len(list((tmp_path / "nbs" / "runs").glob("cnn-*/results.json"))) == 1, "a new run, in a new folder"
     assert [p.name for p in committed.iterdir()] == ["results.json"], "the committed run is left as it was"
+
+
+def test_a_run_trained_elsewhere_is_reused_only_when_finished(generated_run, tmp_path):
+    "--reuse NAME=DIR: a finished run copied in as the notebook's run NAME (checkpoint too); an unfinished one refused."
+    runner, src = _runner(), Path(generated_run.folder)
+    runner._reuse(tmp_path / "nb", {"resnet50": src})
+    assert (tmp_path / "nb" / "resnet50" / "results.json").read_bytes() == (src / "results.json").read_bytes()
+    assert {p.name for p in (tmp_path / "nb" / "resnet50").iterdir()} == {p.name for p in src.iterdir()}
+    partial = tmp_path / "partial"
+    shutil.copytree(src, partial)
+    record = json.loads((partial / "results.json").read_text())
+    (partial / "results.json").write_text(json.dumps({**record, "finished": False}))
+    with pytest.raises(ValueError, match="not a finished run"):
+        runner._reuse(tmp_path / "nb2", {"resnet50": partial})
+    assert not (tmp_path / "nb2").exists()
