@@ -334,7 +334,7 @@ def _finish(job: _Job, keep: LastValidPreds, save: bool) -> Results:
     elif exp.tta:  # the last validation's predictions, and the mirrored images
         results.tta_accuracy, *plain = flip_tta(learn, keep.kept)
     results.finished = True
-    results.wall_time = time.perf_counter() - job.start  # of this call (a resumed run's earlier calls not included)
+    results.wall_time = _wall_time(job)
     if rank > 0:  # one line per other rank, so a launcher's log shows every rank trained; rank 0 goes on alone
         print(f"resnets: rank {rank} of {world} trained {learn.train_iter} batches; rank 0 reports", file=sys.stderr)
         return results
@@ -351,9 +351,16 @@ def _finish(job: _Job, keep: LastValidPreds, save: bool) -> Results:
                   f"({type(e).__name__}: {one_line(e)}); draw them again with: resnets interpret {folder}",
                   file=sys.stderr)
         else:
-            results.wall_time = time.perf_counter() - job.start
+            results.wall_time = _wall_time(job)
             results.save(folder, plot=False)
     return results
+
+
+def _wall_time(job: _Job) -> float:
+    """The run's time in all: this call's, and for a resumed run its earlier epochs' training time (the calls that
+    trained them are gone; their start-up is not counted). A finished run reported again is its training time."""
+    earlier = sum(h.get("time", 0.0) for h in job.state["history"]) if job.state is not None else 0.0
+    return earlier + time.perf_counter() - job.start
 
 
 def _interrupted(exp: Experiment, folder: Path | None) -> RunInterrupted:

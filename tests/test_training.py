@@ -3,6 +3,7 @@ checks."""
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -93,14 +94,22 @@ def test_ctrl_c_just_after_an_epoch_is_printed_says_what_is_saved_and_resumes(tr
 
 def test_resuming_a_finished_run_reports_it_without_training(tree, tmp_path, capsys):
     "A notebook executed again on its finished run (resume=True): the run as it was, nothing trained, its Learner back."
+    from fastai.callback.core import Callback
+
     from resnets.checkpoint import find_checkpoint
 
+    class Slow(Callback):  # epochs that take 3 s: the training time a report of the run must not forget
+        def after_epoch(self):
+            time.sleep(3)
+
     kw = dict(data=tree, size=32, presize=40, bs=4, epochs=2, progress=False, num_workers=0, seed=0)
-    first = run("cnn", out=tmp_path / "r", **kw)
+    first = run("cnn", out=tmp_path / "r", cbs=[Slow()], **kw)
     saved = find_checkpoint(tmp_path / "r").read_bytes()
     again = run("cnn", out=tmp_path / "r", resume=True, **kw)
     assert "finished all 2 epochs already" in capsys.readouterr().out
     assert again.finished and again.history == first.history and again.learn.train_iter == 0
+    trained = sum(h["time"] for h in first.history)
+    assert trained >= 6 and trained <= again.wall_time <= first.wall_time + 30, (trained, again.wall_time)
     assert find_checkpoint(tmp_path / "r").read_bytes() == saved
     x = again.learn.dls.valid.one_batch()[0]
     with torch.no_grad():
