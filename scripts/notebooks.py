@@ -297,7 +297,7 @@ def main(argv=None) -> int:
             continue
         print(f"{nb_path.name}: executing ({datetime.now():%H:%M:%S})", flush=True)
         try:
-            done = execute(nb_path, reuse)
+            done = execute(nb_path, reuse=reuse)
         except Exception as e:  # a failing cell (papermill says which) or too large: the next notebooks still run
             print(f"{nb_path.name}: FAILED: {e}", flush=True)
             failed = True

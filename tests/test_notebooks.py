@@ -109,7 +109,7 @@ def test_the_runner_skips_what_it_executed_from_the_same_source_and_goes_on_afte
     monkeypatch.setattr(runner, "check", lambda nb: [])
     executed = []
 
-    def fake(nb_path):
+    def fake(nb_path, reuse=None):
         executed.append(nb_path.stem)
         if nb_path.stem.startswith("02"):
             raise RuntimeError("a cell failed")
