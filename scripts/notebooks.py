@@ -169,7 +169,7 @@ def execute(nb_path: Path, reuse: dict[str, Path] | None = None) -> dict:
     return {"source": source_hash(json.loads(nb_path.read_text())), "seconds": round(seconds, 1),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": describe_device(default_device()), "commit": _commit(), "versions": versions(),
-            "bytes": size}
+            "bytes": size, **({"reused": sorted(reuse)} if reuse else {})}
 
 
 # ------------------------------------------------------------------------------------------------- the check
@@ -244,7 +244,18 @@ def check(nb_path: Path) -> list[str]:
 
 
 def _minutes(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
     return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _trained_outside(run: Path, done: dict) -> str:
+    "For a run handed to the notebook (`--reuse`): that it was trained outside it, and its own training time."
+    from resnets.results import load_results
+
+    if run.name not in done.get("reused", ()):
+        return ""
+    return f" (trained outside the notebook and reported by it: {_minutes(load_results(run).wall_time)} of training)"
 
 
 def table() -> str:
@@ -258,7 +269,8 @@ def table() -> str:
             continue
         studies, runs = _runs(folder)
         finals = {r: _final_accuracy(r) for r in runs}
-        what = [f"{r.relative_to(folder)} {acc:.4f}" for r, acc in finals.items() if acc is not None]
+        what = [f"{r.relative_to(folder)} {acc:.4f}{_trained_outside(r, done)}" for r, acc in finals.items()
+                if acc is not None]
         what += [f"{s.name} ({len(list(s.glob('*/results.json')))} runs)" for s in studies]
         lines.append(f"| [{nb_path.stem}](../nbs/{nb_path.name}) | {_minutes(done['seconds'])} | "
                      f"{', '.join(what) or '(no training)'} | {done['device']} |")
