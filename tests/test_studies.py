@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from resnets import EXPERIMENTS, STUDIES, create_model, get_study, load_results, run_study
+from resnets import EXPERIMENTS, STUDIES, configure, create_model, get_study, load_results, run_study
 from resnets.checkpoint import CHECKPOINT
 from resnets.models import count_flops
 from resnets.studies import Arm, Study
@@ -30,6 +30,12 @@ def test_the_bottleneck_arms_are_matched_in_compute_not_in_parameters():
     assert max(flops) / min(flops) < 1.15  # within 15%: ResNet-34 against ResNet-50
     assert params[1] > 1.1 * params[0]  # yet the bottleneck net holds more parameters
     assert {a.options["size"] for a in arms} == {64} and {a.options["subset"] for a in arms} == {200}
+
+
+def test_the_presize_arms_differ_only_in_presize():
+    arms = [configure(a.experiment, verbose=False, **a.options) for a in get_study("presize").arms]
+    assert [e.presize for e in arms] == [64, 80, 96] and {e.size for e in arms} == {64}
+    assert len({(e.model, e.epochs, e.lr, e.bs, e.augment, e.data) for e in arms}) == 1
 
 
 def test_the_degradation_arms_differ_only_in_depth_and_shortcuts():
