@@ -17,8 +17,8 @@ executed, a hash of its code (the injected cell left out), how long it took and 
 not changed since is skipped. A notebook that fails or is killed is left as it was; its run folder is cleared when it
 starts again. Two jobs at once halve each other's speed: the times recorded are only meaningful on a quiet machine.
 
-`--reuse NAME=DIR`: a finished run trained outside the notebook (experiment 5 at the chapter's settings takes ten
-hours here: `resnets run ... --out DIR` in the background, resumed across sessions) is copied into the notebook's
+`--reuse NAME=DIR`: a finished run trained outside the notebook (experiment 5 at the chapter's settings takes over
+five hours here: `resnets run ... --out DIR` in the background, resumed across sessions) is copied into the notebook's
 folder as its run NAME before it executes; a notebook that resumes its runs (`resume=True`) reports it without
 training again. The copy leaves its checkpoint behind (.gitignore: results keep no weights).
 """
