@@ -250,12 +250,13 @@ def _minutes(seconds: float) -> str:
 
 
 def _trained_outside(run: Path, done: dict) -> str:
-    "For a run handed to the notebook (`--reuse`): that it was trained outside it, and its own training time."
+    "For a run handed to the notebook (`--reuse`): that it was trained outside it, and its own time in all."
     from resnets.results import load_results
 
     if run.name not in done.get("reused", ()):
         return ""
-    return f" (trained outside the notebook and reported by it: {_minutes(load_results(run).wall_time)} of training)"
+    took = _minutes(load_results(run).wall_time)
+    return f" (trained outside the notebook and reported by it; its record: {took} in all)"
 
 
 def table() -> str:

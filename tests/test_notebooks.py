@@ -258,7 +258,7 @@ def test_a_run_trained_elsewhere_is_reused_only_when_finished(generated_run, tmp
 
 
 def test_the_table_says_which_runs_a_notebook_reported_rather_than_trained(generated_run, tmp_path, monkeypatch):
-    "A reused run's row says it was trained outside the notebook, with its own training time beside the notebook's."
+    "A reused run's row says it was trained outside the notebook, with its own time in all beside the notebook's."
     runner = _runner()
     monkeypatch.setattr(runner, "RESULTS", tmp_path)
     monkeypatch.setattr(runner, "STATE", tmp_path / "executed.json")
@@ -268,7 +268,7 @@ def test_the_table_says_which_runs_a_notebook_reported_rather_than_trained(gener
     row = next(line for line in runner.table().splitlines() if "04_bottleneck" in line)
     minutes = runner._minutes(generated_run.wall_time)
     assert f"| 1 min 05 s | resnet50 {generated_run.accuracy:.4f} (trained outside the notebook" in row
-    assert f"{minutes} of training)" in row
+    assert f"its record: {minutes} in all)" in row
     del state["reused"]  # the same run, trained by the notebook itself: no such remark
     (tmp_path / "executed.json").write_text(json.dumps({"04_bottleneck": state}))
     assert "outside" not in runner.table()
