@@ -18,7 +18,7 @@ _MODULES = {
     "recipes": ["CHAPTER", "EXPERIMENTS", "configure", "get_experiment", "list_experiments", "STUDIES", "Arm", "Study",
                 "get_study", "list_studies"],
     "labels": ["IMAGENETTE_NAMES", "class_label"],
-    "sources": ["SOURCES", "DataError", "data_folders", "resolve_source"],
+    "sources": ["SOURCES", "DataError", "data_folders", "local_copy", "resolve_source"],
     "data": ["find_items", "get_data"],
     "layers": ["CONV_PATHS", "ResBlock", "SimpleResBlock", "avg_pool", "conv1x1_einsum", "basic_convs",
                "bottleneck_convs", "stem"],

@@ -20,7 +20,7 @@ from fastai.data.external import URLs, fastai_path, untar_data
 from .config import DATA_SETS
 from .errors import InputError
 
-__all__ = ["SOURCES", "DataError", "data_folders", "resolve_source"]
+__all__ = ["SOURCES", "DataError", "data_folders", "local_copy", "resolve_source"]
 
 _URLS = {"imagenette-160": URLs.IMAGENETTE_160, "imagenette-320": URLs.IMAGENETTE_320, "imagenette": URLs.IMAGENETTE,
          "imagewoof-160": URLs.IMAGEWOOF_160, "imagewoof-320": URLs.IMAGEWOOF_320, "imagewoof": URLs.IMAGEWOOF,
@@ -39,9 +39,13 @@ def data_folders() -> list[Path]:
     return [*folders, Path(__file__).resolve().parents[1].parent / "shared" / "data"]
 
 
-def _local_copy(url: str) -> Path | None:
-    name = url.rsplit("/", 1)[-1].split(".")[0]  # .../imagenette2-160.tgz -> imagenette2-160
+def local_copy(name: str) -> Path | None:
+    "The first extracted copy of data set `name` (a folder with train/, e.g. imagenette2-224) in `data_folders()`."
     return next((f / name for f in data_folders() if (f / name / "train").is_dir()), None)
+
+
+def _local_copy(url: str) -> Path | None:
+    return local_copy(url.rsplit("/", 1)[-1].split(".")[0])  # .../imagenette2-160.tgz -> imagenette2-160
 
 
 def _download(url: str) -> Path:

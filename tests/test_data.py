@@ -212,13 +212,14 @@ def test_failed_download_says_how_to_use_a_local_copy(fastai_home, tmp_path):
 
 
 def test_one_lookup_finds_a_local_copy_before_downloading(tmp_path, monkeypatch, imagenette):
-    from resnets.sources import data_folders
+    from resnets.sources import data_folders, local_copy
 
     (tmp_path / "sets").mkdir()
     (tmp_path / "sets" / "imagenette2-160").symlink_to(imagenette)
     monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "sets"))
     assert resolve_source("imagenette-160") == tmp_path / "sets" / "imagenette2-160"
     assert data_folders()[0] == tmp_path / "sets"
+    assert local_copy("imagenette2-160") == tmp_path / "sets" / "imagenette2-160" and local_copy("nothing") is None
     monkeypatch.delenv("RESNETS_DATA")
     if (data_folders()[-1] / "imagenette2-160").is_dir():  # a checkout beside the project's shared data
         assert resolve_source("imagenette-160") == data_folders()[-1] / "imagenette2-160"
